@@ -1,0 +1,372 @@
+//! The one configuration struct. Values come from, in increasing precedence: the defaults
+//! below (which work on a laptop with a local PostgreSQL), an optional `ragpipe.toml`, and
+//! environment variables. [`SETTINGS`] lists every setting once; the README's table and the
+//! environment mapping are both derived from it, so they cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything ragpipe can be configured with.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// PostgreSQL connection URL.
+    pub database_url: String,
+    /// Largest number of pooled database connections per process.
+    pub database_max_connections: u32,
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// Embedding model settings.
+    pub embedding: ModelEndpoint,
+    /// Chat model settings.
+    pub chat: ModelEndpoint,
+    /// Chunking settings.
+    pub chunking: Chunking,
+    /// Input limits.
+    pub limits: Limits,
+    /// Background worker settings.
+    pub worker: Worker,
+    /// Directory whose templates override the embedded prompts (none: embedded only).
+    pub prompts_dir: Option<PathBuf>,
+    /// Model prices: `model=input/output` in currency units per million tokens,
+    /// comma-separated (none: every model costs 0).
+    pub prices: Option<String>,
+}
+
+/// An OpenAI-compatible model endpoint. With no `base_url` the offline provider serves.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEndpoint {
+    /// Base URL of the OpenAI-compatible API, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// Bearer key for the API.
+    pub api_key: Option<String>,
+    /// Model name sent to the API and recorded on every row it produced.
+    pub model: String,
+    /// Embedding dimension (embeddings only).
+    pub dim: u32,
+    /// Longest input the model reads, in tokens (embeddings) or the context window (chat).
+    pub max_input_tokens: u32,
+    /// Inputs per embedding request.
+    pub batch_size: u32,
+    /// Total tokens per embedding request.
+    pub batch_tokens: u32,
+    /// Requests in flight at once.
+    pub concurrency: u32,
+    /// Most tokens the model may generate in one answer (chat only).
+    pub max_output_tokens: u32,
+    /// Per-request timeout in seconds.
+    pub timeout_secs: u64,
+    /// Retries of a transient failure (429, 5xx, timeouts) before giving up.
+    pub max_retries: u32,
+}
+
+/// How documents are cut into chunks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Chunking {
+    /// Largest chunk, in tokens.
+    pub max_tokens: u32,
+    /// Tokens shared by consecutive chunks.
+    pub overlap_tokens: u32,
+    /// tiktoken encoding used to count tokens.
+    pub tokenizer: String,
+}
+
+/// Limits on untrusted input.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest single uploaded file, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest upload request (all files), in bytes.
+    pub max_request_bytes: u64,
+    /// Most pages extracted from one PDF.
+    pub max_pages: u32,
+    /// Most characters extracted from one document.
+    pub max_chars: u64,
+    /// Most bytes any one compressed stream may inflate to.
+    pub max_decompressed_bytes: u64,
+    /// Longest time spent extracting one document, in seconds.
+    pub extract_timeout_secs: u64,
+}
+
+/// Background workers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Worker {
+    /// Jobs processed at once per queue in one process.
+    pub concurrency: u32,
+    /// Attempts of a job before it is given up.
+    pub max_attempts: u32,
+}
+
+/// The kind of value a setting holds, so environment strings become typed values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingKind {
+    /// Free text.
+    Text,
+    /// A non-negative integer.
+    Integer,
+}
+
+/// One configuration setting: its environment variable, its key in `ragpipe.toml`, its
+/// default and what it does.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// Environment variable.
+    pub env: &'static str,
+    /// Dotted key in `ragpipe.toml`.
+    pub key: &'static str,
+    /// Type of the value.
+    pub kind: SettingKind,
+    /// Default value (empty: unset).
+    pub default: &'static str,
+    /// What the setting does.
+    pub doc: &'static str,
+}
+
+const fn text(env: &'static str, key: &'static str, default: &'static str, doc: &'static str) -> Setting {
+    Setting { env, key, kind: SettingKind::Text, default, doc }
+}
+const fn int(env: &'static str, key: &'static str, default: &'static str, doc: &'static str) -> Setting {
+    Setting { env, key, kind: SettingKind::Integer, default, doc }
+}
+
+/// Every setting, in the order the README documents them.
+pub const SETTINGS: &[Setting] = &[
+    text("DATABASE_URL", "database_url", "postgres://postgres@127.0.0.1:5432/ragpipe", "PostgreSQL connection URL (`RAGPIPE_DATABASE_URL` also works)."),
+    int("RAGPIPE_DATABASE_MAX_CONNECTIONS", "database_max_connections", "16", "Pooled connections per process."),
+    text("RAGPIPE_LISTEN", "listen", "127.0.0.1:8080", "Address the HTTP API listens on."),
+    text("RAGPIPE_EMBEDDING_BASE_URL", "embedding.base_url", "", "OpenAI-compatible embeddings API; unset: the offline hashed embedder."),
+    text("RAGPIPE_EMBEDDING_API_KEY", "embedding.api_key", "", "Bearer key for the embeddings API."),
+    text("RAGPIPE_EMBEDDING_MODEL", "embedding.model", "ragpipe-hash-v1", "Embedding model name, recorded on every chunk."),
+    int("RAGPIPE_EMBEDDING_DIM", "embedding.dim", "384", "Embedding dimension (any size pgvector indexes, up to 2000)."),
+    int("RAGPIPE_EMBEDDING_MAX_INPUT_TOKENS", "embedding.max_input_tokens", "512", "Longest input the embedding model reads; no chunk sent is longer."),
+    int("RAGPIPE_EMBEDDING_BATCH_SIZE", "embedding.batch_size", "64", "Inputs per embeddings request."),
+    int("RAGPIPE_EMBEDDING_BATCH_TOKENS", "embedding.batch_tokens", "8000", "Tokens per embeddings request."),
+    int("RAGPIPE_EMBEDDING_CONCURRENCY", "embedding.concurrency", "4", "Embeddings requests in flight at once."),
+    int("RAGPIPE_EMBEDDING_TIMEOUT_SECS", "embedding.timeout_secs", "60", "Timeout of one embeddings request."),
+    int("RAGPIPE_EMBEDDING_MAX_RETRIES", "embedding.max_retries", "6", "Retries of a transient embeddings failure."),
+    text("RAGPIPE_CHAT_BASE_URL", "chat.base_url", "", "OpenAI-compatible chat API; unset: the offline extractive responder."),
+    text("RAGPIPE_CHAT_API_KEY", "chat.api_key", "", "Bearer key for the chat API."),
+    text("RAGPIPE_CHAT_MODEL", "chat.model", "ragpipe-extractive-v1", "Chat model name."),
+    int("RAGPIPE_CHAT_MAX_INPUT_TOKENS", "chat.max_input_tokens", "8192", "Chat model context window; the prompt budget is this minus the answer."),
+    int("RAGPIPE_CHAT_MAX_OUTPUT_TOKENS", "chat.max_output_tokens", "1024", "Most tokens in one answer (`max_tokens`)."),
+    int("RAGPIPE_CHAT_TIMEOUT_SECS", "chat.timeout_secs", "120", "Timeout of one chat request."),
+    int("RAGPIPE_CHAT_MAX_RETRIES", "chat.max_retries", "3", "Retries of a chat request that failed before streaming began."),
+    int("RAGPIPE_CHUNK_MAX_TOKENS", "chunking.max_tokens", "512", "Largest chunk in tokens (capped at the embedding model's input limit)."),
+    int("RAGPIPE_CHUNK_OVERLAP_TOKENS", "chunking.overlap_tokens", "64", "Tokens shared by consecutive chunks."),
+    text("RAGPIPE_CHUNK_TOKENIZER", "chunking.tokenizer", "cl100k_base", "tiktoken encoding used to count tokens (cl100k_base, o200k_base, p50k_base, r50k_base)."),
+    int("RAGPIPE_MAX_FILE_BYTES", "limits.max_file_bytes", "104857600", "Largest uploaded file (413 above)."),
+    int("RAGPIPE_MAX_REQUEST_BYTES", "limits.max_request_bytes", "268435456", "Largest upload request (413 above)."),
+    int("RAGPIPE_MAX_PAGES", "limits.max_pages", "5000", "Most pages extracted from one PDF."),
+    int("RAGPIPE_MAX_CHARS", "limits.max_chars", "50000000", "Most characters extracted from one document."),
+    int("RAGPIPE_MAX_DECOMPRESSED_BYTES", "limits.max_decompressed_bytes", "268435456", "Most bytes one compressed PDF stream may inflate to."),
+    int("RAGPIPE_EXTRACT_TIMEOUT_SECS", "limits.extract_timeout_secs", "120", "Longest extraction of one document."),
+    int("RAGPIPE_WORKER_CONCURRENCY", "worker.concurrency", "2", "Jobs processed at once per queue per process."),
+    int("RAGPIPE_WORKER_MAX_ATTEMPTS", "worker.max_attempts", "8", "Attempts of a job before it is given up."),
+    text("RAGPIPE_PROMPTS_DIR", "prompts_dir", "", "Directory of prompt templates overriding the embedded ones."),
+    text("RAGPIPE_PRICES", "prices", "", "Prices per million tokens, `model=input/output,...` (e.g. `gpt-4o-mini=0.15/0.6`); unlisted models cost 0."),
+];
+
+/// A configuration that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or a variable held something that is not valid for its setting.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// Where the bad value came from.
+        origin: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// The defaults alone.
+    pub fn defaults() -> Config {
+        Self::from_layers(toml::Table::new(), |_| None).expect("the built-in defaults are valid")
+    }
+
+    /// Reads `path` if given (or `./ragpipe.toml` when it exists), then the process
+    /// environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let default_path = Path::new("ragpipe.toml");
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => std::env::var_os("RAGPIPE_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| default_path.exists().then(|| default_path.to_path_buf())),
+        };
+        let table = match &file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
+                    origin: p.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        Self::from_layers(table, |name| {
+            std::env::var(name).ok().or_else(|| {
+                (name == "DATABASE_URL").then(|| std::env::var("RAGPIPE_DATABASE_URL").ok()).flatten()
+            })
+        })
+    }
+
+    /// Builds a configuration from a parsed `ragpipe.toml` and an environment lookup.
+    pub fn from_layers(file: toml::Table, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::new();
+        for s in SETTINGS {
+            let from_env = env(s.env).filter(|v| !v.is_empty());
+            let value = match (&from_env, lookup(&file, s.key)) {
+                (Some(v), _) => Some(typed(s, v, s.env)?),
+                (None, Some(v)) => Some(v.clone()),
+                (None, None) if s.default.is_empty() => None,
+                (None, None) => Some(typed(s, s.default, "default")?),
+            };
+            if let Some(v) = value {
+                insert(&mut merged, s.key, v);
+            }
+        }
+        for key in flat_keys(&file, "") {
+            if !SETTINGS.iter().any(|s| s.key == key) {
+                return Err(ConfigError::Invalid { origin: "ragpipe.toml".into(), message: format!("unknown setting {key}") });
+            }
+        }
+        let mut config: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
+            origin: "configuration".into(),
+            message: e.to_string(),
+        })?;
+        // A chunk longer than the embedding model reads would be embedded from its head only.
+        config.chunking.max_tokens = config.chunking.max_tokens.min(config.embedding.max_input_tokens);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Invalid { origin: "configuration".into(), message });
+        if self.embedding.dim == 0 || self.embedding.dim > 2000 {
+            return bad(format!("embedding.dim {} is outside 1..=2000 (pgvector's HNSW limit)", self.embedding.dim));
+        }
+        if self.chunking.overlap_tokens >= self.chunking.max_tokens {
+            return bad(format!(
+                "chunking.overlap_tokens {} must be smaller than chunking.max_tokens {}",
+                self.chunking.overlap_tokens, self.chunking.max_tokens
+            ));
+        }
+        if self.embedding.batch_size == 0 || self.embedding.concurrency == 0 || self.worker.concurrency == 0 {
+            return bad("batch sizes and concurrencies must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let first = parts.next()?;
+    let mut value = table.get(first)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
+fn insert(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = table.entry(head.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = entry {
+                insert(t, rest, value);
+            }
+        }
+    }
+}
+
+fn flat_keys(table: &toml::Table, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => out.extend(flat_keys(t, &key)),
+            _ => out.push(key),
+        }
+    }
+    out
+}
+
+fn typed(setting: &Setting, raw: &str, origin: &str) -> Result<toml::Value, ConfigError> {
+    match setting.kind {
+        SettingKind::Text => Ok(toml::Value::String(raw.to_owned())),
+        SettingKind::Integer => raw.trim().parse::<i64>().ok().filter(|n| *n >= 0).map(toml::Value::Integer).ok_or_else(|| {
+            ConfigError::Invalid { origin: origin.to_owned(), message: format!("{} must be a non-negative integer, got {raw:?}", setting.key) }
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_a_local_database_with_offline_models() {
+        let c = Config::defaults();
+        assert!(c.database_url.ends_with("/ragpipe"));
+        assert_eq!(c.embedding.base_url, None);
+        assert_eq!(c.embedding.dim, 384);
+        assert_eq!(c.chunking.max_tokens, 512);
+        assert_eq!(c.chunking.overlap_tokens, 64);
+    }
+
+    #[test]
+    fn environment_overrides_file_which_overrides_defaults() {
+        let file: toml::Table = "listen = \"0.0.0.0:9\"\n[embedding]\ndim = 1536\nmodel = \"file-model\"\n".parse().expect("toml");
+        let c = Config::from_layers(file, |name| (name == "RAGPIPE_EMBEDDING_MODEL").then(|| "env-model".to_owned())).expect("valid");
+        assert_eq!(c.listen, "0.0.0.0:9");
+        assert_eq!(c.embedding.dim, 1536);
+        assert_eq!(c.embedding.model, "env-model");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = Config::from_layers(toml::Table::new(), |n| (n == "RAGPIPE_EMBEDDING_DIM").then(|| "lots".into())).unwrap_err();
+        assert!(err.to_string().contains("embedding.dim"), "{err}");
+        let file: toml::Table = "[embedding]\ndimension = 3\n".parse().expect("toml");
+        let err = Config::from_layers(file, |_| None).unwrap_err();
+        assert!(err.to_string().contains("unknown setting embedding.dimension"), "{err}");
+    }
+
+    #[test]
+    fn chunks_never_exceed_the_embedding_input_limit() {
+        let c = Config::from_layers(toml::Table::new(), |n| (n == "RAGPIPE_EMBEDDING_MAX_INPUT_TOKENS").then(|| "256".into())).expect("valid");
+        assert_eq!(c.chunking.max_tokens, 256);
+    }
+
+    #[test]
+    fn every_setting_maps_to_a_field() {
+        // Setting each variable to a valid value must be accepted: a SETTINGS entry whose key
+        // does not exist in the struct would be rejected by deny_unknown_fields.
+        let c = Config::from_layers(toml::Table::new(), |n| {
+            SETTINGS.iter().find(|s| s.env == n).map(|s| match s.kind {
+                SettingKind::Integer if s.key == "chunking.overlap_tokens" => "10".into(),
+                SettingKind::Integer => "100".into(),
+                SettingKind::Text if s.key == "chunking.tokenizer" => "cl100k_base".into(),
+                SettingKind::Text => "x".into(),
+            })
+        });
+        assert!(c.is_ok(), "{c:?}");
+    }
+}

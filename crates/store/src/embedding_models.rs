@@ -1,0 +1,94 @@
+//! Embedding models and their vector indexes.
+//!
+//! `document_chunks.embedding` has no fixed dimension, so models of any dimension can be
+//! stored side by side (a 384-d and a 1536-d model, or both during a migration). Each model gets
+//! a partial HNSW index over `embedding::vector(dim)` restricted to its own rows; queries use the
+//! same expression and predicate so the planner picks that index.
+
+use crate::{Store, StoreError};
+use sha2::{Digest, Sha256};
+
+/// A model with a vector index.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct EmbeddingModel {
+    /// Model name as configured.
+    pub model: String,
+    /// Its dimension.
+    pub dim: i32,
+    /// Name of its partial HNSW index.
+    pub index_name: String,
+    /// Whether search uses it.
+    pub active: bool,
+}
+
+/// Name of the partial HNSW index of `model` (a hash keeps any model name a valid identifier).
+pub fn index_name(model: &str, dim: u32) -> String {
+    let digest = Sha256::digest(model.as_bytes());
+    format!("document_chunks_embedding_{dim}_{}", hex::encode(&digest[..6]))
+}
+
+/// SQL string literal for `text` (the index predicate and the matching query need a literal,
+/// not a parameter, for the planner to use a partial index).
+pub fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Records `model` with its dimension and creates its vector index if missing; the first model
+/// recorded becomes the active one. Returns whether the index was created. Fails when the model
+/// is already recorded with another dimension.
+pub async fn ensure(store: &Store, model: &str, dim: u32) -> Result<bool, StoreError> {
+    if dim == 0 || dim > 2000 {
+        return Err(StoreError::Config(format!("embedding dimension {dim} is outside 1..=2000")));
+    }
+    let pool = store.pool();
+    let existing: Option<i32> = sqlx::query_scalar("SELECT dim FROM embedding_models WHERE model = $1")
+        .bind(model)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::db("reading embedding models"))?;
+    if let Some(recorded) = existing
+        && recorded as u32 != dim
+    {
+        return Err(StoreError::Config(format!(
+            "embedding model {model:?} is stored with dimension {recorded}, but RAGPIPE_EMBEDDING_DIM is {dim}; \
+             a model keeps its dimension (use a new model name to change it)"
+        )));
+    }
+    let name = index_name(model, dim);
+    let index_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&name)
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::db("looking for the embedding index"))?;
+    let mut tx = pool.begin().await.map_err(StoreError::db("beginning"))?;
+    sqlx::query(
+        "INSERT INTO embedding_models (model, dim, index_name, active) \
+         VALUES ($1, $2, $3, NOT EXISTS (SELECT 1 FROM embedding_models WHERE active)) \
+         ON CONFLICT (model) DO NOTHING",
+    )
+    .bind(model)
+    .bind(dim as i32)
+    .bind(&name)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::db("recording the embedding model"))?;
+    if !index_exists {
+        let ddl = format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON document_chunks \
+             USING hnsw ((embedding::vector({dim})) vector_cosine_ops) WHERE embedding_model = {}",
+            sql_literal(model)
+        );
+        // Audited: the dimension is an integer and the model a quoted literal.
+        sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(StoreError::db("creating the embedding index"))?;
+    }
+    tx.commit().await.map_err(StoreError::db("committing the embedding model"))?;
+    Ok(!index_exists)
+}
+
+/// Every recorded model.
+pub async fn list(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
+    sqlx::query_as("SELECT model, dim, index_name, active FROM embedding_models ORDER BY created_at")
+        .fetch_all(store.pool())
+        .await
+        .map_err(StoreError::db("listing embedding models"))
+}

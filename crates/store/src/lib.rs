@@ -1,0 +1,63 @@
+//! PostgreSQL access for ragpipe: the pool, the migrations runner, the per-user transaction
+//! through which all user data is touched, and the repositories (one module per noun).
+//!
+//! Invariant: every query that reads or writes user data runs inside a [`UserTx`], which
+//! switches to the `ragpipe_app` role and sets the acting user, so row-level security decides
+//! what the query can see, whatever role the pool itself connects as.
+
+pub mod api_keys;
+pub mod embedding_models;
+mod error;
+pub mod migrate;
+mod user_tx;
+pub mod users;
+
+pub use error::StoreError;
+pub use user_tx::UserTx;
+
+use ragpipe_core::{Config, UserId};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The application role every user transaction switches to.
+pub const APP_ROLE: &str = "ragpipe_app";
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects a pool to `config.database_url`.
+    pub async fn connect(config: &Config) -> Result<Store, StoreError> {
+        let options = PgConnectOptions::from_str(&config.database_url)
+            .map_err(|e| StoreError::Config(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))?
+            .application_name("ragpipe");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.database_max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::connect(&config.database_url, e))?;
+        Ok(Store { pool })
+    }
+
+    /// Wraps an existing pool (tests get theirs from `#[sqlx::test]`).
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    /// The pool, for the job queue's storage and for schema-level operations. User data must
+    /// not be read through it directly: use [`Store::user_tx`].
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Begins a transaction acting as `user`: row-level security shows it only that user's rows.
+    pub async fn user_tx(&self, user: UserId) -> Result<UserTx, StoreError> {
+        UserTx::begin(&self.pool, user).await
+    }
+}
