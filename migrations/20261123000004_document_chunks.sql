@@ -14,6 +14,12 @@ CREATE TABLE embedding_models (
 COMMENT ON TABLE embedding_models IS 'Embedding models with a vector index; search uses the active one.';
 CREATE UNIQUE INDEX embedding_models_one_active ON embedding_models (active) WHERE active;
 
+-- array_to_string is only STABLE in general (element output functions could vary), but for
+-- text[] it is immutable, which a generated column requires.
+CREATE FUNCTION ragpipe_heading_text(path text[]) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+    AS $$ SELECT array_to_string(path, ' ') $$;
+
 CREATE TABLE document_chunks (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     document_id     uuid NOT NULL,
@@ -28,7 +34,7 @@ CREATE TABLE document_chunks (
     byte_end        integer NOT NULL,
     -- Headings are searched with the text: a chunk under "Installation" matches "install".
     search_vector   tsvector GENERATED ALWAYS AS (
-                        setweight(to_tsvector('english', array_to_string(heading_path, ' ')), 'A')
+                        setweight(to_tsvector('english', ragpipe_heading_text(heading_path)), 'A')
                         || to_tsvector('english', content)
                     ) STORED,
     embedding       vector,

@@ -34,8 +34,9 @@ pub struct Config {
 }
 
 /// An OpenAI-compatible model endpoint. With no `base_url` the offline provider serves.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// Settings that do not apply to a kind of model (a chat model's `dim`) are left at zero.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 pub struct ModelEndpoint {
     /// Base URL of the OpenAI-compatible API, e.g. `https://api.openai.com/v1`.
     pub base_url: Option<String>,
