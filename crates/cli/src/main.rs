@@ -1,1 +1,97 @@
-fn main() {}
+//! `ragpipe`: the one binary. Every subcommand reads the same configuration (environment
+//! variables, optional `ragpipe.toml`; see the README's table).
+
+mod admin;
+mod doctor;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ragpipe_core::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Document ingestion and question answering on PostgreSQL + pgvector.
+#[derive(Parser, Debug)]
+#[command(name = "ragpipe", version, about)]
+struct Cli {
+    /// Configuration file (default: ./ragpipe.toml when it exists, or $RAGPIPE_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply database migrations (safe to run from several processes at once).
+    Migrate {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the database, pgvector, migrations and model endpoints.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    Users(admin::UsersCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(admin::KeysCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref()).context("reading configuration")?;
+    match cli.command {
+        Command::Migrate { json } => {
+            let store = ragpipe_store::Store::connect(&config).await?;
+            let report = store.migrate(&config.embedding).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.applied.is_empty() {
+                println!("schema is current (version {})", report.current.unwrap_or_default());
+            } else {
+                println!(
+                    "applied {} migration(s); schema is at version {}",
+                    report.applied.len(),
+                    report.current.unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { json } => doctor::run(&config, json).await,
+        Command::Users(cmd) => admin::users(&config, cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Keys(cmd) => admin::keys(&config, cmd).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAGPIPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

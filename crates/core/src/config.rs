@@ -128,47 +128,224 @@ pub struct Setting {
 }
 
 const fn text(env: &'static str, key: &'static str, default: &'static str, doc: &'static str) -> Setting {
-    Setting { env, key, kind: SettingKind::Text, default, doc }
+    Setting {
+        env,
+        key,
+        kind: SettingKind::Text,
+        default,
+        doc,
+    }
 }
 const fn int(env: &'static str, key: &'static str, default: &'static str, doc: &'static str) -> Setting {
-    Setting { env, key, kind: SettingKind::Integer, default, doc }
+    Setting {
+        env,
+        key,
+        kind: SettingKind::Integer,
+        default,
+        doc,
+    }
 }
 
 /// Every setting, in the order the README documents them.
 pub const SETTINGS: &[Setting] = &[
-    text("DATABASE_URL", "database_url", "postgres://postgres@127.0.0.1:5432/ragpipe", "PostgreSQL connection URL (`RAGPIPE_DATABASE_URL` also works)."),
-    int("RAGPIPE_DATABASE_MAX_CONNECTIONS", "database_max_connections", "16", "Pooled connections per process."),
-    text("RAGPIPE_LISTEN", "listen", "127.0.0.1:8080", "Address the HTTP API listens on."),
-    text("RAGPIPE_EMBEDDING_BASE_URL", "embedding.base_url", "", "OpenAI-compatible embeddings API; unset: the offline hashed embedder."),
-    text("RAGPIPE_EMBEDDING_API_KEY", "embedding.api_key", "", "Bearer key for the embeddings API."),
-    text("RAGPIPE_EMBEDDING_MODEL", "embedding.model", "ragpipe-hash-v1", "Embedding model name, recorded on every chunk."),
-    int("RAGPIPE_EMBEDDING_DIM", "embedding.dim", "384", "Embedding dimension (any size pgvector indexes, up to 2000)."),
-    int("RAGPIPE_EMBEDDING_MAX_INPUT_TOKENS", "embedding.max_input_tokens", "512", "Longest input the embedding model reads; no chunk sent is longer."),
-    int("RAGPIPE_EMBEDDING_BATCH_SIZE", "embedding.batch_size", "64", "Inputs per embeddings request."),
-    int("RAGPIPE_EMBEDDING_BATCH_TOKENS", "embedding.batch_tokens", "8000", "Tokens per embeddings request."),
-    int("RAGPIPE_EMBEDDING_CONCURRENCY", "embedding.concurrency", "4", "Embeddings requests in flight at once."),
-    int("RAGPIPE_EMBEDDING_TIMEOUT_SECS", "embedding.timeout_secs", "60", "Timeout of one embeddings request."),
-    int("RAGPIPE_EMBEDDING_MAX_RETRIES", "embedding.max_retries", "6", "Retries of a transient embeddings failure."),
-    text("RAGPIPE_CHAT_BASE_URL", "chat.base_url", "", "OpenAI-compatible chat API; unset: the offline extractive responder."),
-    text("RAGPIPE_CHAT_API_KEY", "chat.api_key", "", "Bearer key for the chat API."),
-    text("RAGPIPE_CHAT_MODEL", "chat.model", "ragpipe-extractive-v1", "Chat model name."),
-    int("RAGPIPE_CHAT_MAX_INPUT_TOKENS", "chat.max_input_tokens", "8192", "Chat model context window; the prompt budget is this minus the answer."),
-    int("RAGPIPE_CHAT_MAX_OUTPUT_TOKENS", "chat.max_output_tokens", "1024", "Most tokens in one answer (`max_tokens`)."),
-    int("RAGPIPE_CHAT_TIMEOUT_SECS", "chat.timeout_secs", "120", "Timeout of one chat request."),
-    int("RAGPIPE_CHAT_MAX_RETRIES", "chat.max_retries", "3", "Retries of a chat request that failed before streaming began."),
-    int("RAGPIPE_CHUNK_MAX_TOKENS", "chunking.max_tokens", "512", "Largest chunk in tokens (capped at the embedding model's input limit)."),
-    int("RAGPIPE_CHUNK_OVERLAP_TOKENS", "chunking.overlap_tokens", "64", "Tokens shared by consecutive chunks."),
-    text("RAGPIPE_CHUNK_TOKENIZER", "chunking.tokenizer", "cl100k_base", "tiktoken encoding used to count tokens (cl100k_base, o200k_base, p50k_base, r50k_base)."),
-    int("RAGPIPE_MAX_FILE_BYTES", "limits.max_file_bytes", "104857600", "Largest uploaded file (413 above)."),
-    int("RAGPIPE_MAX_REQUEST_BYTES", "limits.max_request_bytes", "268435456", "Largest upload request (413 above)."),
-    int("RAGPIPE_MAX_PAGES", "limits.max_pages", "5000", "Most pages extracted from one PDF."),
-    int("RAGPIPE_MAX_CHARS", "limits.max_chars", "50000000", "Most characters extracted from one document."),
-    int("RAGPIPE_MAX_DECOMPRESSED_BYTES", "limits.max_decompressed_bytes", "268435456", "Most bytes one compressed PDF stream may inflate to."),
-    int("RAGPIPE_EXTRACT_TIMEOUT_SECS", "limits.extract_timeout_secs", "120", "Longest extraction of one document."),
-    int("RAGPIPE_WORKER_CONCURRENCY", "worker.concurrency", "2", "Jobs processed at once per queue per process."),
-    int("RAGPIPE_WORKER_MAX_ATTEMPTS", "worker.max_attempts", "8", "Attempts of a job before it is given up."),
-    text("RAGPIPE_PROMPTS_DIR", "prompts_dir", "", "Directory of prompt templates overriding the embedded ones."),
-    text("RAGPIPE_PRICES", "prices", "", "Prices per million tokens, `model=input/output,...` (e.g. `gpt-4o-mini=0.15/0.6`); unlisted models cost 0."),
+    text(
+        "DATABASE_URL",
+        "database_url",
+        "postgres://postgres@127.0.0.1:5432/ragpipe",
+        "PostgreSQL connection URL (`RAGPIPE_DATABASE_URL` also works).",
+    ),
+    int(
+        "RAGPIPE_DATABASE_MAX_CONNECTIONS",
+        "database_max_connections",
+        "16",
+        "Pooled connections per process.",
+    ),
+    text(
+        "RAGPIPE_LISTEN",
+        "listen",
+        "127.0.0.1:8080",
+        "Address the HTTP API listens on.",
+    ),
+    text(
+        "RAGPIPE_EMBEDDING_BASE_URL",
+        "embedding.base_url",
+        "",
+        "OpenAI-compatible embeddings API; unset: the offline hashed embedder.",
+    ),
+    text(
+        "RAGPIPE_EMBEDDING_API_KEY",
+        "embedding.api_key",
+        "",
+        "Bearer key for the embeddings API.",
+    ),
+    text(
+        "RAGPIPE_EMBEDDING_MODEL",
+        "embedding.model",
+        "ragpipe-hash-v1",
+        "Embedding model name, recorded on every chunk.",
+    ),
+    int(
+        "RAGPIPE_EMBEDDING_DIM",
+        "embedding.dim",
+        "384",
+        "Embedding dimension (any size pgvector indexes, up to 2000).",
+    ),
+    int(
+        "RAGPIPE_EMBEDDING_MAX_INPUT_TOKENS",
+        "embedding.max_input_tokens",
+        "512",
+        "Longest input the embedding model reads; no chunk sent is longer.",
+    ),
+    int(
+        "RAGPIPE_EMBEDDING_BATCH_SIZE",
+        "embedding.batch_size",
+        "64",
+        "Inputs per embeddings request.",
+    ),
+    int(
+        "RAGPIPE_EMBEDDING_BATCH_TOKENS",
+        "embedding.batch_tokens",
+        "8000",
+        "Tokens per embeddings request.",
+    ),
+    int(
+        "RAGPIPE_EMBEDDING_CONCURRENCY",
+        "embedding.concurrency",
+        "4",
+        "Embeddings requests in flight at once.",
+    ),
+    int(
+        "RAGPIPE_EMBEDDING_TIMEOUT_SECS",
+        "embedding.timeout_secs",
+        "60",
+        "Timeout of one embeddings request.",
+    ),
+    int(
+        "RAGPIPE_EMBEDDING_MAX_RETRIES",
+        "embedding.max_retries",
+        "6",
+        "Retries of a transient embeddings failure.",
+    ),
+    text(
+        "RAGPIPE_CHAT_BASE_URL",
+        "chat.base_url",
+        "",
+        "OpenAI-compatible chat API; unset: the offline extractive responder.",
+    ),
+    text(
+        "RAGPIPE_CHAT_API_KEY",
+        "chat.api_key",
+        "",
+        "Bearer key for the chat API.",
+    ),
+    text(
+        "RAGPIPE_CHAT_MODEL",
+        "chat.model",
+        "ragpipe-extractive-v1",
+        "Chat model name.",
+    ),
+    int(
+        "RAGPIPE_CHAT_MAX_INPUT_TOKENS",
+        "chat.max_input_tokens",
+        "8192",
+        "Chat model context window; the prompt budget is this minus the answer.",
+    ),
+    int(
+        "RAGPIPE_CHAT_MAX_OUTPUT_TOKENS",
+        "chat.max_output_tokens",
+        "1024",
+        "Most tokens in one answer (`max_tokens`).",
+    ),
+    int(
+        "RAGPIPE_CHAT_TIMEOUT_SECS",
+        "chat.timeout_secs",
+        "120",
+        "Timeout of one chat request.",
+    ),
+    int(
+        "RAGPIPE_CHAT_MAX_RETRIES",
+        "chat.max_retries",
+        "3",
+        "Retries of a chat request that failed before streaming began.",
+    ),
+    int(
+        "RAGPIPE_CHUNK_MAX_TOKENS",
+        "chunking.max_tokens",
+        "512",
+        "Largest chunk in tokens (capped at the embedding model's input limit).",
+    ),
+    int(
+        "RAGPIPE_CHUNK_OVERLAP_TOKENS",
+        "chunking.overlap_tokens",
+        "64",
+        "Tokens shared by consecutive chunks.",
+    ),
+    text(
+        "RAGPIPE_CHUNK_TOKENIZER",
+        "chunking.tokenizer",
+        "cl100k_base",
+        "tiktoken encoding used to count tokens (cl100k_base, o200k_base, p50k_base, r50k_base).",
+    ),
+    int(
+        "RAGPIPE_MAX_FILE_BYTES",
+        "limits.max_file_bytes",
+        "104857600",
+        "Largest uploaded file (413 above).",
+    ),
+    int(
+        "RAGPIPE_MAX_REQUEST_BYTES",
+        "limits.max_request_bytes",
+        "268435456",
+        "Largest upload request (413 above).",
+    ),
+    int(
+        "RAGPIPE_MAX_PAGES",
+        "limits.max_pages",
+        "5000",
+        "Most pages extracted from one PDF.",
+    ),
+    int(
+        "RAGPIPE_MAX_CHARS",
+        "limits.max_chars",
+        "50000000",
+        "Most characters extracted from one document.",
+    ),
+    int(
+        "RAGPIPE_MAX_DECOMPRESSED_BYTES",
+        "limits.max_decompressed_bytes",
+        "268435456",
+        "Most bytes one compressed PDF stream may inflate to.",
+    ),
+    int(
+        "RAGPIPE_EXTRACT_TIMEOUT_SECS",
+        "limits.extract_timeout_secs",
+        "120",
+        "Longest extraction of one document.",
+    ),
+    int(
+        "RAGPIPE_WORKER_CONCURRENCY",
+        "worker.concurrency",
+        "2",
+        "Jobs processed at once per queue per process.",
+    ),
+    int(
+        "RAGPIPE_WORKER_MAX_ATTEMPTS",
+        "worker.max_attempts",
+        "8",
+        "Attempts of a job before it is given up.",
+    ),
+    text(
+        "RAGPIPE_PROMPTS_DIR",
+        "prompts_dir",
+        "",
+        "Directory of prompt templates overriding the embedded ones.",
+    ),
+    text(
+        "RAGPIPE_PRICES",
+        "prices",
+        "",
+        "Prices per million tokens, `model=input/output,...` (e.g. `gpt-4o-mini=0.15/0.6`); unlisted models cost 0.",
+    ),
 ];
 
 /// A configuration that could not be read.
@@ -210,7 +387,10 @@ impl Config {
         };
         let table = match &file {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
                 text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
                     origin: p.display().to_string(),
                     message: e.to_string(),
@@ -220,7 +400,9 @@ impl Config {
         };
         Self::from_layers(table, |name| {
             std::env::var(name).ok().or_else(|| {
-                (name == "DATABASE_URL").then(|| std::env::var("RAGPIPE_DATABASE_URL").ok()).flatten()
+                (name == "DATABASE_URL")
+                    .then(|| std::env::var("RAGPIPE_DATABASE_URL").ok())
+                    .flatten()
             })
         })
     }
@@ -242,13 +424,19 @@ impl Config {
         }
         for key in flat_keys(&file, "") {
             if !SETTINGS.iter().any(|s| s.key == key) {
-                return Err(ConfigError::Invalid { origin: "ragpipe.toml".into(), message: format!("unknown setting {key}") });
+                return Err(ConfigError::Invalid {
+                    origin: "ragpipe.toml".into(),
+                    message: format!("unknown setting {key}"),
+                });
             }
         }
-        let mut config: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
-            origin: "configuration".into(),
-            message: e.to_string(),
-        })?;
+        let mut config: Config =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: "configuration".into(),
+                    message: e.to_string(),
+                })?;
         // A chunk longer than the embedding model reads would be embedded from its head only.
         config.chunking.max_tokens = config.chunking.max_tokens.min(config.embedding.max_input_tokens);
         config.validate()?;
@@ -256,9 +444,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |message: String| Err(ConfigError::Invalid { origin: "configuration".into(), message });
+        let bad = |message: String| {
+            Err(ConfigError::Invalid {
+                origin: "configuration".into(),
+                message,
+            })
+        };
         if self.embedding.dim == 0 || self.embedding.dim > 2000 {
-            return bad(format!("embedding.dim {} is outside 1..=2000 (pgvector's HNSW limit)", self.embedding.dim));
+            return bad(format!(
+                "embedding.dim {} is outside 1..=2000 (pgvector's HNSW limit)",
+                self.embedding.dim
+            ));
         }
         if self.chunking.overlap_tokens >= self.chunking.max_tokens {
             return bad(format!(
@@ -289,7 +485,9 @@ fn insert(table: &mut toml::Table, key: &str, value: toml::Value) {
             table.insert(key.to_owned(), value);
         }
         Some((head, rest)) => {
-            let entry = table.entry(head.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table
+                .entry(head.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             if let toml::Value::Table(t) = entry {
                 insert(t, rest, value);
             }
@@ -300,7 +498,11 @@ fn insert(table: &mut toml::Table, key: &str, value: toml::Value) {
 fn flat_keys(table: &toml::Table, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (k, v) in table {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(t) => out.extend(flat_keys(t, &key)),
             _ => out.push(key),
@@ -312,9 +514,16 @@ fn flat_keys(table: &toml::Table, prefix: &str) -> Vec<String> {
 fn typed(setting: &Setting, raw: &str, origin: &str) -> Result<toml::Value, ConfigError> {
     match setting.kind {
         SettingKind::Text => Ok(toml::Value::String(raw.to_owned())),
-        SettingKind::Integer => raw.trim().parse::<i64>().ok().filter(|n| *n >= 0).map(toml::Value::Integer).ok_or_else(|| {
-            ConfigError::Invalid { origin: origin.to_owned(), message: format!("{} must be a non-negative integer, got {raw:?}", setting.key) }
-        }),
+        SettingKind::Integer => raw
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(toml::Value::Integer)
+            .ok_or_else(|| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                message: format!("{} must be a non-negative integer, got {raw:?}", setting.key),
+            }),
     }
 }
 
@@ -334,8 +543,13 @@ mod tests {
 
     #[test]
     fn environment_overrides_file_which_overrides_defaults() {
-        let file: toml::Table = "listen = \"0.0.0.0:9\"\n[embedding]\ndim = 1536\nmodel = \"file-model\"\n".parse().expect("toml");
-        let c = Config::from_layers(file, |name| (name == "RAGPIPE_EMBEDDING_MODEL").then(|| "env-model".to_owned())).expect("valid");
+        let file: toml::Table = "listen = \"0.0.0.0:9\"\n[embedding]\ndim = 1536\nmodel = \"file-model\"\n"
+            .parse()
+            .expect("toml");
+        let c = Config::from_layers(file, |name| {
+            (name == "RAGPIPE_EMBEDDING_MODEL").then(|| "env-model".to_owned())
+        })
+        .expect("valid");
         assert_eq!(c.listen, "0.0.0.0:9");
         assert_eq!(c.embedding.dim, 1536);
         assert_eq!(c.embedding.model, "env-model");
@@ -343,7 +557,10 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_setting() {
-        let err = Config::from_layers(toml::Table::new(), |n| (n == "RAGPIPE_EMBEDDING_DIM").then(|| "lots".into())).unwrap_err();
+        let err = Config::from_layers(toml::Table::new(), |n| {
+            (n == "RAGPIPE_EMBEDDING_DIM").then(|| "lots".into())
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("embedding.dim"), "{err}");
         let file: toml::Table = "[embedding]\ndimension = 3\n".parse().expect("toml");
         let err = Config::from_layers(file, |_| None).unwrap_err();
@@ -352,7 +569,10 @@ mod tests {
 
     #[test]
     fn chunks_never_exceed_the_embedding_input_limit() {
-        let c = Config::from_layers(toml::Table::new(), |n| (n == "RAGPIPE_EMBEDDING_MAX_INPUT_TOKENS").then(|| "256".into())).expect("valid");
+        let c = Config::from_layers(toml::Table::new(), |n| {
+            (n == "RAGPIPE_EMBEDDING_MAX_INPUT_TOKENS").then(|| "256".into())
+        })
+        .expect("valid");
         assert_eq!(c.chunking.max_tokens, 256);
     }
 
@@ -369,5 +589,16 @@ mod tests {
             })
         });
         assert!(c.is_ok(), "{c:?}");
+    }
+}
+
+#[cfg(test)]
+mod readme {
+    #[test]
+    fn every_setting_is_documented_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        for s in super::SETTINGS {
+            assert!(readme.contains(&format!("| `{}` | `{}` |", s.env, s.key)), "README lacks a row for {}", s.env);
+        }
     }
 }

@@ -2,9 +2,9 @@
 
 use crate::{APP_ROLE, Store, StoreError};
 use chrono::{DateTime, Utc};
+use ragpipe_core::UserId;
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use ragpipe_core::UserId;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -54,7 +54,11 @@ fn hash(key: &str) -> Vec<u8> {
 
 /// Creates a key for `user`. Fails with `NotFound("user")` when the user does not exist.
 pub async fn create(store: &Store, user: UserId, name: Option<&str>) -> Result<CreatedKey, StoreError> {
-    let random: String = rand::rng().sample_iter(&Alphanumeric).take(KEY_RANDOM_CHARS).map(char::from).collect();
+    let random: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(KEY_RANDOM_CHARS)
+        .map(char::from)
+        .collect();
     let key = format!("{KEY_PREFIX}{random}");
     let mut tx = store.user_tx(user).await?;
     let record = sqlx::query_as::<_, ApiKey>(
@@ -81,7 +85,11 @@ pub async fn authenticate(store: &Store, key: &str) -> Result<Option<Authenticat
     if !key.starts_with(KEY_PREFIX) || key.len() > 200 {
         return Ok(None);
     }
-    let mut tx = store.pool().begin().await.map_err(StoreError::db("beginning authentication"))?;
+    let mut tx = store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::db("beginning authentication"))?;
     sqlx::query("SELECT set_config('role', $1, true), set_config('ragpipe.api_key_sha256', $2, true)")
         .bind(APP_ROLE)
         .bind(hex::encode(hash(key)))
@@ -112,5 +120,8 @@ pub async fn authenticate(store: &Store, key: &str) -> Result<Option<Authenticat
     .await
     .map_err(StoreError::db("recording api key use"))?;
     tx.commit().await.map_err(StoreError::db("committing authentication"))?;
-    Ok(Some(Authenticated { user_id: UserId(user_id), key_id }))
+    Ok(Some(Authenticated {
+        user_id: UserId(user_id),
+        key_id,
+    }))
 }

@@ -38,7 +38,9 @@ pub fn sql_literal(text: &str) -> String {
 /// is already recorded with another dimension.
 pub async fn ensure(store: &Store, model: &str, dim: u32) -> Result<bool, StoreError> {
     if dim == 0 || dim > 2000 {
-        return Err(StoreError::Config(format!("embedding dimension {dim} is outside 1..=2000")));
+        return Err(StoreError::Config(format!(
+            "embedding dimension {dim} is outside 1..=2000"
+        )));
     }
     let pool = store.pool();
     let existing: Option<i32> = sqlx::query_scalar("SELECT dim FROM embedding_models WHERE model = $1")
@@ -79,9 +81,14 @@ pub async fn ensure(store: &Store, model: &str, dim: u32) -> Result<bool, StoreE
             sql_literal(model)
         );
         // Audited: the dimension is an integer and the model a quoted literal.
-        sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(StoreError::db("creating the embedding index"))?;
+        sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("creating the embedding index"))?;
     }
-    tx.commit().await.map_err(StoreError::db("committing the embedding model"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::db("committing the embedding model"))?;
     Ok(!index_exists)
 }
 

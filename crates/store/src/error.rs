@@ -37,7 +37,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn connect(url: &str, source: sqlx::Error) -> StoreError {
-        StoreError::Connect { target: redact(url), source }
+        StoreError::Connect {
+            target: redact(url),
+            source,
+        }
     }
 
     /// Wraps a driver error with what was being done.

@@ -12,7 +12,7 @@ pub mod migrate;
 mod user_tx;
 pub mod users;
 
-pub use error::StoreError;
+pub use error::{StoreError, redact};
 pub use user_tx::UserTx;
 
 use ragpipe_core::{Config, UserId};
@@ -36,12 +36,29 @@ impl Store {
         let options = PgConnectOptions::from_str(&config.database_url)
             .map_err(|e| StoreError::Config(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))?
             .application_name("ragpipe");
+        // One direct connection first: a pool that cannot connect reports only "timed out",
+        // while the first attempt's own error says why (refused, unknown database, auth).
+        let probe = tokio::time::timeout(
+            Duration::from_secs(10),
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+        )
+        .await;
+        match probe {
+            Err(_) => {
+                return Err(StoreError::Config(format!(
+                    "connecting to {}: timed out after 10 s",
+                    redact(&config.database_url)
+                )));
+            }
+            Ok(Err(e)) => return Err(StoreError::connect(&config.database_url, e)),
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(config.database_max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(|e| StoreError::connect(&config.database_url, e))?;
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(options);
         Ok(Store { pool })
     }
 

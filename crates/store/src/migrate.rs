@@ -27,14 +27,21 @@ impl Store {
     /// Brings the database to the current schema and makes sure the configured embedding model
     /// has its vector index. Applying it again is a no-op.
     pub async fn migrate(&self, embedding: &ModelEndpoint) -> Result<MigrationReport, StoreError> {
-        let mut lock_conn = self.pool.acquire().await.map_err(StoreError::db("acquiring a connection to migrate"))?;
+        let mut lock_conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(StoreError::db("acquiring a connection to migrate"))?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(MIGRATE_LOCK)
             .execute(&mut *lock_conn)
             .await
             .map_err(StoreError::db("taking the migration lock"))?;
         let result = self.migrate_locked(embedding).await;
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATE_LOCK).execute(&mut *lock_conn).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATE_LOCK)
+            .execute(&mut *lock_conn)
+            .await;
         let report = result?;
         unlocked.map_err(StoreError::db("releasing the migration lock"))?;
         Ok(report)
@@ -45,7 +52,10 @@ impl Store {
         apalis_postgres::PostgresStorage::setup(&self.pool)
             .await
             .map_err(|e| StoreError::Migrate(format!("setting up the job queue schema: {e}")))?;
-        MIGRATOR.run(&self.pool).await.map_err(|e| StoreError::Migrate(e.to_string()))?;
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
         let after = applied_versions(self).await?;
         let created_embedding_index = embedding_models::ensure(self, &embedding.model, embedding.dim).await?;
         Ok(MigrationReport {

@@ -15,7 +15,10 @@ pub struct UserTx {
 
 impl UserTx {
     pub(crate) async fn begin(pool: &PgPool, user: UserId) -> Result<UserTx, StoreError> {
-        let mut tx = pool.begin().await.map_err(StoreError::db("beginning a user transaction"))?;
+        let mut tx = pool
+            .begin()
+            .await
+            .map_err(StoreError::db("beginning a user transaction"))?;
         sqlx::query("SELECT set_config('role', $1, true), set_config('ragpipe.user_id', $2, true)")
             .bind(APP_ROLE)
             .bind(user.0.to_string())

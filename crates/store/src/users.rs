@@ -51,7 +51,9 @@ pub async fn create(store: &Store, new: &NewUser) -> Result<User, StoreError> {
     .await
     .map_err(StoreError::db("creating a user"))
     .map_err(|e| match e {
-        e if e.is_unique_violation() => StoreError::Conflict(format!("a user with email {} already exists", new.email.trim())),
+        e if e.is_unique_violation() => {
+            StoreError::Conflict(format!("a user with email {} already exists", new.email.trim()))
+        }
         e if is_check_violation(&e) => StoreError::Conflict(format!("invalid user: {e}")),
         e => e,
     })?;

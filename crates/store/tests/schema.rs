@@ -8,12 +8,23 @@ use uuid::Uuid;
 
 async fn migrated(pool: PgPool) -> Store {
     let store = Store::from_pool(pool);
-    store.migrate(&Config::defaults().embedding).await.expect("migrations apply");
+    store
+        .migrate(&Config::defaults().embedding)
+        .await
+        .expect("migrations apply");
     store
 }
 
 async fn new_user(store: &Store, email: &str) -> UserId {
-    let user = users::create(store, &users::NewUser { email: email.into(), ..Default::default() }).await.expect("create user");
+    let user = users::create(
+        store,
+        &users::NewUser {
+            email: email.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("create user");
     UserId(user.id)
 }
 
@@ -66,7 +77,10 @@ async fn seed(store: &Store, user: UserId) {
 }
 
 async fn count(tx: &mut UserTx, table: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(tx.conn()).await.expect("count")
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(tx.conn())
+        .await
+        .expect("count")
 }
 
 fn sql_state(e: &sqlx::Error) -> Option<String> {
@@ -84,12 +98,17 @@ async fn migrations_apply_to_an_empty_database_and_again_as_a_no_op(pool: PgPool
     assert!(second.applied.is_empty(), "{second:?}");
     assert!(!second.created_embedding_index);
     assert!(store.pending_migrations().await.expect("pending").is_empty());
-    let vector: String = sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetch_one(&pool).await.expect("pgvector");
-    assert!(!vector.is_empty());
-    let queue_tables: i64 = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'apalis' AND table_name = 'jobs'")
+    let vector: String = sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         .fetch_one(&pool)
         .await
-        .expect("apalis");
+        .expect("pgvector");
+    assert!(!vector.is_empty());
+    let queue_tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'apalis' AND table_name = 'jobs'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("apalis");
     assert_eq!(queue_tables, 1);
 }
 
@@ -101,7 +120,10 @@ async fn concurrent_migrations_both_succeed(pool: PgPool) {
     let (ra, rb) = tokio::join!(a.migrate(&config.embedding), b.migrate(&config.embedding));
     let (ra, rb) = (ra.expect("a"), rb.expect("b"));
     // Exactly one of the runs applied the migrations; the other found them done.
-    assert_eq!(ra.applied.len() + rb.applied.len(), ragpipe_store::migrate::MIGRATOR.iter().count());
+    assert_eq!(
+        ra.applied.len() + rb.applied.len(),
+        ragpipe_store::migrate::MIGRATOR.iter().count()
+    );
     assert!(ra.created_embedding_index ^ rb.created_embedding_index);
 }
 
@@ -113,11 +135,21 @@ async fn every_user_table_has_forced_row_level_security(pool: PgPool) {
         .await
         .expect("pg_class");
     for (table, _) in USER_TABLES {
-        let row = rows.iter().find(|r| r.get::<String, _>("relname") == *table).unwrap_or_else(|| panic!("{table} missing"));
-        assert!(row.get::<bool, _>("relrowsecurity") && row.get::<bool, _>("relforcerowsecurity"), "{table}");
+        let row = rows
+            .iter()
+            .find(|r| r.get::<String, _>("relname") == *table)
+            .unwrap_or_else(|| panic!("{table} missing"));
+        assert!(
+            row.get::<bool, _>("relrowsecurity") && row.get::<bool, _>("relforcerowsecurity"),
+            "{table}"
+        );
     }
     // The application role cannot bypass row-level security.
-    let bypass: bool = sqlx::query_scalar("SELECT rolbypassrls OR rolsuper FROM pg_roles WHERE rolname = 'ragpipe_app'").fetch_one(&pool).await.expect("role");
+    let bypass: bool =
+        sqlx::query_scalar("SELECT rolbypassrls OR rolsuper FROM pg_roles WHERE rolname = 'ragpipe_app'")
+            .fetch_one(&pool)
+            .await
+            .expect("role");
     assert!(!bypass);
 }
 
@@ -129,7 +161,10 @@ async fn users_see_and_change_only_their_own_rows(pool: PgPool) {
     seed(&store, a).await;
 
     // The superuser pool itself sees A's rows: the isolation below comes from the transaction.
-    let superuser_sees: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks").fetch_one(&pool).await.expect("count");
+    let superuser_sees: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
     assert_eq!(superuser_sees, 1);
 
     for (table, owner) in USER_TABLES {
@@ -141,12 +176,14 @@ async fn users_see_and_change_only_their_own_rows(pool: PgPool) {
         let expected_b = if *table == "users" { 1 } else { 0 };
         assert_eq!(count(&mut tx, table).await, expected_b, "B must not see A's {table}");
         if *table != "usage_events" {
-            let updated = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {table} SET {owner} = {owner} WHERE {owner} = $1")))
-                .bind(a.0)
-                .execute(tx.conn())
-                .await
-                .expect("update runs")
-                .rows_affected();
+            let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {table} SET {owner} = {owner} WHERE {owner} = $1"
+            )))
+            .bind(a.0)
+            .execute(tx.conn())
+            .await
+            .expect("update runs")
+            .rows_affected();
             assert_eq!(updated, 0, "B updated A's {table}");
             let deleted = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE {owner} = $1")))
                 .bind(a.0)
@@ -175,7 +212,10 @@ async fn users_see_and_change_only_their_own_rows(pool: PgPool) {
     // Nor attach its own rows to A's parents: children reference (id, user_id).
     let a_doc: Uuid = {
         let mut tx = store.user_tx(a).await.expect("tx");
-        sqlx::query_scalar("SELECT id FROM documents").fetch_one(tx.conn()).await.expect("doc")
+        sqlx::query_scalar("SELECT id FROM documents")
+            .fetch_one(tx.conn())
+            .await
+            .expect("doc")
     };
     let mut tx = store.user_tx(b).await.expect("tx");
     let err = sqlx::query("INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, byte_start, byte_end) VALUES ($1, $2, 9, 'x', 1, 0, 1)")
@@ -217,23 +257,37 @@ async fn nothing_leaks_between_transactions_on_one_pooled_connection(pool: PgPoo
     let store = Store::from_pool(one.clone());
     let pid = |s: &Store| {
         let p = s.pool().clone();
-        async move { sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&p).await.expect("pid") }
+        async move {
+            sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+                .fetch_one(&p)
+                .await
+                .expect("pid")
+        }
     };
     let first_pid = pid(&store).await;
 
     let mut tx = store.user_tx(a).await.expect("tx a");
-    let a_docs: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM documents").fetch_all(tx.conn()).await.expect("a docs");
+    let a_docs: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM documents")
+        .fetch_all(tx.conn())
+        .await
+        .expect("a docs");
     assert_eq!(a_docs, vec![a.0]);
     tx.commit().await.expect("commit");
 
     let mut tx = store.user_tx(b).await.expect("tx b");
-    let b_docs: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM documents").fetch_all(tx.conn()).await.expect("b docs");
+    let b_docs: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM documents")
+        .fetch_all(tx.conn())
+        .await
+        .expect("b docs");
     assert_eq!(b_docs, vec![b.0]);
     drop(tx); // dropped without commit: rolled back when the connection is reused
 
     // Outside any user transaction the connection is back to its own role with no user set.
     let (role, acting): (String, Option<String>) =
-        sqlx::query_as("SELECT current_user::text, nullif(current_setting('ragpipe.user_id', true), '')").fetch_one(&one).await.expect("state");
+        sqlx::query_as("SELECT current_user::text, nullif(current_setting('ragpipe.user_id', true), '')")
+            .fetch_one(&one)
+            .await
+            .expect("state");
     assert_ne!(role, "ragpipe_app");
     assert_eq!(acting, None);
     assert_eq!(pid(&store).await, first_pid, "the same pooled connection was reused");
@@ -253,9 +307,16 @@ async fn isolation_holds_for_a_non_superuser_pool(pool: PgPool) {
     .execute(&pool)
     .await
     .expect("login role");
-    sqlx::query("GRANT ragpipe_app TO ragpipe_test_login").execute(&pool).await.ok();
+    sqlx::query("GRANT ragpipe_app TO ragpipe_test_login")
+        .execute(&pool)
+        .await
+        .ok();
     let options = pool.connect_options().as_ref().clone().username("ragpipe_test_login");
-    let login_pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(options).await.expect("login pool");
+    let login_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .expect("login pool");
     let login_store = Store::from_pool(login_pool);
     let mut tx = login_store.user_tx(b).await.expect("tx");
     for (table, _) in USER_TABLES {
@@ -273,7 +334,10 @@ async fn api_keys_are_stored_hashed_and_authenticate_their_owner(pool: PgPool) {
     let a = new_user(&store, "a@example.com").await;
     let created = api_keys::create(&store, a, Some("ci")).await.expect("key");
     assert!(created.key.starts_with("rp_") && created.key.len() > 40);
-    let stored: Vec<u8> = sqlx::query_scalar("SELECT key_sha256 FROM api_keys").fetch_one(&pool).await.expect("row");
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT key_sha256 FROM api_keys")
+        .fetch_one(&pool)
+        .await
+        .expect("row");
     assert_ne!(stored, created.key.as_bytes());
     let raw = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM api_keys WHERE position($1::bytea in key_sha256) > 0")
         .bind(created.key.as_bytes())
@@ -282,42 +346,73 @@ async fn api_keys_are_stored_hashed_and_authenticate_their_owner(pool: PgPool) {
         .expect("scan");
     assert_eq!(raw, 0, "the key itself is not stored");
 
-    let auth = api_keys::authenticate(&store, &created.key).await.expect("auth").expect("valid key");
+    let auth = api_keys::authenticate(&store, &created.key)
+        .await
+        .expect("auth")
+        .expect("valid key");
     assert_eq!(auth.user_id, a);
     assert_eq!(api_keys::authenticate(&store, "rp_nope").await.expect("auth"), None);
     assert_eq!(api_keys::authenticate(&store, "not-a-key").await.expect("auth"), None);
-    let used: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar("SELECT last_used_at FROM api_keys").fetch_one(&pool).await.expect("row");
+    let used: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar("SELECT last_used_at FROM api_keys")
+        .fetch_one(&pool)
+        .await
+        .expect("row");
     assert!(used.is_some());
 
-    sqlx::query("UPDATE api_keys SET revoked_at = now()").execute(&pool).await.expect("revoke");
+    sqlx::query("UPDATE api_keys SET revoked_at = now()")
+        .execute(&pool)
+        .await
+        .expect("revoke");
     assert_eq!(api_keys::authenticate(&store, &created.key).await.expect("auth"), None);
 
-    let missing = api_keys::create(&store, UserId::new(), None).await.expect_err("no such user");
-    assert!(matches!(missing, ragpipe_store::StoreError::NotFound("user")), "{missing}");
+    let missing = api_keys::create(&store, UserId::new(), None)
+        .await
+        .expect_err("no such user");
+    assert!(
+        matches!(missing, ragpipe_store::StoreError::NotFound("user")),
+        "{missing}"
+    );
 }
 
 #[sqlx::test(migrations = false)]
 async fn emails_are_unique_case_insensitively(pool: PgPool) {
     let store = migrated(pool).await;
     new_user(&store, "Ann@example.com").await;
-    let err = users::create(&store, &users::NewUser { email: "ann@EXAMPLE.com".into(), ..Default::default() }).await.expect_err("duplicate");
+    let err = users::create(
+        &store,
+        &users::NewUser {
+            email: "ann@EXAMPLE.com".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("duplicate");
     assert!(err.to_string().contains("already exists"), "{err}");
 }
 
 #[sqlx::test(migrations = false)]
 async fn models_of_different_dimensions_coexist(pool: PgPool) {
     let store = migrated(pool.clone()).await;
-    assert!(embedding_models::ensure(&store, "text-embedding-3-small", 1536).await.expect("1536"));
+    assert!(
+        embedding_models::ensure(&store, "text-embedding-3-small", 1536)
+            .await
+            .expect("1536")
+    );
     let models = embedding_models::list(&store).await.expect("list");
     assert_eq!(models.iter().map(|m| m.dim).collect::<Vec<_>>(), vec![384, 1536]);
     assert_eq!(models.iter().filter(|m| m.active).count(), 1);
-    let err = embedding_models::ensure(&store, "text-embedding-3-small", 384).await.expect_err("dim change");
+    let err = embedding_models::ensure(&store, "text-embedding-3-small", 384)
+        .await
+        .expect_err("dim change");
     assert!(err.to_string().contains("dimension 1536"), "{err}");
 
     let a = new_user(&store, "a@example.com").await;
     seed(&store, a).await;
     let mut tx = store.user_tx(a).await.expect("tx");
-    let doc: Uuid = sqlx::query_scalar("SELECT id FROM documents").fetch_one(tx.conn()).await.expect("doc");
+    let doc: Uuid = sqlx::query_scalar("SELECT id FROM documents")
+        .fetch_one(tx.conn())
+        .await
+        .expect("doc");
     sqlx::query(
         "INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, byte_start, byte_end, embedding, embedding_model) \
          VALUES ($1, $2, 1, 'x', 1, 0, 1, array_fill(0.1, ARRAY[1536])::vector, 'text-embedding-3-small')",
