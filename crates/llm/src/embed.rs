@@ -1,0 +1,444 @@
+//! Embeddings: over any OpenAI-compatible `/embeddings` endpoint, or offline by hashing.
+
+use crate::LlmError;
+use crate::batching::plan_batches;
+use crate::hashed::HashedEmbedder;
+use crate::retry::RetryPolicy;
+use crate::tokens::TokenCounter;
+use crate::transport::{ApiClient, map_error};
+use futures::{StreamExt, TryStreamExt};
+use ragpipe_core::config::ModelEndpoint;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Inputs whose total size is above this many bytes are tokenised and hashed on the blocking
+/// pool rather than on the async worker thread.
+const INLINE_CPU_BYTES: usize = 32 * 1024;
+
+/// Settings shared by [`Embedder`] and [`crate::ChatModel`] beyond the endpoint's own.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// When and how long to wait before retrying.
+    pub retry: RetryPolicy,
+    /// The tokenizer that counts inputs and answers.
+    pub tokens: TokenCounter,
+}
+
+impl ClientOptions {
+    /// The endpoint's retry settings and the `cl100k_base` tokenizer.
+    pub fn for_endpoint(endpoint: &ModelEndpoint) -> ClientOptions {
+        ClientOptions {
+            retry: RetryPolicy::for_endpoint(endpoint),
+            tokens: TokenCounter::default(),
+        }
+    }
+}
+
+/// The vectors of one [`Embedder::embed`] call and what it cost.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Embedded {
+    /// One vector per input, in input order, each of the configured dimension.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens billed: the server's `usage.prompt_tokens` when it reports it, otherwise the
+    /// tiktoken count of the (truncated) inputs.
+    pub prompt_tokens: u64,
+    /// HTTP requests made, retries included (0 offline).
+    pub requests: u32,
+    /// Requests that were retries of a failed one.
+    pub retries: u32,
+    /// Responses that were HTTP 429.
+    pub rate_limited: u32,
+    /// Inputs cut to the model's input limit (`max_input_tokens`) before embedding.
+    pub truncated: u32,
+}
+
+/// Turns texts into vectors. Cheap to clone (one `Arc`), `Send + Sync`; share one per process.
+#[derive(Clone, Debug)]
+pub struct Embedder {
+    inner: Arc<EmbedderInner>,
+}
+
+#[derive(Debug)]
+struct EmbedderInner {
+    model: String,
+    dim: usize,
+    max_input_tokens: usize,
+    batch_size: usize,
+    batch_tokens: usize,
+    concurrency: usize,
+    tokens: TokenCounter,
+    retry: RetryPolicy,
+    provider: Provider,
+}
+
+enum Provider {
+    Offline(HashedEmbedder),
+    Api(ApiClient),
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Provider::Offline(_) => f.write_str("Offline"),
+            Provider::Api(api) => f.debug_tuple("Api").field(&api.base_url).finish(),
+        }
+    }
+}
+
+/// One input ready to send: cut to the model's limit and counted.
+struct Prepared {
+    text: String,
+    tokens: usize,
+    truncated: bool,
+}
+
+impl Embedder {
+    /// The embedder for `endpoint` (the `embedding` section of the configuration): the API at
+    /// its `base_url`, or the offline hashed embedder when there is none.
+    pub fn new(endpoint: &ModelEndpoint) -> Result<Embedder, LlmError> {
+        Embedder::with_options(endpoint, ClientOptions::for_endpoint(endpoint))
+    }
+
+    /// Like [`Embedder::new`] with explicit retry and tokenizer settings.
+    pub fn with_options(endpoint: &ModelEndpoint, options: ClientOptions) -> Result<Embedder, LlmError> {
+        let dim = endpoint.dim as usize;
+        if dim == 0 {
+            return Err(LlmError::InvalidConfig {
+                setting: "embedding.dim",
+                message: "must be at least 1".into(),
+            });
+        }
+        let provider = match endpoint.base_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+            None => Provider::Offline(HashedEmbedder::new(dim)),
+            Some(url) => Provider::Api(ApiClient::new(endpoint, url, "embedding")?),
+        };
+        Ok(Embedder {
+            inner: Arc::new(EmbedderInner {
+                model: endpoint.model.clone(),
+                dim,
+                max_input_tokens: (endpoint.max_input_tokens as usize).max(1),
+                batch_size: (endpoint.batch_size as usize).max(1),
+                batch_tokens: (endpoint.batch_tokens as usize).max(1),
+                concurrency: (endpoint.concurrency as usize).max(1),
+                tokens: options.tokens,
+                retry: options.retry,
+                provider,
+            }),
+        })
+    }
+
+    /// The model name recorded with every vector.
+    pub fn model(&self) -> &str {
+        &self.inner.model
+    }
+
+    /// The dimension of every vector returned.
+    pub fn dim(&self) -> usize {
+        self.inner.dim
+    }
+
+    /// Whether this is the offline hashed embedder (no network).
+    pub fn is_offline(&self) -> bool {
+        matches!(self.inner.provider, Provider::Offline(_))
+    }
+
+    /// Embeds `inputs`, returning one vector per input in input order.
+    ///
+    /// Each input is first cut to `max_input_tokens` (models silently ignore what lies past
+    /// their limit). Over the API, inputs go in batches of at most `batch_size` inputs and
+    /// `batch_tokens` tokens, up to `concurrency` batches in flight; a transient failure of a
+    /// batch (429, 5xx, timeout, lost connection) is retried with backoff and jitter, waiting
+    /// at least what `Retry-After` asks. The first batch that fails for good fails the call.
+    /// Every vector's length is checked against `dim`.
+    pub async fn embed(&self, inputs: &[String]) -> Result<Embedded, LlmError> {
+        if inputs.is_empty() {
+            return Ok(Embedded::default());
+        }
+        match &self.inner.provider {
+            Provider::Offline(hasher) => self.embed_offline(*hasher, inputs).await,
+            Provider::Api(api) => self.embed_api(api, inputs).await,
+        }
+    }
+
+    async fn embed_offline(&self, hasher: HashedEmbedder, inputs: &[String]) -> Result<Embedded, LlmError> {
+        let (tokens, max) = (self.inner.tokens, self.inner.max_input_tokens);
+        let work = move |inputs: &[String]| {
+            let prepared = prepare(tokens, inputs, max);
+            let mut out = Embedded::default();
+            for p in &prepared {
+                out.vectors.push(hasher.embed(&p.text));
+                out.prompt_tokens += p.tokens as u64;
+                out.truncated += u32::from(p.truncated);
+            }
+            out
+        };
+        if total_bytes(inputs) <= INLINE_CPU_BYTES {
+            return Ok(work(inputs));
+        }
+        let owned = inputs.to_vec();
+        tokio::task::spawn_blocking(move || work(&owned))
+            .await
+            .map_err(|e| LlmError::Task {
+                context: format!("hashing {} inputs", inputs.len()),
+                message: e.to_string(),
+            })
+    }
+
+    async fn embed_api(&self, api: &ApiClient, inputs: &[String]) -> Result<Embedded, LlmError> {
+        let inner = &self.inner;
+        let (tokens, max) = (inner.tokens, inner.max_input_tokens);
+        let prepared = if total_bytes(inputs) <= INLINE_CPU_BYTES {
+            prepare(tokens, inputs, max)
+        } else {
+            let owned = inputs.to_vec();
+            tokio::task::spawn_blocking(move || prepare(tokens, &owned, max))
+                .await
+                .map_err(|e| LlmError::Task {
+                    context: format!("counting tokens of {} inputs", inputs.len()),
+                    message: e.to_string(),
+                })?
+        };
+        let counts: Vec<usize> = prepared.iter().map(|p| p.tokens).collect();
+        let plan = plan_batches(&counts, inner.batch_size, inner.batch_tokens);
+        let batches = plan.len();
+        let outcomes: Vec<Embedded> = futures::stream::iter(plan.into_iter().enumerate())
+            .map(|(i, range)| self.embed_batch(api, &prepared[range], i, batches))
+            .buffered(inner.concurrency)
+            .try_collect()
+            .await?;
+        let mut total = Embedded {
+            vectors: Vec::with_capacity(inputs.len()),
+            ..Embedded::default()
+        };
+        for o in outcomes {
+            total.vectors.extend(o.vectors);
+            total.prompt_tokens += o.prompt_tokens;
+            total.requests += o.requests;
+            total.retries += o.retries;
+            total.rate_limited += o.rate_limited;
+        }
+        total.truncated = prepared.iter().map(|p| u32::from(p.truncated)).sum();
+        Ok(total)
+    }
+
+    /// One batch, with its retries.
+    async fn embed_batch(
+        &self,
+        api: &ApiClient,
+        batch: &[Prepared],
+        index: usize,
+        of: usize,
+    ) -> Result<Embedded, LlmError> {
+        let inner = &self.inner;
+        let context = format!(
+            "embedding batch {} of {} ({} inputs) with {} at {}",
+            index + 1,
+            of,
+            batch.len(),
+            inner.model,
+            api.base_url
+        );
+        let request = EmbeddingRequest {
+            model: &inner.model,
+            input: batch.iter().map(|p| p.text.as_str()).collect(),
+            encoding_format: "float",
+        };
+        let mut out = Embedded::default();
+        loop {
+            out.requests += 1;
+            let attempt = tokio::time::timeout(
+                api.timeout,
+                api.client.embeddings().create_byot::<_, EmbeddingResponse>(&request),
+            )
+            .await;
+            let error = match attempt {
+                Ok(Ok(response)) => {
+                    let counted: usize = batch.iter().map(|p| p.tokens).sum();
+                    out.prompt_tokens = match response.usage.as_ref().and_then(|u| u.prompt_tokens) {
+                        Some(reported) if reported > 0 => reported,
+                        _ => counted as u64,
+                    };
+                    out.vectors = self.check_vectors(&context, batch.len(), response)?;
+                    return Ok(out);
+                }
+                Ok(Err(e)) => map_error(&context, e),
+                Err(_) => LlmError::Timeout {
+                    context: context.clone(),
+                    after: api.timeout,
+                },
+            };
+            if error.is_rate_limited() {
+                out.rate_limited += 1;
+            }
+            let Some(wait) = inner.retry.delay(out.retries, &error) else {
+                return Err(error);
+            };
+            tracing::warn!(error = %error, wait_ms = wait.as_millis() as u64, retry = out.retries + 1, "embedding request failed; retrying");
+            out.retries += 1;
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Puts the response's vectors in input order and checks their count, size and values.
+    fn check_vectors(
+        &self,
+        context: &str,
+        expected: usize,
+        response: EmbeddingResponse,
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
+        let protocol = |message: String| LlmError::Protocol {
+            context: context.to_owned(),
+            message,
+        };
+        if response.data.len() != expected {
+            return Err(protocol(format!(
+                "{} vectors for {expected} inputs",
+                response.data.len()
+            )));
+        }
+        let mut slots: Vec<Option<Vec<f32>>> = vec![None; expected];
+        for (position, item) in response.data.into_iter().enumerate() {
+            let index = item.index.unwrap_or(position);
+            if item.embedding.len() != self.inner.dim {
+                return Err(LlmError::DimensionMismatch {
+                    model: self.inner.model.clone(),
+                    expected: self.inner.dim,
+                    got: item.embedding.len(),
+                });
+            }
+            if item.embedding.iter().any(|x| !x.is_finite()) {
+                return Err(protocol(format!("vector {index} holds a NaN or infinite value")));
+            }
+            match slots.get_mut(index) {
+                Some(slot @ None) => *slot = Some(item.embedding),
+                _ => return Err(protocol(format!("vector index {index} is out of range or repeated"))),
+            }
+        }
+        // Every slot is filled: `expected` distinct in-range indices were seen.
+        Ok(slots.into_iter().flatten().collect())
+    }
+}
+
+fn total_bytes(inputs: &[String]) -> usize {
+    inputs.iter().map(String::len).sum()
+}
+
+fn prepare(tokens: TokenCounter, inputs: &[String], max_input_tokens: usize) -> Vec<Prepared> {
+    inputs
+        .iter()
+        .map(|text| {
+            let (kept, count) = tokens.truncate_counted(text, max_input_tokens);
+            Prepared {
+                truncated: kept.len() < text.len(),
+                text: kept.to_owned(),
+                tokens: count,
+            }
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct EmbeddingRequest<'a> {
+    model: &'a str,
+    input: Vec<&'a str>,
+    encoding_format: &'static str,
+}
+
+/// The response, read leniently: servers differ in which of the other fields they send.
+#[derive(Deserialize)]
+struct EmbeddingResponse {
+    data: Vec<EmbeddingItem>,
+    #[serde(default)]
+    usage: Option<EmbeddingUsage>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingItem {
+    embedding: Vec<f32>,
+    #[serde(default)]
+    index: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::hashed::cosine;
+
+    pub(crate) fn endpoint(dim: u32) -> ModelEndpoint {
+        ModelEndpoint {
+            base_url: None,
+            api_key: None,
+            model: "ragpipe-hash-v1".into(),
+            dim,
+            max_input_tokens: 16,
+            batch_size: 4,
+            batch_tokens: 100,
+            concurrency: 2,
+            max_output_tokens: 0,
+            timeout_secs: 5,
+            max_retries: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn offline_embeds_in_order_and_truncates() {
+        let e = Embedder::new(&endpoint(64)).expect("offline embedder");
+        assert!(e.is_offline());
+        let long = "word ".repeat(100);
+        let inputs = vec!["alpha beta".to_owned(), long.clone(), String::new()];
+        let out = e.embed(&inputs).await.expect("embedded");
+        assert_eq!(out.vectors.len(), 3);
+        assert!(out.vectors.iter().all(|v| v.len() == 64));
+        assert_eq!(out.vectors[0], HashedEmbedder::new(64).embed("alpha beta"));
+        assert_eq!(out.truncated, 1);
+        assert_eq!(out.prompt_tokens, 2 + 16);
+        assert_eq!(out.requests, 0);
+        let cut = HashedEmbedder::new(64).embed(TokenCounter::default().truncate(&long, 16));
+        assert!(cosine(&out.vectors[1], &cut) > 0.999);
+    }
+
+    #[tokio::test]
+    async fn offline_large_inputs_use_the_blocking_pool() {
+        let e = Embedder::new(&endpoint(32)).expect("offline embedder");
+        let inputs: Vec<String> = (0..200)
+            .map(|i| format!("document {i} {}", "text ".repeat(50)))
+            .collect();
+        let out = e.embed(&inputs).await.expect("embedded");
+        assert_eq!(out.vectors.len(), 200);
+        assert_eq!(
+            out.vectors[7],
+            HashedEmbedder::new(32).embed(TokenCounter::default().truncate(&inputs[7], 16))
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_permanent_errors() {
+        let mut ep = endpoint(8);
+        ep.base_url = Some("ftp://example.com".into());
+        assert!(matches!(
+            Embedder::new(&ep),
+            Err(LlmError::InvalidConfig {
+                setting: "embedding.base_url",
+                ..
+            })
+        ));
+        ep.base_url = Some("http://127.0.0.1:1/v1".into());
+        ep.api_key = Some("bad\nkey".into());
+        assert!(matches!(
+            Embedder::new(&ep),
+            Err(LlmError::InvalidConfig {
+                setting: "embedding.api_key",
+                ..
+            })
+        ));
+        ep.api_key = None;
+        ep.base_url = Some("  ".into());
+        assert!(Embedder::new(&ep).map(|e| e.is_offline()).unwrap_or(false));
+    }
+}

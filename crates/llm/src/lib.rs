@@ -1,0 +1,38 @@
+//! Models for ragpipe: embeddings and streaming chat over any OpenAI-compatible API
+//! (async-openai), with offline providers so that the demo and the tests need no network;
+//! token counting (tiktoken-rs) and model prices.
+//!
+//! - [`Embedder`]: batched, concurrent, retried embeddings, or deterministic hashed vectors
+//!   ([`HashedEmbedder`]) when no base URL is configured.
+//! - [`ChatModel`]: a [`ChatStream`] of deltas, usage and a finish reason, from the API or from
+//!   the offline extractive responder.
+//! - [`TokenCounter`], [`count_tokens`], [`truncate_to_tokens`]: process-wide tiktoken encoders.
+//! - [`PriceTable`]: the cost of a call.
+//! - [`LlmError`]: every failure, classified ([`LlmError::kind`]) where it arose.
+//!
+//! This crate never touches the database.
+
+#![warn(missing_docs)]
+
+pub mod batching;
+pub mod chat;
+pub mod embed;
+pub mod error;
+mod extractive;
+pub mod hashed;
+pub mod prices;
+pub mod retry;
+pub mod tokens;
+mod transport;
+
+pub use batching::plan_batches;
+pub use chat::{
+    ChatEvent, ChatMessage, ChatModel, ChatRequest, ChatStream, FinishReason, Role, SourcePassage, count_prompt_tokens,
+};
+pub use embed::{ClientOptions, Embedded, Embedder};
+pub use error::LlmError;
+pub use extractive::NO_MODEL_NOTICE;
+pub use hashed::{HashedEmbedder, cosine};
+pub use prices::{ModelPrice, PriceTable};
+pub use retry::RetryPolicy;
+pub use tokens::{Encoding, TokenCounter, count_tokens, truncate_to_tokens};
