@@ -6,10 +6,14 @@
 //! what the query can see, whatever role the pool itself connects as.
 
 pub mod api_keys;
+pub mod chunks;
+pub mod documents;
 pub mod embedding_models;
 mod error;
+pub mod jobs;
 pub mod migrate;
 mod user_tx;
+pub mod usage;
 pub mod users;
 
 pub use error::{StoreError, redact};

@@ -1,0 +1,172 @@
+//! A document's chunk set: written whole, replacing the previous one in the same transaction.
+
+use crate::{StoreError, UserTx};
+use pgvector::Vector;
+use ragpipe_core::DocumentId;
+use serde::Serialize;
+
+/// Separates heading path elements when they travel as one text value through `UNNEST`.
+const PATH_SEPARATOR: char = '\u{1f}';
+
+/// A chunk ready to store.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    /// Position in the document.
+    pub index: u32,
+    /// The text.
+    pub content: String,
+    /// Its tokens.
+    pub token_count: u32,
+    /// First page it covers.
+    pub page_first: Option<u32>,
+    /// Last page it covers.
+    pub page_last: Option<u32>,
+    /// Headings above it.
+    pub heading_path: Vec<String>,
+    /// Byte range in the extracted text.
+    pub byte_range: std::ops::Range<usize>,
+    /// Its embedding.
+    pub embedding: Vec<f32>,
+}
+
+/// What produced a chunk set, recorded on the document.
+#[derive(Debug, Clone)]
+pub struct ChunkSetInfo<'a> {
+    /// Embedding model.
+    pub embedding_model: &'a str,
+    /// Chunk size.
+    pub max_tokens: u32,
+    /// Overlap.
+    pub overlap_tokens: u32,
+    /// Tokenizer.
+    pub tokenizer: &'a str,
+    /// Extractor version.
+    pub extractor_version: &'a str,
+    /// Title found.
+    pub title: Option<&'a str>,
+    /// Language found.
+    pub language: Option<&'a str>,
+    /// Pages.
+    pub page_count: Option<u32>,
+    /// Pages that failed, as JSON.
+    pub failed_pages: serde_json::Value,
+}
+
+/// Replaces the document's chunks with `chunks` (one bulk insert) and marks it ready, all in the
+/// caller's transaction: readers see the old set or the new one, never a mix or a half set.
+pub async fn replace(tx: &mut UserTx, document: DocumentId, chunks: &[NewChunk], info: &ChunkSetInfo<'_>) -> Result<(), StoreError> {
+    let user = tx.user_id();
+    sqlx::query("DELETE FROM document_chunks WHERE document_id = $1")
+        .bind(document.0)
+        .execute(tx.conn())
+        .await
+        .map_err(StoreError::db("removing the previous chunk set"))?;
+    let n = chunks.len();
+    let mut index = Vec::with_capacity(n);
+    let mut content = Vec::with_capacity(n);
+    let mut tokens = Vec::with_capacity(n);
+    let mut page_first = Vec::with_capacity(n);
+    let mut page_last = Vec::with_capacity(n);
+    let mut path = Vec::with_capacity(n);
+    let mut start = Vec::with_capacity(n);
+    let mut end = Vec::with_capacity(n);
+    let mut embedding = Vec::with_capacity(n);
+    for c in chunks {
+        index.push(c.index as i32);
+        content.push(c.content.as_str());
+        tokens.push(c.token_count as i32);
+        page_first.push(c.page_first.map(|p| p as i32));
+        page_last.push(c.page_last.map(|p| p as i32));
+        path.push(c.heading_path.join(&PATH_SEPARATOR.to_string()));
+        start.push(c.byte_range.start as i32);
+        end.push(c.byte_range.end as i32);
+        embedding.push(Vector::from(c.embedding.clone()));
+    }
+    sqlx::query(
+        "INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, page_first, page_last, \
+                                      heading_path, byte_start, byte_end, embedding, embedding_model) \
+         SELECT $1, $2, i, c, t, pf, pl, CASE WHEN h = '' THEN '{}'::text[] ELSE string_to_array(h, $11) END, s, e, v, $12 \
+         FROM UNNEST($3::int[], $4::text[], $5::int[], $6::int[], $7::int[], $8::text[], $9::int[], $10::int[], $13::vector[]) \
+              AS u(i, c, t, pf, pl, h, s, e, v)",
+    )
+    .bind(document.0)
+    .bind(user.0)
+    .bind(&index)
+    .bind(&content)
+    .bind(&tokens)
+    .bind(&page_first)
+    .bind(&page_last)
+    .bind(&path)
+    .bind(&start)
+    .bind(&end)
+    .bind(PATH_SEPARATOR.to_string())
+    .bind(info.embedding_model)
+    .bind(&embedding)
+    .execute(tx.conn())
+    .await
+    .map_err(StoreError::db("inserting the chunk set"))?;
+    sqlx::query(
+        "UPDATE documents SET status = 'ready', progress = 1, error = NULL, chunk_count = $2, embedding_model = $3, \
+         chunk_max_tokens = $4, chunk_overlap_tokens = $5, tokenizer = $6, extractor_version = $7, title = $8, \
+         language = $9, page_count = $10, failed_pages = $11, updated_at = now(), ready_at = now() WHERE id = $1",
+    )
+    .bind(document.0)
+    .bind(n as i32)
+    .bind(info.embedding_model)
+    .bind(info.max_tokens as i32)
+    .bind(info.overlap_tokens as i32)
+    .bind(info.tokenizer)
+    .bind(info.extractor_version)
+    .bind(info.title)
+    .bind(info.language)
+    .bind(info.page_count.map(|p| p as i32))
+    .bind(&info.failed_pages)
+    .execute(tx.conn())
+    .await
+    .map_err(StoreError::db("marking the document ready"))?;
+    Ok(())
+}
+
+/// A stored chunk, as listed to its owner.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StoredChunk {
+    /// Chunk id.
+    pub id: i64,
+    /// Position in the document.
+    pub chunk_index: i32,
+    /// The text.
+    pub content: String,
+    /// Its tokens.
+    pub token_count: i32,
+    /// First page.
+    pub page_first: Option<i32>,
+    /// Last page.
+    pub page_last: Option<i32>,
+    /// Headings above it.
+    pub heading_path: Vec<String>,
+    /// Start byte in the extracted text.
+    pub byte_start: i32,
+    /// End byte.
+    pub byte_end: i32,
+    /// Embedding model, when embedded.
+    pub embedding_model: Option<String>,
+    /// Whether it has an embedding.
+    pub embedded: bool,
+    /// Whether its full-text vector has any lexeme.
+    pub searchable: bool,
+}
+
+/// The document's chunks in order, `limit` from `offset`.
+pub async fn list(tx: &mut UserTx, document: DocumentId, offset: u32, limit: u32) -> Result<Vec<StoredChunk>, StoreError> {
+    sqlx::query_as(
+        "SELECT id, chunk_index, content, token_count, page_first, page_last, heading_path, byte_start, byte_end, \
+                embedding_model, embedding IS NOT NULL AS embedded, length(search_vector) > 0 AS searchable \
+         FROM document_chunks WHERE document_id = $1 ORDER BY chunk_index OFFSET $2 LIMIT $3",
+    )
+    .bind(document.0)
+    .bind(i64::from(offset))
+    .bind(i64::from(limit.clamp(1, 1000)))
+    .fetch_all(tx.conn())
+    .await
+    .map_err(StoreError::db("listing chunks"))
+}
