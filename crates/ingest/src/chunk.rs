@@ -1,0 +1,291 @@
+//! Token-exact chunking with text-splitter and tiktoken, and the metadata each chunk carries.
+
+use crate::{ChunkError, Extracted, Heading, PageSpan};
+use serde::Serialize;
+use std::ops::Range;
+use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
+use tiktoken_rs::CoreBPE;
+
+/// Longest piece of text handed to the splitter at once. text-splitter's cost grows faster
+/// than linearly with the length of one string (8-11x slower on 13.9 MB as one string than
+/// per document, FACTS.md), so long documents are cut at paragraph breaks into segments of
+/// about this size first; a chunk never spans two segments.
+const SEGMENT_BYTES: usize = 48 * 1024;
+
+/// How text is cut into chunks.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ChunkSettings {
+    /// Largest chunk, in tokens.
+    pub max_tokens: u32,
+    /// Tokens shared by consecutive chunks (at most).
+    pub overlap_tokens: u32,
+    /// tiktoken encoding counting the tokens: `cl100k_base`, `o200k_base`, `p50k_base`,
+    /// `p50k_edit`, `r50k_base` or `o200k_harmony`.
+    pub tokenizer: String,
+}
+
+impl ChunkSettings {
+    /// The settings configured for this deployment.
+    pub fn from_config(c: &ragpipe_core::config::Chunking) -> Self {
+        ChunkSettings {
+            max_tokens: c.max_tokens,
+            overlap_tokens: c.overlap_tokens,
+            tokenizer: c.tokenizer.clone(),
+        }
+    }
+}
+
+impl Default for ChunkSettings {
+    /// 512 tokens, 64 overlap, cl100k_base: the configuration defaults.
+    fn default() -> Self {
+        ChunkSettings {
+            max_tokens: 512,
+            overlap_tokens: 64,
+            tokenizer: "cl100k_base".to_owned(),
+        }
+    }
+}
+
+/// One chunk of a document, ready to embed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Chunk {
+    /// 0-based position in the document's chunk list.
+    pub index: u32,
+    /// The chunk's text: exactly `text[byte_range]` of the extracted text.
+    pub content: String,
+    /// Tokens in `content` by the configured tokenizer (no special tokens).
+    pub token_count: u32,
+    /// Where the chunk lies in [`Extracted::text`].
+    pub byte_range: Range<usize>,
+    /// First page the chunk touches (paged formats only).
+    pub page_first: Option<u32>,
+    /// Last page the chunk touches (paged formats only).
+    pub page_last: Option<u32>,
+    /// Headings in force where the chunk starts, outermost first.
+    pub heading_path: Vec<String>,
+}
+
+/// Cuts extracted documents into chunks. Build it once and share it: building loads the
+/// tokenizer (60-90 ms the first time in a process); chunking is then `&self` and
+/// thread-safe.
+pub struct Chunker {
+    settings: ChunkSettings,
+    bpe: &'static CoreBPE,
+    plain: TextSplitter<&'static CoreBPE>,
+    markdown: MarkdownSplitter<&'static CoreBPE>,
+}
+
+impl std::fmt::Debug for Chunker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunker")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process-wide tokenizer for a tiktoken encoding name.
+pub(crate) fn tokenizer(name: &str) -> Result<&'static CoreBPE, ChunkError> {
+    use tiktoken_rs::*;
+    let build: fn() -> &'static CoreBPE = match name {
+        "cl100k_base" => cl100k_base_singleton,
+        "o200k_base" => o200k_base_singleton,
+        "o200k_harmony" => o200k_harmony_singleton,
+        "p50k_base" => p50k_base_singleton,
+        "p50k_edit" => p50k_edit_singleton,
+        "r50k_base" | "gpt2" => r50k_base_singleton,
+        _ => return Err(ChunkError::UnknownTokenizer { name: name.to_owned() }),
+    };
+    // The singletons decode embedded vocabularies; a failure there is a build defect, but
+    // it must still not take the process down.
+    std::panic::catch_unwind(build).map_err(|_| ChunkError::Tokenizer {
+        name: name.to_owned(),
+        reason: "vocabulary failed to load".into(),
+    })
+}
+
+impl Chunker {
+    /// Builds a chunker. Fails on an unknown tokenizer or sizes that do not fit together
+    /// (`overlap_tokens` must be smaller than `max_tokens`, which must be at least 1).
+    pub fn new(settings: ChunkSettings) -> Result<Chunker, ChunkError> {
+        if settings.max_tokens == 0 {
+            return Err(ChunkError::InvalidSettings("max_tokens must be at least 1".into()));
+        }
+        if settings.overlap_tokens >= settings.max_tokens {
+            return Err(ChunkError::InvalidSettings(format!(
+                "overlap_tokens {} must be smaller than max_tokens {}",
+                settings.overlap_tokens, settings.max_tokens
+            )));
+        }
+        let bpe = tokenizer(&settings.tokenizer)?;
+        let config = || {
+            ChunkConfig::new(settings.max_tokens as usize)
+                .with_overlap(settings.overlap_tokens as usize)
+                .map(|c| c.with_sizer(bpe))
+                .map_err(|e| ChunkError::InvalidSettings(e.to_string()))
+        };
+        Ok(Chunker {
+            plain: TextSplitter::new(config()?),
+            markdown: MarkdownSplitter::new(config()?),
+            bpe,
+            settings,
+        })
+    }
+
+    /// The settings this chunker was built with (recorded with every chunk set).
+    pub fn settings(&self) -> &ChunkSettings {
+        &self.settings
+    }
+
+    /// Tokens in `text` by this chunker's tokenizer.
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.bpe.encode_ordinary(text).len()
+    }
+
+    /// Cuts a document into chunks.
+    ///
+    /// Guarantees: chunks are in text order with increasing starts; each `content` is
+    /// `doc.text[byte_range]`, non-empty, trimmed of surrounding whitespace and at most
+    /// `max_tokens` tokens; together they cover every non-whitespace character of the text;
+    /// consecutive chunks overlap by at most `overlap_tokens` tokens. The same text and
+    /// settings always give the same chunks.
+    pub fn chunk(&self, doc: &Extracted) -> Vec<Chunk> {
+        let markdown = doc.format.is_markdown_shaped();
+        let mut chunks = Vec::new();
+        let mut path = HeadingCursor::new(&doc.headings);
+        for seg in segments(&doc.text, markdown) {
+            let piece = &doc.text[seg.clone()];
+            let pieces: Box<dyn Iterator<Item = (usize, &str)>> = if markdown {
+                Box::new(self.markdown.chunk_indices(piece))
+            } else {
+                Box::new(self.plain.chunk_indices(piece))
+            };
+            for (offset, content) in pieces {
+                if content.is_empty() {
+                    continue;
+                }
+                let start = seg.start + offset;
+                let byte_range = start..start + content.len();
+                let (page_first, page_last) = page_range(&doc.pages, &byte_range);
+                chunks.push(Chunk {
+                    index: chunks.len() as u32,
+                    content: content.to_owned(),
+                    token_count: self.count_tokens(content) as u32,
+                    heading_path: path.at(start),
+                    byte_range,
+                    page_first,
+                    page_last,
+                });
+            }
+        }
+        chunks
+    }
+}
+
+/// Cuts `text` into pieces of about [`SEGMENT_BYTES`] at the strongest break available:
+/// a Markdown heading, a blank line, a line end, a space.
+fn segments(text: &str, markdown: bool) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while text.len() - start > SEGMENT_BYTES {
+        let mut lo = start + SEGMENT_BYTES / 2;
+        let mut hi = start + SEGMENT_BYTES;
+        while !text.is_char_boundary(lo) {
+            lo += 1;
+        }
+        while !text.is_char_boundary(hi) {
+            hi -= 1;
+        }
+        let window = &text[lo..hi];
+        let cut = markdown
+            .then(|| window.rfind("\n#").map(|p| p + 1))
+            .flatten()
+            .or_else(|| window.rfind("\n\n").map(|p| p + 2))
+            .or_else(|| window.rfind('\n').map(|p| p + 1))
+            .or_else(|| window.rfind(' ').map(|p| p + 1))
+            .map_or(hi, |p| lo + p);
+        out.push(start..cut);
+        start = cut;
+    }
+    if start < text.len() {
+        out.push(start..text.len());
+    }
+    out
+}
+
+fn page_range(pages: &[PageSpan], r: &Range<usize>) -> (Option<u32>, Option<u32>) {
+    if pages.is_empty() || r.is_empty() {
+        return (None, None);
+    }
+    let first = pages.partition_point(|p| p.range.end <= r.start).min(pages.len() - 1);
+    let last = pages
+        .partition_point(|p| p.range.start < r.end)
+        .saturating_sub(1)
+        .max(first);
+    (Some(pages[first].number), Some(pages[last].number))
+}
+
+/// The heading path in force at a byte offset; cheap for non-decreasing offsets.
+struct HeadingCursor<'a> {
+    headings: &'a [Heading],
+    next: usize,
+    stack: Vec<&'a Heading>,
+}
+
+impl<'a> HeadingCursor<'a> {
+    fn new(headings: &'a [Heading]) -> Self {
+        HeadingCursor {
+            headings,
+            next: 0,
+            stack: Vec::new(),
+        }
+    }
+
+    fn at(&mut self, offset: usize) -> Vec<String> {
+        if self.next > 0 && self.headings.get(self.next - 1).is_some_and(|h| h.offset > offset) {
+            self.next = 0;
+            self.stack.clear();
+        }
+        while let Some(h) = self.headings.get(self.next).filter(|h| h.offset <= offset) {
+            while self.stack.last().is_some_and(|top| top.level >= h.level) {
+                self.stack.pop();
+            }
+            self.stack.push(h);
+            self.next += 1;
+        }
+        self.stack.iter().map(|h| h.text.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_text_and_break_at_paragraphs() {
+        let para = "word ".repeat(100) + "\n\n";
+        let text = para.repeat(500);
+        let segs = segments(&text, false);
+        assert!(segs.len() > 1);
+        assert_eq!(segs[0].start, 0);
+        assert_eq!(segs.last().map(|s| s.end), Some(text.len()));
+        for w in segs.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+            assert!(text[..w[0].end].ends_with("\n\n"));
+        }
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let bad = ChunkSettings {
+            max_tokens: 10,
+            overlap_tokens: 10,
+            tokenizer: "cl100k_base".into(),
+        };
+        assert!(matches!(Chunker::new(bad), Err(ChunkError::InvalidSettings(_))));
+        let bad = ChunkSettings {
+            tokenizer: "nope".into(),
+            ..ChunkSettings::default()
+        };
+        assert!(matches!(Chunker::new(bad), Err(ChunkError::UnknownTokenizer { .. })));
+    }
+}

@@ -1,0 +1,682 @@
+//! Fonts: from character codes in a shown string to Unicode text and glyph widths.
+//!
+//! Precedence follows what readers do: a `ToUnicode` CMap wins for the codes it maps; then
+//! the font's encoding (a base encoding plus `Differences`, glyph names through the Adobe
+//! Glyph List); then, for embedded Type 1 fonts with no `/Encoding`, the encoding built into
+//! the font program (pdfTeX's Computer Modern fonts rely on it). Type0 fonts take 2-byte
+//! codes (Identity-H) unless their CMap declares other code space ranges, and `Uni*-UCS2`
+//! CMaps decode as UTF-16.
+
+use super::lexer::{Lexer, Operand};
+use lopdf::{Dictionary, Document, Object};
+use std::collections::HashMap;
+
+/// Resolves references (bounded, so a reference cycle ends).
+pub(crate) fn deref<'a>(doc: &'a Document, mut o: &'a Object) -> Option<&'a Object> {
+    for _ in 0..32 {
+        match o {
+            Object::Reference(id) => o = doc.get_object(*id).ok()?,
+            _ => return Some(o),
+        }
+    }
+    None
+}
+
+pub(crate) fn dict_get<'a>(doc: &'a Document, d: &'a Dictionary, key: &[u8]) -> Option<&'a Object> {
+    deref(doc, d.get(key).ok()?)
+}
+
+pub(crate) fn get_dict<'a>(doc: &'a Document, d: &'a Dictionary, key: &[u8]) -> Option<&'a Dictionary> {
+    match dict_get(doc, d, key)? {
+        Object::Dictionary(d) => Some(d),
+        Object::Stream(s) => Some(&s.dict),
+        _ => None,
+    }
+}
+
+fn get_name<'a>(doc: &'a Document, d: &'a Dictionary, key: &[u8]) -> Option<&'a [u8]> {
+    dict_get(doc, d, key)?.as_name().ok()
+}
+
+fn num(o: &Object) -> Option<f32> {
+    match o {
+        Object::Integer(i) => Some(*i as f32),
+        Object::Real(r) => Some(*r),
+        _ => None,
+    }
+}
+
+fn get_num(doc: &Document, d: &Dictionary, key: &[u8]) -> Option<f32> {
+    num(dict_get(doc, d, key)?)
+}
+
+/// Decompressed content of a stream object, bounded by `limit` bytes.
+pub(crate) fn stream_bytes(doc: &Document, o: &Object, limit: usize) -> Option<Vec<u8>> {
+    let s = deref(doc, o)?.as_stream().ok()?;
+    if s.dict.get(b"Filter").is_err() {
+        return (s.content.len() <= limit).then(|| s.content.clone());
+    }
+    s.decompressed_content_with_limit(limit).ok()
+}
+
+/// A CMap: code space ranges and code → Unicode mappings.
+#[derive(Debug, Default)]
+pub(crate) struct CMap {
+    codespace: Vec<(u8, u32, u32)>,
+    single: HashMap<(u8, u32), String>,
+    ranges: Vec<Range>,
+}
+
+#[derive(Debug)]
+struct Range {
+    len: u8,
+    lo: u32,
+    hi: u32,
+    dst: RangeDst,
+}
+
+#[derive(Debug)]
+enum RangeDst {
+    /// UTF-16 units; the last is incremented by the code's offset in the range.
+    Base(Vec<u16>),
+    Array(Vec<String>),
+}
+
+fn code_of(bytes: &[u8]) -> Option<(u8, u32)> {
+    if bytes.is_empty() || bytes.len() > 4 {
+        return None;
+    }
+    Some((
+        bytes.len() as u8,
+        bytes.iter().fold(0u32, |a, &b| a << 8 | u32::from(b)),
+    ))
+}
+
+fn utf16(bytes: &[u8]) -> String {
+    let units = bytes.chunks(2).map(|c| {
+        if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0])
+        }
+    });
+    char::decode_utf16(units).filter_map(Result::ok).collect()
+}
+
+fn dst_string(o: &Operand) -> Option<String> {
+    match o {
+        Operand::Str(b) => Some(utf16(b)),
+        Operand::Name(n) => glyph_str(&String::from_utf8_lossy(n)),
+        _ => None,
+    }
+}
+
+impl CMap {
+    /// Parses a CMap program; unknown parts are skipped.
+    pub(crate) fn parse(bytes: &[u8]) -> CMap {
+        let mut cmap = CMap::default();
+        let mut lx = Lexer::new(bytes);
+        let mut st = Vec::new();
+        let mut ops = 0usize;
+        while let Some(op) = lx.next_op(&mut st) {
+            ops += 1;
+            if ops > 1_000_000 {
+                break;
+            }
+            match op {
+                b"endcodespacerange" => {
+                    for pair in st.chunks_exact(2) {
+                        if let (Operand::Str(lo), Operand::Str(hi)) = (&pair[0], &pair[1])
+                            && let (Some((len, lo)), Some((_, hi))) = (code_of(lo), code_of(hi))
+                        {
+                            cmap.codespace.push((len, lo, hi));
+                        }
+                    }
+                }
+                b"endbfchar" => {
+                    for pair in st.chunks_exact(2) {
+                        if let (Operand::Str(src), Some(dst)) = (&pair[0], dst_string(&pair[1]))
+                            && let Some(code) = code_of(src)
+                        {
+                            cmap.single.insert(code, dst);
+                        }
+                    }
+                }
+                b"endbfrange" => {
+                    for t in st.chunks_exact(3) {
+                        let (Operand::Str(lo), Operand::Str(hi)) = (&t[0], &t[1]) else {
+                            continue;
+                        };
+                        let (Some((len, lo)), Some((_, hi))) = (code_of(lo), code_of(hi)) else {
+                            continue;
+                        };
+                        if hi < lo {
+                            continue;
+                        }
+                        let dst = match &t[2] {
+                            Operand::Str(b) => RangeDst::Base(
+                                b.chunks(2)
+                                    .map(|c| {
+                                        if c.len() == 2 {
+                                            u16::from_be_bytes([c[0], c[1]])
+                                        } else {
+                                            u16::from(c[0])
+                                        }
+                                    })
+                                    .collect(),
+                            ),
+                            Operand::Array(a) => {
+                                RangeDst::Array(a.iter().map(|o| dst_string(o).unwrap_or_default()).collect())
+                            }
+                            _ => continue,
+                        };
+                        cmap.ranges.push(Range { len, lo, hi, dst });
+                    }
+                }
+                _ => {}
+            }
+        }
+        cmap.ranges.sort_by_key(|r| (r.lo, r.len));
+        cmap
+    }
+
+    /// Unicode text for a code of `len` bytes.
+    pub(crate) fn get(&self, len: u8, code: u32) -> Option<String> {
+        if let Some(s) = self.single.get(&(len, code)) {
+            return Some(s.clone());
+        }
+        let idx = self.ranges.partition_point(|r| r.lo <= code);
+        for r in self.ranges[..idx].iter().rev().take(64) {
+            if r.len == len && r.lo <= code && code <= r.hi {
+                let off = code - r.lo;
+                return match &r.dst {
+                    RangeDst::Base(units) => {
+                        let mut u = units.clone();
+                        if let Some(last) = u.last_mut() {
+                            *last = last.wrapping_add(off as u16);
+                        }
+                        Some(char::decode_utf16(u).filter_map(Result::ok).collect())
+                    }
+                    RangeDst::Array(a) => a.get(off as usize).cloned(),
+                };
+            }
+        }
+        None
+    }
+
+    /// Whether the CMap maps anything.
+    fn is_empty(&self) -> bool {
+        self.single.is_empty() && self.ranges.is_empty()
+    }
+
+    /// Length of the code at the start of `bytes` by the code space ranges; `None` without
+    /// ranges.
+    fn code_len(&self, bytes: &[u8]) -> Option<usize> {
+        if self.codespace.is_empty() {
+            return None;
+        }
+        for n in 1..=4u8 {
+            let Some(prefix) = bytes.get(..usize::from(n)) else {
+                break;
+            };
+            let Some((_, code)) = code_of(prefix) else { break };
+            if self.codespace.iter().any(|&(len, lo, hi)| {
+                len == n
+                    && (0..n).all(|i| {
+                        let shift = 8 * u32::from(n - 1 - i);
+                        let (c, l, h) = ((code >> shift) & 0xff, (lo >> shift) & 0xff, (hi >> shift) & 0xff);
+                        l <= c && c <= h
+                    })
+            }) {
+                return Some(usize::from(n));
+            }
+        }
+        None
+    }
+}
+
+/// Unicode text for a glyph name (Adobe Glyph List, `uniXXXX`, `uXXXX`, `name.suffix`,
+/// `a_b` ligature names).
+pub(crate) fn glyph_str(name: &str) -> Option<String> {
+    if let Some(s) = pdf_encoding::glyphname_to_unicode(name) {
+        return Some(s.to_owned());
+    }
+    if let Some(hex) = name.strip_prefix("uni")
+        && hex.len() >= 4
+        && hex.len() % 4 == 0
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        let units: Vec<u16> = (0..hex.len() / 4)
+            .filter_map(|i| u16::from_str_radix(&hex[i * 4..i * 4 + 4], 16).ok())
+            .collect();
+        return Some(char::decode_utf16(units).filter_map(Result::ok).collect());
+    }
+    if let Some(hex) = name.strip_prefix('u')
+        && (4..=6).contains(&hex.len())
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return u32::from_str_radix(hex, 16)
+            .ok()
+            .and_then(char::from_u32)
+            .map(String::from);
+    }
+    if let Some((base, _)) = name.split_once('.')
+        && !base.is_empty()
+    {
+        return glyph_str(base);
+    }
+    if name.contains('_') {
+        let parts: Option<Vec<String>> = name.split('_').map(glyph_str).collect();
+        return parts.map(|p| p.concat());
+    }
+    match name {
+        // TeX fonts' names outside the glyph list.
+        "ff" => Some("ff".into()),
+        "ffi" => Some("ffi".into()),
+        "ffl" => Some("ffl".into()),
+        "dotlessj" => Some("ȷ".into()),
+        "visiblespace" => Some("␣".into()),
+        "suppress" => Some(String::new()),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Base {
+    Standard,
+    WinAnsi,
+    MacRoman,
+    MacExpert,
+    Symbol,
+    Dingbats,
+}
+
+impl Base {
+    fn from_name(n: &[u8]) -> Option<Base> {
+        Some(match n {
+            b"StandardEncoding" => Base::Standard,
+            b"WinAnsiEncoding" | b"PDFDocEncoding" => Base::WinAnsi,
+            b"MacRomanEncoding" => Base::MacRoman,
+            b"MacExpertEncoding" => Base::MacExpert,
+            _ => return None,
+        })
+    }
+
+    fn get(self, code: u8) -> Option<char> {
+        let map = match self {
+            Base::Standard => &pdf_encoding::STANDARD,
+            Base::WinAnsi => &pdf_encoding::WINANSI,
+            Base::MacRoman => &pdf_encoding::MACROMAN,
+            Base::MacExpert => &pdf_encoding::MACEXPERT,
+            Base::Symbol => &pdf_encoding::SYMBOL,
+            Base::Dingbats => &pdf_encoding::ZDINGBAT,
+        };
+        map.get(code)
+    }
+}
+
+#[derive(Debug)]
+enum Codes {
+    /// One byte per code, decoded through a 256-entry table.
+    Simple(Box<[Option<Box<str>>]>),
+    /// Multi-byte codes (Type0).
+    Composite {
+        to_unicode: Option<CMap>,
+        encoding_cmap: Option<CMap>,
+        ucs2: bool,
+    },
+}
+
+#[derive(Debug)]
+enum Widths {
+    Simple { first: u32, widths: Vec<f32>, missing: f32 },
+    Cid { default: f32, map: HashMap<u32, f32> },
+}
+
+/// A font as far as text extraction needs it.
+#[derive(Debug)]
+pub(crate) struct Font {
+    codes: Codes,
+    widths: Widths,
+    /// Glyph space units to text space (0.001, or a Type 3 font's FontMatrix).
+    width_scale: f32,
+    /// Vertical size factor of a Type 3 font's FontMatrix relative to 0.001.
+    pub(crate) size_scale: f32,
+}
+
+impl Font {
+    /// A font for text shown before any `Tf`, or with a font that cannot be read.
+    pub(crate) fn fallback() -> Font {
+        Font::simple_from(
+            Base::Standard,
+            &[],
+            None,
+            Widths::Simple {
+                first: 0,
+                widths: Vec::new(),
+                missing: 500.0,
+            },
+        )
+    }
+
+    fn simple_from(base: Base, diffs: &[(u8, String)], to_unicode: Option<&CMap>, widths: Widths) -> Font {
+        let mut table: Vec<Option<Box<str>>> = (0..=255u8)
+            .map(|c| base.get(c).map(|ch| ch.to_string().into_boxed_str()))
+            .collect();
+        for (code, name) in diffs {
+            table[usize::from(*code)] = glyph_str(name).map(String::into_boxed_str);
+        }
+        if let Some(cm) = to_unicode {
+            for code in 0..=255u32 {
+                if let Some(s) = cm.get(1, code).or_else(|| cm.get(2, code)) {
+                    table[code as usize] = Some(s.into_boxed_str());
+                }
+            }
+        }
+        Font {
+            codes: Codes::Simple(table.into_boxed_slice()),
+            widths,
+            width_scale: 0.001,
+            size_scale: 1.0,
+        }
+    }
+
+    /// Reads a font dictionary. Never fails: what cannot be read falls back to standard
+    /// encoding and average widths.
+    pub(crate) fn load(doc: &Document, d: &Dictionary, limit: usize) -> Font {
+        let subtype = get_name(doc, d, b"Subtype").unwrap_or(b"Type1");
+        let to_unicode = d
+            .get(b"ToUnicode")
+            .ok()
+            .and_then(|o| stream_bytes(doc, o, limit))
+            .map(|b| CMap::parse(&b))
+            .filter(|c| !c.is_empty());
+        if subtype == b"Type0" {
+            return Self::load_type0(doc, d, to_unicode, limit);
+        }
+        let base_font = get_name(doc, d, b"BaseFont").unwrap_or(b"");
+        let descriptor = get_dict(doc, d, b"FontDescriptor");
+        let flags = descriptor.and_then(|fd| get_num(doc, fd, b"Flags")).unwrap_or(0.0) as u32;
+        let symbolic_name =
+            base_font.ends_with(b"Symbol") || base_font.ends_with(b"ZapfDingbats") || base_font.ends_with(b"Dingbats");
+        let mut base = None;
+        let mut diffs = Vec::new();
+        match dict_get(doc, d, b"Encoding") {
+            Some(Object::Name(n)) => base = Base::from_name(n),
+            Some(Object::Dictionary(ed)) => {
+                base = get_name(doc, ed, b"BaseEncoding").and_then(Base::from_name);
+                if let Some(Object::Array(a)) = dict_get(doc, ed, b"Differences") {
+                    let mut code = 0u32;
+                    for o in a {
+                        match deref(doc, o) {
+                            Some(Object::Integer(i)) => code = (*i).clamp(0, 255) as u32,
+                            Some(Object::Name(n)) => {
+                                if code <= 255 {
+                                    diffs.push((code as u8, String::from_utf8_lossy(n).into_owned()));
+                                }
+                                code += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let base = base.unwrap_or_else(|| {
+            if base_font.ends_with(b"ZapfDingbats") || base_font.ends_with(b"Dingbats") {
+                Base::Dingbats
+            } else if symbolic_name {
+                Base::Symbol
+            } else if subtype == b"TrueType" {
+                Base::WinAnsi
+            } else {
+                Base::Standard
+            }
+        });
+        // An embedded Type 1 program without /Encoding in the dictionary carries its own.
+        if dict_get(doc, d, b"Encoding").is_none()
+            && let Some(ff) = descriptor.and_then(|fd| fd.get(b"FontFile").ok())
+            && let Some(program) = stream_bytes(doc, ff, limit)
+        {
+            diffs = builtin_type1_encoding(&program).unwrap_or_default();
+        }
+        let _ = flags;
+        let first = d
+            .get(b"FirstChar")
+            .ok()
+            .and_then(|o| deref(doc, o))
+            .and_then(num)
+            .unwrap_or(0.0)
+            .max(0.0) as u32;
+        let widths: Vec<f32> = match dict_get(doc, d, b"Widths") {
+            Some(Object::Array(a)) => a.iter().map(|o| deref(doc, o).and_then(num).unwrap_or(0.0)).collect(),
+            _ => Vec::new(),
+        };
+        let missing = descriptor
+            .and_then(|fd| get_num(doc, fd, b"MissingWidth"))
+            .filter(|w| *w > 0.0)
+            .unwrap_or_else(|| {
+                if base_font.windows(7).any(|w| w == b"Courier") {
+                    600.0
+                } else {
+                    500.0
+                }
+            });
+        let mut font = Self::simple_from(
+            base,
+            &diffs,
+            to_unicode.as_ref(),
+            Widths::Simple { first, widths, missing },
+        );
+        if subtype == b"Type3"
+            && let Some(Object::Array(m)) = dict_get(doc, d, b"FontMatrix")
+        {
+            let m: Vec<f32> = m.iter().filter_map(|o| deref(doc, o).and_then(num)).collect();
+            if m.len() == 6 && m[0].is_finite() && m[3].is_finite() && m[0] != 0.0 {
+                font.width_scale = m[0].abs();
+                font.size_scale = (m[3].abs() * 1000.0).clamp(0.001, 1000.0);
+            }
+        }
+        font
+    }
+
+    fn load_type0(doc: &Document, d: &Dictionary, to_unicode: Option<CMap>, limit: usize) -> Font {
+        let mut ucs2 = false;
+        let mut encoding_cmap = None;
+        match dict_get(doc, d, b"Encoding") {
+            Some(Object::Name(n)) => {
+                let n = String::from_utf8_lossy(n);
+                ucs2 = n.starts_with("Uni") && (n.contains("UCS2") || n.contains("UTF16"));
+            }
+            Some(Object::Stream(_)) => {
+                encoding_cmap = d
+                    .get(b"Encoding")
+                    .ok()
+                    .and_then(|o| stream_bytes(doc, o, limit))
+                    .map(|b| CMap::parse(&b));
+            }
+            _ => {}
+        }
+        let descendant = match dict_get(doc, d, b"DescendantFonts") {
+            Some(Object::Array(a)) => a.first().and_then(|o| deref(doc, o)).and_then(|o| o.as_dict().ok()),
+            _ => None,
+        };
+        let mut default = 1000.0;
+        let mut map = HashMap::new();
+        if let Some(df) = descendant {
+            default = get_num(doc, df, b"DW").unwrap_or(1000.0);
+            if let Some(Object::Array(w)) = dict_get(doc, df, b"W") {
+                let mut i = 0;
+                while i < w.len() && map.len() < 1 << 17 {
+                    let Some(first) = deref(doc, &w[i]).and_then(num) else {
+                        break;
+                    };
+                    match w.get(i + 1).and_then(|o| deref(doc, o)) {
+                        Some(Object::Array(ws)) => {
+                            for (k, o) in ws.iter().enumerate() {
+                                if let Some(v) = deref(doc, o).and_then(num) {
+                                    map.insert(first as u32 + k as u32, v);
+                                }
+                            }
+                            i += 2;
+                        }
+                        Some(o) => {
+                            let (Some(last), Some(v)) =
+                                (num(o), w.get(i + 2).and_then(|o| deref(doc, o)).and_then(num))
+                            else {
+                                break;
+                            };
+                            let (first, last) = (first as u32, (last as u32).min(first as u32 + (1 << 16)));
+                            for c in first..=last {
+                                map.insert(c, v);
+                            }
+                            i += 3;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        Font {
+            codes: Codes::Composite {
+                to_unicode,
+                encoding_cmap,
+                ucs2,
+            },
+            widths: Widths::Cid { default, map },
+            width_scale: 0.001,
+            size_scale: 1.0,
+        }
+    }
+
+    /// Splits a shown string into codes: `(code, byte length)`.
+    pub(crate) fn next_code(&self, bytes: &[u8]) -> (u32, usize) {
+        match &self.codes {
+            Codes::Simple(_) => (u32::from(bytes[0]), 1),
+            Codes::Composite { encoding_cmap, .. } => {
+                let n = encoding_cmap
+                    .as_ref()
+                    .and_then(|c| c.code_len(bytes))
+                    .unwrap_or(2)
+                    .min(bytes.len());
+                (bytes[..n].iter().fold(0u32, |a, &b| a << 8 | u32::from(b)), n)
+            }
+        }
+    }
+
+    /// Appends the text of one code; returns whether it was a space-like glyph.
+    pub(crate) fn decode_into(&self, code: u32, len: usize, out: &mut String) {
+        match &self.codes {
+            Codes::Simple(table) => {
+                if let Some(s) = table.get(code as usize).and_then(|s| s.as_deref()) {
+                    crate::push_clean(out, s);
+                }
+            }
+            Codes::Composite { to_unicode, ucs2, .. } => {
+                if let Some(s) = to_unicode.as_ref().and_then(|c| c.get(len as u8, code)) {
+                    crate::push_clean(out, &s);
+                } else if *ucs2 && let Some(c) = char::from_u32(code) {
+                    crate::push_clean_char(out, c);
+                }
+            }
+        }
+    }
+
+    /// Advance of a glyph in text space units per unit of font size.
+    pub(crate) fn width(&self, code: u32) -> f32 {
+        let w = match &self.widths {
+            Widths::Simple { first, widths, missing } => code
+                .checked_sub(*first)
+                .and_then(|i| widths.get(i as usize))
+                .copied()
+                .filter(|w| *w > 0.0)
+                .unwrap_or(*missing),
+            Widths::Cid { default, map } => map.get(&code).copied().unwrap_or(*default),
+        };
+        w * self.width_scale
+    }
+
+    /// Whether a single-byte code 32 gets word spacing (`Tw`).
+    pub(crate) fn is_simple(&self) -> bool {
+        matches!(self.codes, Codes::Simple(_))
+    }
+}
+
+/// The `/Encoding` of a Type 1 font program: `dup <code> /<name> put` entries in its clear
+/// text part; `None` for `StandardEncoding` or when there is none.
+fn builtin_type1_encoding(program: &[u8]) -> Option<Vec<(u8, String)>> {
+    let clear_end = crate::detect::memfind(program, b"eexec").unwrap_or(program.len());
+    let clear = &program[..clear_end];
+    let at = crate::detect::memfind(clear, b"/Encoding")?;
+    let rest = &clear[at + 9..];
+    if rest
+        .iter()
+        .take(40)
+        .copied()
+        .collect::<Vec<u8>>()
+        .windows(16)
+        .any(|w| w == b"StandardEncoding")
+    {
+        return None;
+    }
+    let mut lx = Lexer::new(rest);
+    let mut st = Vec::new();
+    let mut out = Vec::new();
+    let mut pending: Vec<Operand> = Vec::new();
+    while let Some(op) = lx.next_op(&mut st) {
+        match op {
+            b"dup" => pending.clear(),
+            b"put" => {
+                if let [Operand::Num(c), Operand::Name(n)] = st.as_slice()
+                    && (0.0..=255.0).contains(c)
+                {
+                    out.push((*c as u8, String::from_utf8_lossy(n).into_owned()));
+                }
+            }
+            b"def" | b"readonly" if !out.is_empty() => break,
+            _ => {}
+        }
+        if out.len() > 256 {
+            break;
+        }
+    }
+    let _ = pending;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmap_maps_chars_and_ranges() {
+        let cm = CMap::parse(
+            b"1 begincodespacerange <0000> <FFFF> endcodespacerange\n2 beginbfchar <0003> <0020> <0011> <00660069> endbfchar\n\
+              1 beginbfrange <0024> <0026> <0041> <0030> <0031> [<0078> <0079>] endbfrange",
+        );
+        assert_eq!(cm.get(2, 3).as_deref(), Some(" "));
+        assert_eq!(cm.get(2, 0x11).as_deref(), Some("fi"));
+        assert_eq!(cm.get(2, 0x25).as_deref(), Some("B"));
+        assert_eq!(cm.get(2, 0x31).as_deref(), Some("y"));
+        assert_eq!(cm.get(2, 0x99), None);
+        assert_eq!(cm.code_len(&[0, 3, 0, 4]), Some(2));
+    }
+
+    #[test]
+    fn glyph_names_resolve() {
+        assert_eq!(glyph_str("A").as_deref(), Some("A"));
+        assert_eq!(glyph_str("uni0041").as_deref(), Some("A"));
+        assert_eq!(glyph_str("u1F600").as_deref(), Some("😀"));
+        assert_eq!(glyph_str("a.sc").as_deref(), Some("a"));
+        assert_eq!(glyph_str("f_f_i").as_deref(), Some("ffi"));
+        assert_eq!(glyph_str("g123"), None);
+    }
+
+    #[test]
+    fn type1_builtin_encoding_is_read() {
+        let prog = b"%!PS-AdobeFont-1.0: CMR10\n/Encoding 256 array\n0 1 255 {1 index exch /.notdef put} for\ndup 12 /fi put\ndup 65 /A put\nreadonly def\ncurrentfile eexec\x00\x01";
+        let enc = builtin_type1_encoding(prog).unwrap_or_default();
+        assert_eq!(enc, vec![(12, "fi".to_owned()), (65, "A".to_owned())]);
+    }
+}

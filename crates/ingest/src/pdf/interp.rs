@@ -1,0 +1,462 @@
+//! Runs a page's content stream far enough to know where each piece of text is drawn, and
+//! assembles the pieces into lines in the order the producer drew them (which is reading
+//! order for the producers that matter, including multi-column layouts written column by
+//! column; sorting by position would interleave columns).
+
+use super::font::{Font, deref, get_dict, stream_bytes};
+use super::lexer::{Lexer, Operand};
+use crate::{Deadline, ExtractError};
+use lopdf::{Dictionary, Document, Object, ObjectId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Fonts already read, by object id, shared across the pages of a document.
+pub(crate) type FontCache = HashMap<ObjectId, Arc<Font>>;
+
+#[derive(Clone, Copy, Debug)]
+struct Matrix([f32; 6]);
+
+impl Matrix {
+    const IDENTITY: Matrix = Matrix([1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+
+    /// `self × other` (apply self first, then other), as PDF composes matrices.
+    fn then(&self, o: &Matrix) -> Matrix {
+        let [a, b, c, d, e, f] = self.0;
+        let [oa, ob, oc, od, oe, of] = o.0;
+        Matrix([
+            a * oa + b * oc,
+            a * ob + b * od,
+            c * oa + d * oc,
+            c * ob + d * od,
+            e * oa + f * oc + oe,
+            e * ob + f * od + of,
+        ])
+    }
+
+    fn apply(&self, x: f32, y: f32) -> (f32, f32) {
+        let [a, b, c, d, e, f] = self.0;
+        (x * a + y * c + e, x * b + y * d + f)
+    }
+
+    fn from_operands(st: &[Operand]) -> Option<Matrix> {
+        if st.len() < 6 {
+            return None;
+        }
+        let mut m = [0.0; 6];
+        for (i, o) in st[st.len() - 6..].iter().enumerate() {
+            m[i] = o.num()?;
+        }
+        Some(Matrix(m))
+    }
+}
+
+/// A run of text drawn at one place, in device space (y up).
+#[derive(Debug)]
+struct Item {
+    x: f32,
+    y: f32,
+    x_end: f32,
+    size: f32,
+    text: std::ops::Range<usize>,
+}
+
+/// A line of text on a page, with whether a paragraph break precedes it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Line {
+    pub(crate) text: String,
+    pub(crate) para_before: bool,
+}
+
+#[derive(Clone)]
+struct TextState {
+    font: Arc<Font>,
+    size: f32,
+    char_space: f32,
+    word_space: f32,
+    scale: f32,
+    leading: f32,
+    rise: f32,
+}
+
+/// Everything one page's interpretation needs.
+pub(crate) struct PageRun<'a> {
+    pub(crate) doc: &'a Document,
+    pub(crate) fonts: &'a mut FontCache,
+    pub(crate) stream_limit: usize,
+    pub(crate) deadline: &'a Deadline,
+    buf: String,
+    items: Vec<Item>,
+    fallback: Arc<Font>,
+    forms_seen: Vec<ObjectId>,
+}
+
+/// Deepest nesting of form XObjects followed.
+const MAX_FORM_DEPTH: usize = 12;
+/// Deepest `q` nesting kept; deeper saves are ignored (and their restores).
+const MAX_GSTATE: usize = 256;
+
+impl<'a> PageRun<'a> {
+    pub(crate) fn new(
+        doc: &'a Document,
+        fonts: &'a mut FontCache,
+        stream_limit: usize,
+        deadline: &'a Deadline,
+    ) -> Self {
+        PageRun {
+            doc,
+            fonts,
+            stream_limit,
+            deadline,
+            buf: String::new(),
+            items: Vec::new(),
+            fallback: Arc::new(Font::fallback()),
+            forms_seen: Vec::new(),
+        }
+    }
+
+    /// Interprets a content stream with its resources.
+    pub(crate) fn run(
+        &mut self,
+        content: &[u8],
+        resources: Option<&Dictionary>,
+        base: Matrix0,
+    ) -> Result<(), ExtractError> {
+        self.run_inner(content, resources, base.0, 0)
+    }
+
+    fn font(&mut self, resources: Option<&Dictionary>, name: &[u8]) -> Arc<Font> {
+        let doc = self.doc;
+        let Some(fonts) = resources.and_then(|r| get_dict(doc, r, b"Font")) else {
+            return self.fallback.clone();
+        };
+        match fonts.get(name) {
+            Ok(Object::Reference(id)) => {
+                if let Some(f) = self.fonts.get(id) {
+                    return f.clone();
+                }
+                let font = match doc
+                    .get_object(*id)
+                    .ok()
+                    .and_then(|o| deref(doc, o))
+                    .and_then(|o| o.as_dict().ok())
+                {
+                    Some(d) => Arc::new(Font::load(doc, d, self.stream_limit)),
+                    None => self.fallback.clone(),
+                };
+                self.fonts.insert(*id, font.clone());
+                font
+            }
+            Ok(Object::Dictionary(d)) => Arc::new(Font::load(doc, d, self.stream_limit)),
+            _ => self.fallback.clone(),
+        }
+    }
+
+    fn run_inner(
+        &mut self,
+        content: &[u8],
+        resources: Option<&Dictionary>,
+        base: Matrix,
+        depth: usize,
+    ) -> Result<(), ExtractError> {
+        let mut lx = Lexer::new(content);
+        let mut st: Vec<Operand> = Vec::new();
+        let mut ctm = base;
+        let mut gstack: Vec<(Matrix, TextState)> = Vec::new();
+        let mut skipped_saves = 0usize;
+        let mut ts = TextState {
+            font: self.fallback.clone(),
+            size: 0.0,
+            char_space: 0.0,
+            word_space: 0.0,
+            scale: 1.0,
+            leading: 0.0,
+            rise: 0.0,
+        };
+        let mut tm = Matrix::IDENTITY;
+        let mut tlm = Matrix::IDENTITY;
+        let mut ops = 0u32;
+        while let Some(op) = lx.next_op(&mut st) {
+            ops = ops.wrapping_add(1);
+            if ops % 4096 == 0 {
+                self.deadline.check()?;
+            }
+            match op {
+                b"q" => {
+                    if gstack.len() < MAX_GSTATE {
+                        gstack.push((ctm, ts.clone()));
+                    } else {
+                        skipped_saves += 1;
+                    }
+                }
+                b"Q" => {
+                    if skipped_saves > 0 {
+                        skipped_saves -= 1;
+                    } else if let Some((m, t)) = gstack.pop() {
+                        ctm = m;
+                        ts = t;
+                    }
+                }
+                b"cm" => {
+                    if let Some(m) = Matrix::from_operands(&st) {
+                        ctm = m.then(&ctm);
+                    }
+                }
+                b"BT" => {
+                    tm = Matrix::IDENTITY;
+                    tlm = Matrix::IDENTITY;
+                }
+                b"Tf" => {
+                    if let [.., Operand::Name(name), Operand::Num(size)] = st.as_slice() {
+                        ts.font = self.font(resources, name);
+                        ts.size = *size;
+                    } else if let [.., Operand::Num(size)] = st.as_slice() {
+                        ts.size = *size;
+                    }
+                }
+                b"Tc" => ts.char_space = last_num(&st).unwrap_or(ts.char_space),
+                b"Tw" => ts.word_space = last_num(&st).unwrap_or(ts.word_space),
+                b"Tz" => ts.scale = last_num(&st).map_or(ts.scale, |v| v / 100.0),
+                b"TL" => ts.leading = last_num(&st).unwrap_or(ts.leading),
+                b"Ts" => ts.rise = last_num(&st).unwrap_or(ts.rise),
+                b"Td" | b"TD" => {
+                    if let [.., Operand::Num(tx), Operand::Num(ty)] = st.as_slice() {
+                        if op == b"TD" {
+                            ts.leading = -ty;
+                        }
+                        tlm = Matrix([1.0, 0.0, 0.0, 1.0, *tx, *ty]).then(&tlm);
+                        tm = tlm;
+                    }
+                }
+                b"Tm" => {
+                    if let Some(m) = Matrix::from_operands(&st) {
+                        tlm = m;
+                        tm = m;
+                    }
+                }
+                b"T*" => {
+                    tlm = Matrix([1.0, 0.0, 0.0, 1.0, 0.0, -ts.leading]).then(&tlm);
+                    tm = tlm;
+                }
+                b"Tj" | b"'" | b"\"" => {
+                    if op != b"Tj" {
+                        if op == b"\"" && st.len() >= 3 {
+                            ts.word_space = st[st.len() - 3].num().unwrap_or(ts.word_space);
+                            ts.char_space = st[st.len() - 2].num().unwrap_or(ts.char_space);
+                        }
+                        tlm = Matrix([1.0, 0.0, 0.0, 1.0, 0.0, -ts.leading]).then(&tlm);
+                        tm = tlm;
+                    }
+                    if let Some(Operand::Str(s)) = st.last() {
+                        self.show(s, &ts, &mut tm, &ctm);
+                    }
+                }
+                b"TJ" => {
+                    if let Some(Operand::Array(a)) = st.last() {
+                        for el in a {
+                            match el {
+                                Operand::Str(s) => self.show(s, &ts, &mut tm, &ctm),
+                                Operand::Num(n) => {
+                                    let tx = -n / 1000.0 * ts.size * ts.scale;
+                                    tm = Matrix([1.0, 0.0, 0.0, 1.0, tx, 0.0]).then(&tm);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                b"ID" => lx.skip_inline_image(),
+                b"Do" => {
+                    if depth < MAX_FORM_DEPTH
+                        && let Some(Operand::Name(name)) = st.last()
+                    {
+                        self.form(resources, name, &ctm, depth)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a form XObject.
+    fn form(
+        &mut self,
+        resources: Option<&Dictionary>,
+        name: &[u8],
+        ctm: &Matrix,
+        depth: usize,
+    ) -> Result<(), ExtractError> {
+        let doc = self.doc;
+        let Some(xobjects) = resources.and_then(|r| get_dict(doc, r, b"XObject")) else {
+            return Ok(());
+        };
+        let Ok(Object::Reference(id)) = xobjects.get(name) else {
+            return Ok(());
+        };
+        if self.forms_seen.contains(id) || self.forms_seen.len() > MAX_FORM_DEPTH {
+            // Already on the stack: a cycle.
+            return Ok(());
+        }
+        let id = *id;
+        let Ok(Object::Stream(stream)) = doc.get_object(id) else {
+            return Ok(());
+        };
+        if stream.dict.get(b"Subtype").and_then(Object::as_name).ok() != Some(b"Form") {
+            return Ok(());
+        }
+        let Some(content) = stream_bytes(doc, &Object::Reference(id), self.stream_limit) else {
+            return Ok(());
+        };
+        let matrix = match stream.dict.get(b"Matrix").ok().and_then(|o| deref(doc, o)) {
+            Some(Object::Array(a)) if a.len() == 6 => {
+                let v: Vec<f32> = a
+                    .iter()
+                    .filter_map(|o| match deref(doc, o) {
+                        Some(Object::Integer(i)) => Some(*i as f32),
+                        Some(Object::Real(r)) => Some(*r),
+                        _ => None,
+                    })
+                    .collect();
+                if v.len() == 6 {
+                    Matrix([v[0], v[1], v[2], v[3], v[4], v[5]])
+                } else {
+                    Matrix::IDENTITY
+                }
+            }
+            _ => Matrix::IDENTITY,
+        };
+        let own = get_dict(doc, &stream.dict, b"Resources");
+        self.forms_seen.push(id);
+        let r = self.run_inner(&content, own.or(resources), matrix.then(ctm), depth + 1);
+        self.forms_seen.pop();
+        r
+    }
+
+    /// Shows a string: decodes its codes and advances the text matrix.
+    fn show(&mut self, s: &[u8], ts: &TextState, tm: &mut Matrix, ctm: &Matrix) {
+        if s.is_empty() {
+            return;
+        }
+        let font = ts.font.clone();
+        let trm0 = Matrix([ts.size * ts.scale, 0.0, 0.0, ts.size, 0.0, ts.rise]).then(&tm.then(ctm));
+        let (x0, y0) = trm0.apply(0.0, 0.0);
+        let size = trm0.0[2].hypot(trm0.0[3]) * font.size_scale;
+        let start = self.buf.len();
+        let mut rest = s;
+        while !rest.is_empty() {
+            let (code, n) = font.next_code(rest);
+            let n = n.max(1);
+            font.decode_into(code, n, &mut self.buf);
+            let mut tx = font.width(code) * ts.size + ts.char_space;
+            if n == 1 && code == 32 && font.is_simple() {
+                tx += ts.word_space;
+            }
+            tx *= ts.scale;
+            *tm = Matrix([1.0, 0.0, 0.0, 1.0, tx, 0.0]).then(tm);
+            rest = &rest[n.min(rest.len())..];
+        }
+        let (x1, _) = Matrix([ts.size * ts.scale, 0.0, 0.0, ts.size, 0.0, ts.rise])
+            .then(&tm.then(ctm))
+            .apply(0.0, 0.0);
+        if self.buf.len() > start && x0.is_finite() && y0.is_finite() && x1.is_finite() {
+            self.items.push(Item {
+                x: x0,
+                y: y0,
+                x_end: x1,
+                size: if size.is_finite() && size > 0.0 { size } else { 10.0 },
+                text: start..self.buf.len(),
+            });
+        }
+    }
+
+    /// Lays the collected text out as lines.
+    pub(crate) fn lines(self) -> Vec<Line> {
+        let mut lines: Vec<Line> = Vec::new();
+        let mut cur = String::new();
+        let mut cur_para = false;
+        // Geometry of the current line: baseline, start x, end x, size.
+        let mut geo: Option<(f32, f32, f32, f32)> = None;
+        for it in &self.items {
+            let text = &self.buf[it.text.clone()];
+            if text.trim().is_empty() && geo.is_none() {
+                continue;
+            }
+            match geo {
+                None => {
+                    cur.push_str(text.trim_start());
+                    geo = Some((it.y, it.x, it.x_end, it.size));
+                }
+                Some((y, x_start, x_end, size)) => {
+                    let tall = size.max(it.size);
+                    let same_line = (it.y - y).abs() < 0.5 * tall.min(size.max(1.0) * 2.0) && it.x > x_start - tall;
+                    if same_line {
+                        let gap = it.x - x_end;
+                        // Overprinted duplicates (fake bold, shadows) draw the same text again
+                        // in about the same place.
+                        if gap < -0.5 * tall && cur.ends_with(text) {
+                            continue;
+                        }
+                        if gap > 0.15 * tall && !cur.ends_with(' ') && !text.starts_with(' ') {
+                            cur.push(' ');
+                        }
+                        cur.push_str(text);
+                        geo = Some((y, x_start.min(it.x), x_end.max(it.x_end), size));
+                    } else {
+                        if !cur.trim().is_empty() {
+                            lines.push(Line {
+                                text: tidy(&cur),
+                                para_before: cur_para,
+                            });
+                        }
+                        // A paragraph break: more than a blank line's worth of vertical space,
+                        // or a jump back up the page (next column or block).
+                        let dy = y - it.y;
+                        cur_para = dy > 1.9 * tall || dy < -tall;
+                        cur.clear();
+                        cur.push_str(text.trim_start());
+                        geo = Some((it.y, it.x, it.x_end, it.size));
+                    }
+                }
+            }
+        }
+        if !cur.trim().is_empty() {
+            lines.push(Line {
+                text: tidy(&cur),
+                para_before: cur_para,
+            });
+        }
+        lines
+    }
+}
+
+/// Matrix applied before the page's content (identity; reserved for page rotation).
+#[derive(Clone, Copy)]
+pub(crate) struct Matrix0(Matrix);
+
+impl Default for Matrix0 {
+    fn default() -> Self {
+        Matrix0(Matrix::IDENTITY)
+    }
+}
+
+fn last_num(st: &[Operand]) -> Option<f32> {
+    st.last().and_then(Operand::num)
+}
+
+/// Collapses runs of spaces and tabs and trims the line.
+fn tidy(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut space = false;
+    for c in s.trim().chars() {
+        if c == ' ' || c == '\t' || c == '\n' {
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,364 @@
+//! PDF text extraction on lopdf.
+//!
+//! lopdf parses the file structure (cross-reference tables and streams, object streams,
+//! encryption with an empty user password, bounded decompression); this module reads each
+//! page's content itself: its own tokenizer and text-state interpreter ([`interp`]) and font
+//! decoding ([`font`]). Each page runs on its own behind `catch_unwind`, so one bad page fails
+//! that page only. Afterwards running headers and footers are dropped and words hyphenated
+//! across line ends are joined.
+
+mod font;
+mod interp;
+mod lexer;
+
+use crate::{Deadline, ExtractError, Extracted, Format, Heading, Limits, PageFailure, PageSpan};
+use font::{deref, get_dict};
+use interp::{FontCache, Line, Matrix0, PageRun};
+use lopdf::{Dictionary, Document, LoadOptions, Object, ObjectId};
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+const FORMAT: &str = "PDF";
+
+/// Extracts the text layer of a PDF.
+pub(crate) fn extract(bytes: &[u8], limits: &Limits, deadline: &Deadline) -> Result<Extracted, ExtractError> {
+    let stream_limit = usize::try_from(limits.max_decompressed_bytes).unwrap_or(usize::MAX);
+    let options = LoadOptions {
+        max_decompressed_size: Some(stream_limit),
+        ..LoadOptions::default()
+    };
+    let doc = Document::load_mem_with_options(bytes, options).map_err(|e| load_error(e, limits))?;
+    if doc.trailer.get(b"Encrypt").is_ok() && doc.encryption_state.is_none() {
+        return Err(ExtractError::Encrypted);
+    }
+    deadline.check()?;
+    let pages = doc.get_pages();
+    if pages.is_empty() {
+        return Err(ExtractError::malformed(FORMAT, "the document has no pages"));
+    }
+    if pages.len() as u64 > u64::from(limits.max_pages) {
+        return Err(ExtractError::too_large("page count", u64::from(limits.max_pages)));
+    }
+    let mut fonts = FontCache::new();
+    let mut page_lines: Vec<Vec<Line>> = Vec::with_capacity(pages.len());
+    let mut failed = Vec::new();
+    let mut first_error = None;
+    let mut chars = 0u64;
+    for (&number, &id) in &pages {
+        deadline.check()?;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            page_text(&doc, id, &mut fonts, stream_limit, deadline)
+        }));
+        let error = match result {
+            Ok(Ok(lines)) => {
+                chars += lines.iter().map(|l| l.text.len() as u64).sum::<u64>();
+                // Bytes bound characters from above; checked properly at the end.
+                if chars > limits.max_chars.saturating_mul(4) {
+                    return Err(ExtractError::too_large("extracted text (characters)", limits.max_chars));
+                }
+                page_lines.push(lines);
+                continue;
+            }
+            Ok(Err(e @ ExtractError::Timeout { .. })) => return Err(e),
+            Ok(Err(e)) => e,
+            Err(panic) => ExtractError::Panicked(crate::panic_message(panic.as_ref())),
+        };
+        failed.push(PageFailure {
+            page: number,
+            reason: error.to_string(),
+        });
+        first_error.get_or_insert(error);
+        page_lines.push(Vec::new());
+    }
+    if failed.len() == pages.len()
+        && let Some(e) = first_error
+    {
+        return Err(e);
+    }
+    drop_running_lines(&mut page_lines);
+    let numbers: Vec<u32> = pages.keys().copied().collect();
+    let (text, spans) = assemble(&numbers, &page_lines);
+    if text.trim().is_empty() {
+        return Err(ExtractError::NoExtractableText);
+    }
+    let headings = catch_unwind(AssertUnwindSafe(|| outline_headings(&doc, &pages, &text, &spans))).unwrap_or_default();
+    Ok(Extracted {
+        format: Format::Pdf,
+        text,
+        pages: spans,
+        page_count: pages.len() as u32,
+        title: info_title(&doc),
+        language: None,
+        headings,
+        failed_pages: failed,
+        extractor_version: crate::EXTRACTOR_VERSION,
+    })
+}
+
+fn load_error(e: lopdf::Error, limits: &Limits) -> ExtractError {
+    use lopdf::{DecompressError, Error, ParseError};
+    match e {
+        Error::Decompress(DecompressError::MemoryLimitExceeded { .. }) => {
+            ExtractError::too_large("decompressed stream size (bytes)", limits.max_decompressed_bytes)
+        }
+        Error::InvalidPassword | Error::Decryption(_) | Error::UnsupportedSecurityHandler(_) => ExtractError::Encrypted,
+        Error::Parse(ParseError::InvalidFileHeader) => ExtractError::malformed(FORMAT, "no valid %PDF header"),
+        Error::Parse(ParseError::EndOfInput) => ExtractError::malformed(FORMAT, "the file ends early (truncated?)"),
+        Error::Xref(_) | Error::Parse(_) | Error::MissingXrefEntry | Error::InvalidOffset(_) => {
+            ExtractError::malformed(
+                FORMAT,
+                format!("the file structure cannot be read ({e}); it may be truncated or damaged"),
+            )
+        }
+        Error::ReferenceCycle(_) | Error::ReferenceLimit | Error::RecursionLimit => {
+            ExtractError::malformed(FORMAT, format!("the object graph loops or nests too deeply ({e})"))
+        }
+        other => ExtractError::malformed(FORMAT, other.to_string()),
+    }
+}
+
+/// The page's `/Resources`, inherited from the page tree when the page has none.
+fn resources_of(doc: &Document, page: ObjectId) -> Option<&Dictionary> {
+    let mut node = doc.get_dictionary(page).ok()?;
+    for _ in 0..64 {
+        if let Some(r) = get_dict(doc, node, b"Resources") {
+            return Some(r);
+        }
+        node = match node.get(b"Parent").ok().and_then(|p| deref(doc, p)) {
+            Some(Object::Dictionary(d)) => d,
+            _ => return None,
+        };
+    }
+    None
+}
+
+fn page_text(
+    doc: &Document,
+    page: ObjectId,
+    fonts: &mut FontCache,
+    stream_limit: usize,
+    deadline: &Deadline,
+) -> Result<Vec<Line>, ExtractError> {
+    let content = doc
+        .get_page_content_with_limit(page, stream_limit)
+        .map_err(|e| match e {
+            lopdf::Error::Decompress(lopdf::DecompressError::MemoryLimitExceeded { .. }) => {
+                ExtractError::too_large("decompressed page content (bytes)", stream_limit as u64)
+            }
+            other => ExtractError::malformed(FORMAT, format!("reading the page content: {other}")),
+        })?;
+    let resources = resources_of(doc, page);
+    let mut run = PageRun::new(doc, fonts, stream_limit, deadline);
+    run.run(&content, resources, Matrix0::default())?;
+    Ok(run.lines())
+}
+
+/// Normalised form of a line for recognising running headers and footers: page numbers and
+/// other digits do not count.
+fn running_key(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut last_digit = false;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            if !last_digit {
+                out.push('#');
+            }
+            last_digit = true;
+        } else {
+            last_digit = false;
+            if !c.is_whitespace() {
+                out.extend(c.to_lowercase());
+            }
+        }
+    }
+    out
+}
+
+/// How many lines at each end of a page are candidates for a running header or footer.
+const EDGE_LINES: usize = 2;
+
+/// Drops lines that recur at the top or bottom of many pages: running headers, footers and
+/// page numbers, which would otherwise be repeated into every chunk.
+fn drop_running_lines(pages: &mut [Vec<Line>]) {
+    let with_text = pages.iter().filter(|p| !p.is_empty()).count();
+    if with_text < 4 {
+        return;
+    }
+    let threshold = (with_text * 2 / 5).max(3);
+    let mut top: HashMap<String, usize> = HashMap::new();
+    let mut bottom: HashMap<String, usize> = HashMap::new();
+    for p in pages.iter() {
+        let mut seen = Vec::new();
+        for l in p.iter().take(EDGE_LINES) {
+            let k = running_key(&l.text);
+            if !seen.contains(&k) {
+                *top.entry(k.clone()).or_default() += 1;
+                seen.push(k);
+            }
+        }
+        seen.clear();
+        for l in p.iter().rev().take(EDGE_LINES) {
+            let k = running_key(&l.text);
+            if !seen.contains(&k) {
+                *bottom.entry(k.clone()).or_default() += 1;
+                seen.push(k);
+            }
+        }
+    }
+    for p in pages.iter_mut() {
+        let n = p.len();
+        let mut keep: Vec<bool> = vec![true; n];
+        for (i, l) in p.iter().enumerate() {
+            let k = running_key(&l.text);
+            if k.len() > 200 {
+                continue;
+            }
+            if i < EDGE_LINES && top.get(&k).is_some_and(|&c| c >= threshold)
+                || i + EDGE_LINES >= n && bottom.get(&k).is_some_and(|&c| c >= threshold)
+            {
+                keep[i] = false;
+            }
+        }
+        let mut i = 0;
+        p.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        if let Some(first) = p.first_mut() {
+            first.para_before = false;
+        }
+    }
+}
+
+/// Joins pages and lines into the document text: lines by `\n`, paragraphs and pages by a
+/// blank line; a word hyphenated across a line end is joined again.
+fn assemble(numbers: &[u32], pages: &[Vec<Line>]) -> (String, Vec<PageSpan>) {
+    let mut text = String::new();
+    let mut spans = Vec::with_capacity(pages.len());
+    for (number, lines) in numbers.iter().zip(pages) {
+        if !lines.is_empty() && !text.is_empty() {
+            text.push_str("\n\n");
+        }
+        let start = text.len();
+        for (j, line) in lines.iter().enumerate() {
+            if j > 0 {
+                if line.para_before {
+                    text.push_str("\n\n");
+                } else if let Some(cut) = hyphen_join(&text, &line.text) {
+                    text.truncate(cut);
+                } else {
+                    text.push('\n');
+                }
+            }
+            text.push_str(&line.text);
+        }
+        spans.push(PageSpan {
+            number: *number,
+            range: start..text.len(),
+        });
+    }
+    (text, spans)
+}
+
+/// Where to cut `text` to join it to `next` without a hyphen, if `text` ends in a word broken
+/// by a hyphen and `next` continues it in lower case.
+fn hyphen_join(text: &str, next: &str) -> Option<usize> {
+    let mut rev = text.char_indices().rev();
+    let (pos, last) = rev.next()?;
+    if last != '-' && last != '\u{ad}' {
+        return None;
+    }
+    let (_, before) = rev.next()?;
+    let next_first = next.chars().next()?;
+    (before.is_alphabetic() && next_first.is_lowercase()).then_some(pos)
+}
+
+fn info_title(doc: &Document) -> Option<String> {
+    let info = match doc.trailer.get(b"Info").ok().and_then(|o| deref(doc, o)) {
+        Some(Object::Dictionary(d)) => d,
+        _ => return None,
+    };
+    let title = lopdf::decode_text_string(deref(doc, info.get(b"Title").ok()?)?).ok()?;
+    let mut clean = String::new();
+    crate::push_clean(&mut clean, title.trim());
+    let clean = clean.split_whitespace().collect::<Vec<_>>().join(" ");
+    let lower = clean.to_lowercase();
+    (!clean.is_empty() && lower != "untitled" && !lower.ends_with(".dvi") && !lower.starts_with("microsoft word -"))
+        .then_some(clean)
+}
+
+/// Headings from the document outline (bookmarks), placed where their title appears on their
+/// page, or at the page start.
+fn outline_headings(
+    doc: &Document,
+    pages: &std::collections::BTreeMap<u32, ObjectId>,
+    text: &str,
+    spans: &[PageSpan],
+) -> Vec<Heading> {
+    let Ok(toc) = doc.get_toc() else { return Vec::new() };
+    let _ = pages;
+    let mut out = Vec::new();
+    for entry in toc.toc.iter().take(10_000) {
+        let mut title = String::new();
+        crate::push_clean(&mut title, entry.title.trim());
+        if title.is_empty() {
+            continue;
+        }
+        let Some(span) = spans.iter().find(|s| s.number as usize == entry.page) else {
+            continue;
+        };
+        let page_text = &text[span.range.clone()];
+        let offset = page_text
+            .find(title.as_str())
+            .map_or(span.range.start, |p| span.range.start + p);
+        out.push(Heading {
+            level: entry.level.clamp(1, 6) as u8,
+            text: title,
+            offset,
+        });
+    }
+    out.sort_by_key(|h| h.offset);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(t: &str) -> Line {
+        Line {
+            text: t.to_owned(),
+            para_before: false,
+        }
+    }
+
+    #[test]
+    fn hyphenated_words_rejoin_and_pages_are_spanned() {
+        let (text, spans) = assemble(
+            &[1, 2],
+            &[vec![line("an exam-"), line("ple of text")], vec![line("Next page")]],
+        );
+        assert_eq!(text, "an example of text\n\nNext page");
+        assert_eq!(&text[spans[1].range.clone()], "Next page");
+        assert_eq!(hyphen_join("well-", "Known"), None);
+    }
+
+    #[test]
+    fn running_headers_and_page_numbers_go() {
+        let bodies = ["alpha", "beta", "gamma", "delta", "epsilon"];
+        let mut pages: Vec<Vec<Line>> = (1..=5)
+            .map(|i| {
+                vec![
+                    line("ACME Annual Report"),
+                    line(bodies[i - 1]),
+                    line(&format!("Page {i} of 5")),
+                ]
+            })
+            .collect();
+        drop_running_lines(&mut pages);
+        for (i, p) in pages.iter().enumerate() {
+            assert_eq!(p.len(), 1);
+            assert_eq!(p[0].text, bodies[i]);
+        }
+    }
+}
