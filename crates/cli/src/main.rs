@@ -3,6 +3,9 @@
 
 mod admin;
 mod doctor;
+mod ingest;
+mod shutdown;
+mod workers;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -35,6 +38,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run background workers until SIGTERM.
+    Worker {
+        /// Jobs processed at once (default: RAGPIPE_WORKER_CONCURRENCY).
+        #[arg(long)]
+        concurrency: Option<u32>,
+    },
+    /// Upload files and directories, then wait until each document is ready or failed.
+    Ingest(ingest::IngestArgs),
     /// Manage users.
     #[command(subcommand)]
     Users(admin::UsersCommand),
@@ -82,6 +93,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => doctor::run(&config, json).await,
+        Command::Worker { concurrency } => workers::run(config, concurrency).await.map(|()| ExitCode::SUCCESS),
+        Command::Ingest(args) => Ok(if ingest::run(config, args).await? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Users(cmd) => admin::users(&config, cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Keys(cmd) => admin::keys(&config, cmd).await.map(|()| ExitCode::SUCCESS),
     }
@@ -89,7 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAGPIPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lopdf=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

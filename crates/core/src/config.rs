@@ -100,6 +100,8 @@ pub struct Worker {
     pub concurrency: u32,
     /// Attempts of a job before it is given up.
     pub max_attempts: u32,
+    /// Seconds between a worker's heartbeats; a job whose worker missed three is taken over.
+    pub heartbeat_secs: u64,
 }
 
 /// The kind of value a setting holds, so environment strings become typed values.
@@ -333,6 +335,12 @@ pub const SETTINGS: &[Setting] = &[
         "worker.max_attempts",
         "8",
         "Attempts of a job before it is given up.",
+    ),
+    int(
+        "RAGPIPE_WORKER_HEARTBEAT_SECS",
+        "worker.heartbeat_secs",
+        "5",
+        "Seconds between worker heartbeats; a dead worker's jobs are retried after three missed.",
     ),
     text(
         "RAGPIPE_PROMPTS_DIR",
@@ -598,7 +606,11 @@ mod readme {
     fn every_setting_is_documented_in_the_readme() {
         let readme = include_str!("../../../README.md");
         for s in super::SETTINGS {
-            assert!(readme.contains(&format!("| `{}` | `{}` |", s.env, s.key)), "README lacks a row for {}", s.env);
+            assert!(
+                readme.contains(&format!("| `{}` | `{}` |", s.env, s.key)),
+                "README lacks a row for {}",
+                s.env
+            );
         }
     }
 }

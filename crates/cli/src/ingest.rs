@@ -1,0 +1,218 @@
+//! `ragpipe ingest`: upload files and directories, then wait until each is ready or failed.
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use ragpipe_core::{Config, DocumentId, UserId};
+use ragpipe_store::{Store, documents};
+use sha2::{Digest, Sha256};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// The owner of the documents.
+    #[arg(long)]
+    pub user: UserId,
+    /// Files and directories (recursive).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Only upload; let a separate `ragpipe worker` fleet process them.
+    #[arg(long)]
+    pub no_local_workers: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One file's result.
+#[derive(Debug, serde::Serialize)]
+pub struct Ingested {
+    pub path: String,
+    pub document_id: Option<DocumentId>,
+    pub status: String,
+    pub chunks: i32,
+    pub pages: Option<i32>,
+    pub error: Option<String>,
+    pub duplicate: bool,
+}
+
+pub async fn run(config: Config, args: IngestArgs) -> anyhow::Result<bool> {
+    let config = Arc::new(config);
+    let store = Store::connect(&config).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let workers = if args.no_local_workers {
+        None
+    } else {
+        Some(crate::workers::spawn(&store, &config, shutdown.clone())?)
+    };
+    let results = ingest_paths(&store, &config, args.user, &args.paths, !args.json).await;
+    shutdown.cancel();
+    if let Some(w) = workers {
+        let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
+    }
+    let results = results?;
+    let ok = results.iter().all(|r| r.status == "ready");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print_summary(&results);
+    }
+    Ok(ok)
+}
+
+pub fn print_summary(results: &[Ingested]) {
+    let ready = results.iter().filter(|r| r.status == "ready").count();
+    let chunks: i64 = results.iter().map(|r| i64::from(r.chunks)).sum();
+    println!("{ready} of {} documents ready, {chunks} chunks", results.len());
+    for r in results.iter().filter(|r| r.status != "ready") {
+        println!("  {} {}: {}", r.status, r.path, r.error.as_deref().unwrap_or(""));
+    }
+}
+
+/// Every file under `paths`, sorted, skipping hidden ones.
+pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        walk(p, &mut files).with_context(|| format!("reading {}", p.display()))?;
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn walk(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            walk(&entry.path(), out)?;
+        }
+    } else if meta.is_file() {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Uploads every file under `paths` for `user` (one transaction per file: the row, the bytes and
+/// the job), then waits for each to end `ready` or `failed`.
+pub async fn ingest_paths(
+    store: &Store,
+    config: &Config,
+    user: UserId,
+    paths: &[PathBuf],
+    progress: bool,
+) -> anyhow::Result<Vec<Ingested>> {
+    let files = collect_files(paths)?;
+    if files.is_empty() {
+        bail!(
+            "no files found under {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut pending: Vec<(Ingested, Option<ProgressBar>)> = Vec::new();
+    let bars = MultiProgress::new();
+    let show = progress && std::io::stderr().is_terminal();
+    if !show {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:40!} [{bar:30}] {percent:>3}% {msg}")
+        .map_err(|e| anyhow::anyhow!("progress style: {e}"))?
+        .progress_chars("=> ");
+    for file in files {
+        let display = file.display().to_string();
+        let bytes = std::fs::read(&file).with_context(|| format!("reading {display}"))?;
+        let mut item = Ingested {
+            path: display.clone(),
+            document_id: None,
+            status: "failed".into(),
+            chunks: 0,
+            pages: None,
+            error: None,
+            duplicate: false,
+        };
+        if bytes.len() as u64 > config.limits.max_file_bytes {
+            item.error = Some(format!(
+                "{} bytes is over the {}-byte file limit",
+                bytes.len(),
+                config.limits.max_file_bytes
+            ));
+            pending.push((item, None));
+            continue;
+        }
+        let format = match ragpipe_ingest::detect(&bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                item.error = Some(e.to_string());
+                pending.push((item, None));
+                continue;
+            }
+        };
+        let filename = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| display.clone());
+        let new = documents::NewDocument {
+            filename: &filename,
+            content_type: format.content_type(),
+            bytes: &bytes,
+            sha256: Sha256::digest(&bytes).into(),
+            metadata: serde_json::json!({ "source_path": display }),
+        };
+        let mut tx = store.user_tx(user).await?;
+        let stored = documents::create(&mut tx, &new, config.worker.max_attempts)
+            .await
+            .with_context(|| format!("uploading {display}"))?;
+        tx.commit().await?;
+        item.document_id = Some(DocumentId(stored.document.id));
+        item.duplicate = !stored.created;
+        item.status = stored.document.status.clone();
+        let bar = bars.add(ProgressBar::new(100));
+        bar.set_style(style.clone());
+        bar.set_prefix(filename);
+        pending.push((item, Some(bar)));
+    }
+
+    loop {
+        let mut open = 0;
+        let mut tx = store.user_tx(user).await?;
+        for (item, bar) in pending.iter_mut() {
+            let (Some(id), Some(bar)) = (item.document_id, bar.as_ref()) else {
+                continue;
+            };
+            if bar.is_finished() {
+                continue;
+            }
+            let doc = documents::get(&mut tx, id).await?;
+            item.status = doc.status.clone();
+            item.chunks = doc.chunk_count;
+            item.pages = doc.page_count;
+            item.error = doc.error.clone();
+            bar.set_position((doc.progress * 100.0) as u64);
+            bar.set_message(doc.status.clone());
+            if doc.status().is_terminal() {
+                bar.finish_with_message(match &doc.error {
+                    Some(e) => format!("failed: {e}"),
+                    None => format!("ready: {} chunks", doc.chunk_count),
+                });
+            } else {
+                open += 1;
+            }
+        }
+        drop(tx);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(pending.into_iter().map(|(i, _)| i).collect())
+}

@@ -1,0 +1,40 @@
+//! `ragpipe worker`, and the in-process workers that `serve` and `ingest` start.
+
+use anyhow::Context;
+use ragpipe_core::Config;
+use ragpipe_ingest_worker::IngestContext;
+use ragpipe_store::Store;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the ingest workers of this process; they stop when `shutdown` is cancelled.
+pub fn spawn(
+    store: &Store,
+    config: &Arc<Config>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let ctx = Arc::new(IngestContext::new(store.clone(), Arc::clone(config)).map_err(anyhow::Error::msg)?);
+    Ok(tokio::spawn(async move {
+        ragpipe_ingest_worker::run(ctx, async move { shutdown.cancelled().await })
+            .await
+            .map_err(anyhow::Error::msg)
+    }))
+}
+
+/// `ragpipe worker`: consumes the queues until SIGTERM, then finishes what it holds and exits.
+pub async fn run(config: Config, concurrency: Option<u32>) -> anyhow::Result<()> {
+    let mut config = config;
+    if let Some(n) = concurrency {
+        config.worker.concurrency = n.max(1);
+    }
+    let config = Arc::new(config);
+    let store = Store::connect(&config).await?;
+    let shutdown = crate::shutdown::on_signal();
+    eprintln!(
+        "ragpipe worker: consuming the ingest queue with concurrency {}",
+        config.worker.concurrency
+    );
+    spawn(&store, &config, shutdown)?.await.context("worker task")??;
+    Ok(())
+}
