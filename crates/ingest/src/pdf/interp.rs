@@ -65,6 +65,8 @@ struct Item {
 pub(crate) struct Line {
     pub(crate) text: String,
     pub(crate) para_before: bool,
+    /// Largest font size on the line, in device units.
+    pub(crate) size: f32,
 }
 
 #[derive(Clone)]
@@ -374,16 +376,19 @@ impl<'a> PageRun<'a> {
         let mut lines: Vec<Line> = Vec::new();
         let mut cur = String::new();
         let mut cur_para = false;
-        // Geometry of the current line: baseline, start x, end x, size.
+        let mut cur_size = 0.0f32;
+        // Geometry of the current line: baseline, start x, end x, size of its first item.
         let mut geo: Option<(f32, f32, f32, f32)> = None;
         for it in &self.items {
             let text = &self.buf[it.text.clone()];
-            if text.trim().is_empty() && geo.is_none() {
+            let blank = text.trim().is_empty();
+            if blank && geo.is_none() {
                 continue;
             }
             match geo {
                 None => {
                     cur.push_str(text.trim_start());
+                    cur_size = it.size;
                     geo = Some((it.y, it.x, it.x_end, it.size));
                 }
                 Some((y, x_start, x_end, size)) => {
@@ -393,28 +398,39 @@ impl<'a> PageRun<'a> {
                         let gap = it.x - x_end;
                         // Overprinted duplicates (fake bold, shadows) draw the same text again
                         // in about the same place.
-                        if gap < -0.5 * tall && cur.ends_with(text) {
+                        if gap < -0.5 * tall && !blank && cur.ends_with(text) {
                             continue;
                         }
                         if gap > 0.15 * tall && !cur.ends_with(' ') && !text.starts_with(' ') {
                             cur.push(' ');
                         }
                         cur.push_str(text);
+                        if !blank {
+                            cur_size = cur_size.max(it.size);
+                        }
                         geo = Some((y, x_start.min(it.x), x_end.max(it.x_end), size));
                     } else {
-                        if !cur.trim().is_empty() {
-                            lines.push(Line {
-                                text: tidy(&cur),
-                                para_before: cur_para,
-                            });
+                        if !blank {
+                            if !cur.trim().is_empty() {
+                                lines.push(Line {
+                                    text: tidy(&cur),
+                                    para_before: cur_para,
+                                    size: cur_size,
+                                });
+                            }
+                            // A paragraph break: more than a blank line's worth of vertical
+                            // space, a jump back up the page (next column or block), or a
+                            // first-line indent.
+                            let dy = y - it.y;
+                            let indent = it.x - x_start;
+                            cur_para = dy > 1.9 * tall
+                                || dy < -tall
+                                || (dy > 0.0 && indent > 0.8 * tall && indent < 8.0 * tall);
+                            cur.clear();
+                            cur.push_str(text.trim_start());
+                            cur_size = it.size;
+                            geo = Some((it.y, it.x, it.x_end, it.size));
                         }
-                        // A paragraph break: more than a blank line's worth of vertical space,
-                        // or a jump back up the page (next column or block).
-                        let dy = y - it.y;
-                        cur_para = dy > 1.9 * tall || dy < -tall;
-                        cur.clear();
-                        cur.push_str(text.trim_start());
-                        geo = Some((it.y, it.x, it.x_end, it.size));
                     }
                 }
             }
@@ -423,6 +439,7 @@ impl<'a> PageRun<'a> {
             lines.push(Line {
                 text: tidy(&cur),
                 para_before: cur_para,
+                size: cur_size,
             });
         }
         lines

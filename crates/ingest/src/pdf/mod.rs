@@ -32,7 +32,15 @@ pub(crate) fn extract(bytes: &[u8], limits: &Limits, deadline: &Deadline) -> Res
         return Err(ExtractError::Encrypted);
     }
     deadline.check()?;
-    let pages = doc.get_pages();
+    // A cyclic page tree lists the same page object again and again; keep its first place.
+    let mut seen = std::collections::HashSet::new();
+    let pages: std::collections::BTreeMap<u32, ObjectId> = doc
+        .get_pages()
+        .into_values()
+        .filter(|id| seen.insert(*id))
+        .zip(1u32..)
+        .map(|(id, n)| (n, id))
+        .collect();
     if pages.is_empty() {
         return Err(ExtractError::malformed(FORMAT, "the document has no pages"));
     }
@@ -77,17 +85,19 @@ pub(crate) fn extract(bytes: &[u8], limits: &Limits, deadline: &Deadline) -> Res
     }
     drop_running_lines(&mut page_lines);
     let numbers: Vec<u32> = pages.keys().copied().collect();
-    let (text, spans) = assemble(&numbers, &page_lines);
+    let (text, spans, offsets) = assemble(&numbers, &page_lines);
     if text.trim().is_empty() {
         return Err(ExtractError::NoExtractableText);
     }
-    let headings = catch_unwind(AssertUnwindSafe(|| outline_headings(&doc, &pages, &text, &spans))).unwrap_or_default();
+    let outline = catch_unwind(AssertUnwindSafe(|| outline_headings(&doc, &text, &spans))).unwrap_or_default();
+    let (sized, size_title) = size_headings(&page_lines, &offsets);
+    let headings = if outline.is_empty() { sized } else { outline };
     Ok(Extracted {
         format: Format::Pdf,
         text,
         pages: spans,
         page_count: pages.len() as u32,
-        title: info_title(&doc),
+        title: info_title(&doc).or(size_title),
         language: None,
         headings,
         failed_pages: failed,
@@ -181,10 +191,10 @@ const EDGE_LINES: usize = 2;
 /// page numbers, which would otherwise be repeated into every chunk.
 fn drop_running_lines(pages: &mut [Vec<Line>]) {
     let with_text = pages.iter().filter(|p| !p.is_empty()).count();
-    if with_text < 4 {
+    if with_text < 3 {
         return;
     }
-    let threshold = (with_text * 2 / 5).max(3);
+    let threshold = with_text.div_ceil(3).max(2);
     let mut top: HashMap<String, usize> = HashMap::new();
     let mut bottom: HashMap<String, usize> = HashMap::new();
     for p in pages.iter() {
@@ -219,6 +229,11 @@ fn drop_running_lines(pages: &mut [Vec<Line>]) {
                 keep[i] = false;
             }
         }
+        if !keep.contains(&true) {
+            // The whole page would go: it is content that repeats (identical pages), not a
+            // header around content.
+            continue;
+        }
         let mut i = 0;
         p.retain(|_| {
             i += 1;
@@ -232,14 +247,16 @@ fn drop_running_lines(pages: &mut [Vec<Line>]) {
 
 /// Joins pages and lines into the document text: lines by `\n`, paragraphs and pages by a
 /// blank line; a word hyphenated across a line end is joined again.
-fn assemble(numbers: &[u32], pages: &[Vec<Line>]) -> (String, Vec<PageSpan>) {
+fn assemble(numbers: &[u32], pages: &[Vec<Line>]) -> (String, Vec<PageSpan>, Vec<Vec<usize>>) {
     let mut text = String::new();
     let mut spans = Vec::with_capacity(pages.len());
+    let mut offsets = Vec::with_capacity(pages.len());
     for (number, lines) in numbers.iter().zip(pages) {
         if !lines.is_empty() && !text.is_empty() {
             text.push_str("\n\n");
         }
         let start = text.len();
+        let mut line_offsets = Vec::with_capacity(lines.len());
         for (j, line) in lines.iter().enumerate() {
             if j > 0 {
                 if line.para_before {
@@ -250,14 +267,79 @@ fn assemble(numbers: &[u32], pages: &[Vec<Line>]) -> (String, Vec<PageSpan>) {
                     text.push('\n');
                 }
             }
+            line_offsets.push(text.len());
             text.push_str(&line.text);
         }
         spans.push(PageSpan {
             number: *number,
             range: start..text.len(),
         });
+        offsets.push(line_offsets);
     }
-    (text, spans)
+    (text, spans, offsets)
+}
+
+/// Font size as a histogram key (half-point buckets).
+fn size_key(size: f32) -> i32 {
+    (size * 2.0).round() as i32
+}
+
+/// Headings and a title told by font size, for PDFs without an outline: lines set larger
+/// than the body text, short, with letters, are headings; the larger, the higher. The title
+/// is the largest text on the first page.
+fn size_headings(pages: &[Vec<Line>], offsets: &[Vec<usize>]) -> (Vec<Heading>, Option<String>) {
+    let mut hist: HashMap<i32, usize> = HashMap::new();
+    let mut total_lines = 0usize;
+    for l in pages.iter().flatten() {
+        *hist.entry(size_key(l.size)).or_default() += l.text.len();
+        total_lines += 1;
+    }
+    let Some((&body, _)) = hist.iter().max_by_key(|(k, n)| (**n, -**k)) else {
+        return (Vec::new(), None);
+    };
+    let is_heading = |l: &Line| {
+        let k = size_key(l.size);
+        k as f32 >= body as f32 * 1.15
+            && (2..=120).contains(&l.text.chars().count())
+            && l.text.chars().any(char::is_alphabetic)
+    };
+    let mut levels: Vec<i32> = pages
+        .iter()
+        .flatten()
+        .filter(|l| is_heading(l))
+        .map(|l| size_key(l.size))
+        .collect();
+    levels.sort_unstable_by(|a, b| b.cmp(a));
+    levels.dedup();
+    let count = pages.iter().flatten().filter(|l| is_heading(l)).count();
+    if count == 0 || count * 4 > total_lines {
+        return (Vec::new(), None);
+    }
+    let mut headings = Vec::new();
+    for (lines, offs) in pages.iter().zip(offsets) {
+        for (l, &offset) in lines.iter().zip(offs) {
+            if is_heading(l) {
+                let level = levels.iter().position(|&k| k == size_key(l.size)).unwrap_or(0).min(5) as u8 + 1;
+                headings.push(Heading {
+                    level,
+                    text: l.text.clone(),
+                    offset,
+                });
+            }
+        }
+    }
+    let title = pages.iter().find(|p| !p.is_empty()).and_then(|first| {
+        let top = first.iter().map(|l| size_key(l.size)).max()?;
+        let start = first.iter().position(|l| size_key(l.size) == top && is_heading(l))?;
+        let parts: Vec<&str> = first[start..]
+            .iter()
+            .take_while(|l| size_key(l.size) == top)
+            .take(3)
+            .map(|l| l.text.as_str())
+            .collect();
+        Some(parts.join(" "))
+    });
+    (headings, title)
 }
 
 /// Where to cut `text` to join it to `next` without a hyphen, if `text` ends in a word broken
@@ -289,14 +371,8 @@ fn info_title(doc: &Document) -> Option<String> {
 
 /// Headings from the document outline (bookmarks), placed where their title appears on their
 /// page, or at the page start.
-fn outline_headings(
-    doc: &Document,
-    pages: &std::collections::BTreeMap<u32, ObjectId>,
-    text: &str,
-    spans: &[PageSpan],
-) -> Vec<Heading> {
+fn outline_headings(doc: &Document, text: &str, spans: &[PageSpan]) -> Vec<Heading> {
     let Ok(toc) = doc.get_toc() else { return Vec::new() };
-    let _ = pages;
     let mut out = Vec::new();
     for entry in toc.toc.iter().take(10_000) {
         let mut title = String::new();
@@ -329,12 +405,13 @@ mod tests {
         Line {
             text: t.to_owned(),
             para_before: false,
+            size: 10.0,
         }
     }
 
     #[test]
     fn hyphenated_words_rejoin_and_pages_are_spanned() {
-        let (text, spans) = assemble(
+        let (text, spans, _) = assemble(
             &[1, 2],
             &[vec![line("an exam-"), line("ple of text")], vec![line("Next page")]],
         );

@@ -1,0 +1,231 @@
+//! Fixture-driven tests: every document in `fixtures/documents/` extracts and chunks exactly as
+//! its golden files in `fixtures/golden/` say, and every hostile fixture fails with the error
+//! a user should see, without a panic.
+//!
+//! After an intended change, regenerate the goldens with
+//! `UPDATE_GOLDEN=1 cargo test -p ragpipe-ingest --test fixtures` and review the diff like code.
+
+use ragpipe_ingest::{ChunkSettings, Chunker, ExtractError, Limits, extract};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// Small limits, so the hostile fixtures hit them quickly.
+fn limits() -> Limits {
+    Limits {
+        max_decompressed_bytes: 8 << 20,
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    }
+}
+
+/// Fixtures that must fail, and how.
+fn expected_failure(name: &str) -> Option<fn(&ExtractError) -> bool> {
+    Some(match name {
+        "encrypted-user-password.pdf" => |e| matches!(e, ExtractError::Encrypted),
+        "scanned-image-only.pdf" => |e| matches!(e, ExtractError::NoExtractableText),
+        "hostile-zero-byte.pdf" => |e| matches!(e, ExtractError::Empty),
+        "hostile-garbage.pdf" => |e| matches!(e, ExtractError::Unsupported { detected } if detected == "binary data"),
+        "hostile-truncated.pdf" => |e| matches!(e, ExtractError::Malformed { .. }),
+        "hostile-nested-arrays.pdf" => |e| matches!(e, ExtractError::Malformed { .. }),
+        "hostile-flate-bomb.pdf" => |e| matches!(e, ExtractError::TooLarge { limit, .. } if *limit == 8 << 20),
+        _ => return None,
+    })
+}
+
+fn documents() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("documents"))
+        .expect("fixtures/documents exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Compares `actual` with the golden file, or rewrites it under `UPDATE_GOLDEN=1`.
+fn check_golden(path: &Path, actual: &str, mismatches: &mut Vec<String>) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, actual).expect("golden written");
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_default();
+    if expected != actual {
+        let line = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        mismatches.push(format!(
+            "{}: differs at line {}:\n  golden: {:?}\n  actual: {:?}",
+            path.display(),
+            line + 1,
+            expected.lines().nth(line).unwrap_or("<end>"),
+            actual.lines().nth(line).unwrap_or("<end>")
+        ));
+    }
+}
+
+#[test]
+fn fixtures_extract_and_chunk_as_their_goldens_say() {
+    let chunker = Chunker::new(ChunkSettings {
+        max_tokens: 128,
+        overlap_tokens: 16,
+        tokenizer: "cl100k_base".into(),
+    })
+    .expect("chunker");
+    let mut mismatches = Vec::new();
+    let mut checked = 0;
+    for path in documents() {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = std::fs::read(&path).expect("fixture readable");
+        let result = extract(&bytes, &limits());
+        if let Some(is_expected) = expected_failure(&name) {
+            match &result {
+                Err(e) if is_expected(e) => {}
+                other => mismatches.push(format!("{name}: expected a specific failure, got {other:?}")),
+            }
+            if let Err(e) = &result {
+                assert!(!e.to_string().is_empty());
+                assert!(!matches!(e, ExtractError::Panicked(_)), "{name} panicked: {e}");
+            }
+            checked += 1;
+            continue;
+        }
+        let doc = match result {
+            Ok(d) => d,
+            Err(e) => {
+                mismatches.push(format!("{name}: extraction failed: {e}"));
+                continue;
+            }
+        };
+        assert!(!doc.text.contains('\0'), "{name}: NUL in text");
+        let chunks = chunker.chunk(&doc);
+        for c in &chunks {
+            assert!(
+                c.token_count <= 128,
+                "{name}: chunk {} has {} tokens",
+                c.index,
+                c.token_count
+            );
+            assert_eq!(
+                &doc.text[c.byte_range.clone()],
+                c.content,
+                "{name}: chunk {} range",
+                c.index
+            );
+        }
+        let meta = json!({
+            "format": doc.format,
+            "title": doc.title,
+            "language": doc.language,
+            "page_count": doc.page_count,
+            "pages": doc.pages,
+            "headings": doc.headings,
+            "failed_pages": doc.failed_pages,
+            "chunks": chunks.iter().map(|c| json!({
+                "index": c.index,
+                "token_count": c.token_count,
+                "byte_range": [c.byte_range.start, c.byte_range.end],
+                "pages": [c.page_first, c.page_last],
+                "heading_path": c.heading_path,
+                "starts": c.content.chars().take(40).collect::<String>(),
+            })).collect::<Vec<_>>(),
+        });
+        let golden = root().join("golden");
+        check_golden(&golden.join(format!("{name}.txt")), &doc.text, &mut mismatches);
+        check_golden(
+            &golden.join(format!("{name}.json")),
+            &(serde_json::to_string_pretty(&meta).expect("json") + "\n"),
+            &mut mismatches,
+        );
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} fixtures found");
+    assert!(
+        mismatches.is_empty(),
+        "{} fixture(s) differ from their goldens (UPDATE_GOLDEN=1 to accept):\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn cyclic_object_graph_extracts_what_it_can() {
+    let bytes = std::fs::read(root().join("documents/hostile-cyclic-objects.pdf")).expect("fixture");
+    let doc = extract(&bytes, &limits()).expect("the page is readable despite the cycles");
+    assert!(doc.text.contains("Cycles must not hang the extractor."));
+    assert_eq!(doc.page_count, 1);
+}
+
+#[test]
+fn limits_are_enforced() {
+    let bytes = std::fs::read(root().join("documents/latex-pdftex-cm-fonts.pdf")).expect("fixture");
+    let tight = |f: fn(&mut Limits)| {
+        let mut l = Limits::default();
+        f(&mut l);
+        extract(&bytes, &l)
+    };
+    assert!(matches!(
+        tight(|l| l.max_input_bytes = 1000),
+        Err(ExtractError::TooLarge { .. })
+    ));
+    assert!(matches!(tight(|l| l.max_pages = 2), Err(ExtractError::TooLarge { .. })));
+    assert!(matches!(
+        tight(|l| l.max_chars = 100),
+        Err(ExtractError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        tight(|l| l.timeout = Duration::ZERO),
+        Err(ExtractError::Timeout { .. })
+    ));
+}
+
+#[test]
+fn pdf_text_is_faithful() {
+    let read = |n: &str| {
+        extract(
+            &std::fs::read(root().join("documents").join(n)).expect("fixture"),
+            &limits(),
+        )
+        .expect("extracts")
+    };
+    // Built-in Type 1 encoding (no ToUnicode), ligatures expanded, hyphenation joined.
+    let doc = read("latex-pdftex-builtin-encoding-xref-stream.pdf");
+    assert!(
+        doc.text.contains("Ligatures such as fi, fl, ff and ffi are expanded"),
+        "{}",
+        doc.text
+    );
+    assert!(!doc.text.contains('\u{fb01}'));
+    // Running header and page numbers dropped.
+    let doc = read("reportlab-report-header-footer.pdf");
+    assert!(!doc.text.contains("Quarterly Ingestion Report"));
+    assert!(!doc.text.contains("Page 2"));
+    assert_eq!(doc.title.as_deref(), Some("Quarterly Ingestion Report"));
+    // Type0 / Identity-H CFF CJK and UCS2 CMaps.
+    assert!(read("cairo-cff-cjk.pdf").text.contains("文書から本文を取り出すには"));
+    assert!(
+        read("reportlab-cid-japanese.pdf")
+            .text
+            .contains("文書から本文を取り出すには")
+    );
+    assert!(
+        read("cairo-truetype-multilingual.pdf")
+            .text
+            .contains("Извлечение текста из документов")
+    );
+    // Empty user password opens.
+    assert!(
+        read("encrypted-empty-user-password.pdf")
+            .text
+            .contains("Document ingestion begins")
+    );
+}
