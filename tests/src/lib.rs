@@ -1,1 +1,3 @@
 //! ragpipe
+
+pub mod openai_server;
