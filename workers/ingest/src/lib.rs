@@ -312,6 +312,10 @@ pub fn queue_config(config: &Config) -> apalis_postgres::Config {
 /// Runs an ingest worker until `shutdown` resolves; then it stops taking jobs, finishes the
 /// ones in flight and returns.
 pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    // Chunks reference their model, and a model keeps its dimension: check both before taking jobs.
+    ragpipe_store::embedding_models::ensure(&ctx.store, ctx.embedder.model(), ctx.embedder.dim() as u32)
+        .await
+        .map_err(|e| format!("embedding model {}: {e}", ctx.embedder.model()))?;
     let concurrency = ctx.config.worker.concurrency.max(1) as usize;
     let backend = PostgresStorage::<IngestJob>::new(ctx.store.pool()).with_config(queue_config(&ctx.config));
     // The worker id is its name: unique per process, so a restarted process never inherits (and

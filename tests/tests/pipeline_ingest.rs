@@ -1,0 +1,286 @@
+//! The ingest pipeline end to end on real parts: fixture documents go through the real queue
+//! (apalis on PostgreSQL) and the real worker into `document_chunks`.
+
+use ragpipe_core::{Config, DocumentId, UserId};
+use ragpipe_ingest_worker::IngestContext;
+use ragpipe_store::jobs::IngestJob;
+use ragpipe_store::{Store, documents, users};
+use ragpipe_tests::openai_server::{Fault, OpenAiServer, Route};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util_shim::Shutdown;
+
+/// A oneshot-based stop signal for the in-process worker.
+mod tokio_util_shim {
+    pub struct Shutdown(pub Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for Shutdown {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/documents")
+}
+
+async fn setup(pool: PgPool, config: &Config) -> (Store, UserId) {
+    let store = Store::from_pool(pool);
+    store.migrate(&config.embedding).await.expect("migrate");
+    let user = users::create(
+        &store,
+        &users::NewUser {
+            email: "pipeline@example.com".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("user");
+    (store, UserId(user.id))
+}
+
+fn start_worker(store: &Store, config: Config) -> Shutdown {
+    let ctx = Arc::new(IngestContext::new(store.clone(), Arc::new(config)).expect("context"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if let Err(e) = ragpipe_ingest_worker::run(ctx, async move {
+            let _ = rx.await;
+        })
+        .await
+        {
+            panic!("worker stopped: {e}");
+        }
+    });
+    Shutdown(Some(tx))
+}
+
+/// Uploads like the API and CLI do: detect, hash, then the row, bytes and job in one transaction.
+async fn upload(store: &Store, user: UserId, name: &str, bytes: &[u8]) -> Result<DocumentId, String> {
+    let format = ragpipe_ingest::detect(bytes).map_err(|e| e.to_string())?;
+    let mut tx = store.user_tx(user).await.expect("tx");
+    let stored = documents::create(
+        &mut tx,
+        &documents::NewDocument {
+            filename: name,
+            content_type: format.content_type(),
+            bytes,
+            sha256: Sha256::digest(bytes).into(),
+            metadata: serde_json::json!({}),
+        },
+        8,
+    )
+    .await
+    .expect("create");
+    tx.commit().await.expect("commit");
+    Ok(DocumentId(stored.document.id))
+}
+
+async fn wait_terminal(store: &Store, user: UserId, ids: &[DocumentId]) -> Vec<documents::Document> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut tx = store.user_tx(user).await.expect("tx");
+        let mut docs = Vec::new();
+        for id in ids {
+            docs.push(documents::get(&mut tx, *id).await.expect("doc"));
+        }
+        if docs.iter().all(|d| d.status().is_terminal()) {
+            return docs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "documents still running: {:?}",
+            docs.iter().map(|d| (&d.filename, &d.status)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (chunk rows, rows with an embedding, rows with a non-empty tsvector, distinct indexes)
+async fn chunk_stats(store: &Store, user: UserId, id: DocumentId) -> (i64, i64, i64, i64) {
+    let mut tx = store.user_tx(user).await.expect("tx");
+    sqlx::query_as(
+        "SELECT count(*), count(embedding), count(*) FILTER (WHERE length(search_vector) > 0), count(DISTINCT chunk_index) \
+         FROM document_chunks WHERE document_id = $1",
+    )
+    .bind(id.0)
+    .fetch_one(tx.conn())
+    .await
+    .expect("stats")
+}
+
+async fn usage_events(store: &Store, user: UserId) -> Vec<(String, i64, String)> {
+    let mut tx = store.user_tx(user).await.expect("tx");
+    sqlx::query_as("SELECT kind, prompt_tokens, idempotency_key FROM usage_events ORDER BY created_at")
+        .fetch_all(tx.conn())
+        .await
+        .expect("usage")
+}
+
+#[sqlx::test(migrations = false)]
+async fn fixture_documents_end_ready_and_hostile_ones_fail_with_their_reason(pool: PgPool) {
+    let config = Config::defaults();
+    let (store, user) = setup(pool, &config).await;
+    let _worker = start_worker(&store, config.clone());
+
+    let mut queued = Vec::new();
+    let mut rejected = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(fixtures())
+        .expect("fixtures")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
+        let bytes = std::fs::read(&path).expect("read");
+        match upload(&store, user, &name, &bytes).await {
+            Ok(id) => queued.push((name, id)),
+            Err(reason) => rejected.push((name, reason)),
+        }
+    }
+    assert!(queued.len() >= 10, "{queued:?}");
+    let ids: Vec<DocumentId> = queued.iter().map(|(_, id)| *id).collect();
+    let docs = wait_terminal(&store, user, &ids).await;
+
+    for ((name, id), doc) in queued.iter().zip(&docs) {
+        // Files that must fail, with the words their reason must contain. Other hostile files
+        // (cyclic object graphs, nested arrays, bombs) may still yield text from their intact
+        // parts; what matters is that they end, with a reason when they fail.
+        let must_fail = [
+            ("encrypted-user-password", "encrypted"),
+            ("scanned-image-only", "no extractable text"),
+            ("hostile-truncated", ""),
+        ];
+        let expected = must_fail.iter().find(|(n, _)| name.contains(n));
+        let hostile = name.starts_with("hostile-") || expected.is_some();
+        if hostile {
+            if let Some((_, words)) = expected {
+                assert_eq!(doc.status, "failed", "{name} should fail");
+                assert!(
+                    doc.error.as_deref().unwrap_or("").contains(words),
+                    "{name}: {:?}",
+                    doc.error
+                );
+            }
+            if doc.status == "failed" {
+                assert!(
+                    !doc.error.as_deref().unwrap_or("").is_empty(),
+                    "{name} failed without a reason"
+                );
+                assert_eq!(chunk_stats(&store, user, *id).await.0, 0, "{name} has chunks");
+            }
+        } else {
+            assert_eq!(doc.status, "ready", "{name}: {:?}", doc.error);
+            let (rows, embedded, searchable, distinct) = chunk_stats(&store, user, *id).await;
+            assert!(rows > 0, "{name} has no chunks");
+            assert_eq!(rows, i64::from(doc.chunk_count), "{name}");
+            assert_eq!(embedded, rows, "{name}: every chunk has an embedding");
+            assert_eq!(searchable, rows, "{name}: every chunk has a search vector");
+            assert_eq!(distinct, rows, "{name}: one chunk set");
+            assert_eq!(doc.embedding_model.as_deref(), Some(config.embedding.model.as_str()));
+        }
+    }
+    for (name, reason) in &rejected {
+        assert!(name.starts_with("hostile-"), "{name} rejected at upload: {reason}");
+    }
+    // One embedding usage event per ready document.
+    let ready = docs.iter().filter(|d| d.status == "ready").count();
+    assert_eq!(usage_events(&store, user).await.len(), ready);
+}
+
+#[sqlx::test(migrations = false)]
+async fn rate_limited_embeddings_still_end_ready_with_one_usage_set(pool: PgPool) {
+    let server = OpenAiServer::start().await;
+    let mut config = Config::defaults();
+    config.embedding = server.embedding_endpoint();
+    let (store, user) = setup(pool, &config).await;
+    server.inject(
+        Route::Embeddings,
+        Fault::RateLimited {
+            retry_after_secs: Some(1),
+        },
+        2,
+    );
+    let _worker = start_worker(&store, config.clone());
+
+    let id = upload(
+        &store,
+        user,
+        "notes.md",
+        b"# Rate limits\n\nThe embeddings server answers 429 twice before it succeeds.\n",
+    )
+    .await
+    .expect("upload");
+    let docs = wait_terminal(&store, user, &[id]).await;
+    assert_eq!(docs[0].status, "ready", "{:?}", docs[0].error);
+    let embedding_requests = server.requests_to(Route::Embeddings);
+    assert_eq!(embedding_requests.len(), 3, "two 429s, then the request that succeeded");
+    let events = usage_events(&store, user).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "embedding");
+    assert!(events[0].1 > 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn running_a_job_twice_leaves_one_chunk_set_and_one_usage_event(pool: PgPool) {
+    let config = Config::defaults();
+    let (store, user) = setup(pool, &config).await;
+    let ctx = IngestContext::new(store.clone(), Arc::new(config.clone())).expect("context");
+    let id = upload(
+        &store,
+        user,
+        "a.txt",
+        "Idempotent handlers run twice. ".repeat(400).as_bytes(),
+    )
+    .await
+    .expect("upload");
+    let job = IngestJob {
+        user_id: user,
+        document_id: id,
+    };
+    let first = ragpipe_ingest_worker::ingest_document(&ctx, job, "job-1")
+        .await
+        .expect("first run");
+    // At-least-once delivery: the same job again, as after a crash between commit and ack.
+    let mut tx = store.user_tx(user).await.expect("tx");
+    documents::set_stage(&mut tx, id, ragpipe_core::DocumentStatus::Queued, 0.0)
+        .await
+        .expect("requeue");
+    tx.commit().await.expect("commit");
+    let second = ragpipe_ingest_worker::ingest_document(&ctx, job, "job-1")
+        .await
+        .expect("second run");
+    assert_eq!(first, second);
+    let (rows, _, _, distinct) = chunk_stats(&store, user, id).await;
+    assert!(rows > 1);
+    assert_eq!(rows, distinct);
+    assert_eq!(usage_events(&store, user).await.len(), 1);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_document_deleted_mid_ingest_is_skipped_cleanly(pool: PgPool) {
+    let config = Config::defaults();
+    let (store, user) = setup(pool, &config).await;
+    let ctx = IngestContext::new(store.clone(), Arc::new(config)).expect("context");
+    let id = upload(&store, user, "gone.txt", b"soon deleted").await.expect("upload");
+    let mut tx = store.user_tx(user).await.expect("tx");
+    documents::delete(&mut tx, id).await.expect("delete");
+    tx.commit().await.expect("commit");
+    let outcome = ragpipe_ingest_worker::ingest_document(
+        &ctx,
+        IngestJob {
+            user_id: user,
+            document_id: id,
+        },
+        "j",
+    )
+    .await
+    .expect("run");
+    assert_eq!(outcome, ragpipe_ingest_worker::Outcome::Skipped);
+}
