@@ -4,6 +4,7 @@
 mod admin;
 mod doctor;
 mod ingest;
+mod serve;
 mod shutdown;
 mod workers;
 
@@ -38,6 +39,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the HTTP API (and, unless --no-workers, the workers) until SIGTERM.
+    Serve(serve::ServeArgs),
     /// Run background workers until SIGTERM.
     Worker {
         /// Jobs processed at once (default: RAGPIPE_WORKER_CONCURRENCY).
@@ -93,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => doctor::run(&config, json).await,
+        Command::Serve(args) => serve::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Worker { concurrency } => workers::run(config, concurrency).await.map(|()| ExitCode::SUCCESS),
         Command::Ingest(args) => Ok(if ingest::run(config, args).await? {
             ExitCode::SUCCESS

@@ -317,7 +317,9 @@ pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + S
         .await
         .map_err(|e| format!("embedding model {}: {e}", ctx.embedder.model()))?;
     let concurrency = ctx.config.worker.concurrency.max(1) as usize;
-    let backend = PostgresStorage::<IngestJob>::new(ctx.store.pool()).with_config(queue_config(&ctx.config));
+    // LISTEN/NOTIFY wakes the worker the moment a job is committed; polling alone backs off
+    // while idle, so an upload after a quiet spell would wait seconds.
+    let backend = PostgresStorage::<IngestJob>::new(ctx.store.pool()).with_config(queue_config(&ctx.config)).with_pubsub();
     // The worker id is its name: unique per process, so a restarted process never inherits (and
     // keeps alive) the jobs of the one that died.
     let name = format!(
