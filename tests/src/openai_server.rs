@@ -118,6 +118,9 @@ pub struct RecordedRequest {
     pub first_token_at: Option<Instant>,
     /// The fault injected into this request, if any.
     pub fault: Option<Fault>,
+    /// True when the client went away before the streamed answer ended (a cancelled
+    /// generation); false for complete or deliberately cut streams and non-streamed answers.
+    pub disconnected: bool,
 }
 
 /// Token counts a scripted reply reports instead of the server's own tiktoken counts.
@@ -463,6 +466,7 @@ fn admit(
         received_at: Instant::now(),
         first_token_at: None,
         fault: fault.clone(),
+        disconnected: false,
     });
     if let Some(key) = &inner.api_key
         && authorization.as_deref() != Some(format!("Bearer {key}").as_str())
@@ -721,14 +725,23 @@ async fn chat_completions(State(state): State<Arc<Shared>>, headers: HeaderMap, 
         llama,
         fault,
     };
-    let steps = plan.steps();
-    let body = futures::stream::unfold((steps, state, index), |(mut steps, state, index)| async move {
+    let body_state = BodyState {
+        steps: plan.steps(),
+        state,
+        index,
+        finished: false,
+    };
+    let body = futures::stream::unfold(body_state, |mut body| async move {
         loop {
-            match steps.pop_front()? {
-                Step::Send(bytes) => return Some((Ok(bytes), (steps, state, index))),
+            let Some(step) = body.steps.pop_front() else {
+                body.finish();
+                return None;
+            };
+            match step {
+                Step::Send(bytes) => return Some((Ok(bytes), body)),
                 Step::Sleep(d) => tokio::time::sleep(d).await,
                 Step::MarkFirstToken => {
-                    if let Some(r) = state.lock().requests.get_mut(index) {
+                    if let Some(r) = body.state.lock().requests.get_mut(body.index) {
                         r.first_token_at = Some(Instant::now());
                     }
                 }
@@ -736,11 +749,9 @@ async fn chat_completions(State(state): State<Arc<Shared>>, headers: HeaderMap, 
                     // Let hyper flush what was sent before the cut; it drops unflushed bytes
                     // when a body fails.
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    steps.clear();
-                    return Some((
-                        Err(std::io::Error::other("connection cut by test")),
-                        (steps, state, index),
-                    ));
+                    body.steps.clear();
+                    body.finish();
+                    return Some((Err(std::io::Error::other("connection cut by test")), body));
                 }
             }
         }
@@ -750,6 +761,31 @@ async fn chat_completions(State(state): State<Arc<Shared>>, headers: HeaderMap, 
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A streamed body in progress. Dropped unfinished means the client went away.
+struct BodyState {
+    steps: VecDeque<Step>,
+    state: Arc<Shared>,
+    index: usize,
+    finished: bool,
+}
+
+impl BodyState {
+    /// The stream ended as scripted (completely or by a scripted cut).
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for BodyState {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Some(r) = self.state.lock().requests.get_mut(self.index)
+        {
+            r.disconnected = true;
+        }
+    }
 }
 
 /// What a streamed answer consists of, before it is turned into bytes.

@@ -393,3 +393,35 @@ async fn server_speaks_both_wire_dialects() {
     assert_eq!(json["choices"][0]["message"]["content"], "hello world");
     assert_eq!(json["usage"]["total_tokens"], 7);
 }
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_generation() {
+    let server = OpenAiServer::start().await;
+    server.push_reply(ScriptedReply::fixture("slow-long-answer").expect("fixture"));
+    let mut stream = quick(&server.chat_endpoint(), 0)
+        .stream(question())
+        .await
+        .expect("stream");
+    for _ in 0..3 {
+        assert!(matches!(stream.next().await, Some(Ok(ChatEvent::Delta(_)))));
+    }
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !server.requests()[0].disconnected {
+        assert!(Instant::now() < deadline, "the server never saw the client go away");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    server.push_reply(ScriptedReply::text("short and complete"));
+    drain(
+        quick(&server.chat_endpoint(), 0)
+            .stream(question())
+            .await
+            .expect("stream"),
+    )
+    .await;
+    assert!(
+        !server.requests()[1].disconnected,
+        "a stream read to the end is not a disconnect"
+    );
+}

@@ -332,3 +332,24 @@ async fn api_key_is_sent_as_bearer() {
         "no empty bearer and nothing from OPENAI_API_KEY"
     );
 }
+
+#[tokio::test]
+async fn concurrent_calls_share_the_concurrency_limit() {
+    let server = OpenAiServer::start().await;
+    server.inject(Route::Embeddings, Fault::Delay(Duration::from_millis(400)), 4);
+    let mut endpoint = server.embedding_endpoint();
+    endpoint.batch_size = 1;
+    endpoint.concurrency = 2;
+    let embedder = quick(&endpoint, 0);
+    let other = embedder.clone();
+    let (first, second) = (inputs(2), inputs(2));
+    let (a, b) = tokio::join!(embedder.embed(&first), other.embed(&second));
+    a.expect("first call");
+    b.expect("second call");
+    let log = server.requests_to(Route::Embeddings);
+    assert_eq!(log.len(), 4);
+    assert!(
+        log[2].received_at.duration_since(log[0].received_at) >= Duration::from_millis(350),
+        "two calls of two batches each ran at most two requests at once"
+    );
+}

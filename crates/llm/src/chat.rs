@@ -334,11 +334,12 @@ impl ChatModel {
             stream: true,
             stream_options: StreamOptions { include_usage: true },
         };
-        let prompt_tokens = count_prompt_tokens(&inner.tokens, &request.messages);
+        // Counted only if the server reports no usage, at the end, off the time to first token.
+        let messages: Arc<[ChatMessage]> = request.messages.clone().into();
         let (mut requests, mut retries, mut rate_limited) = (0u32, 0u32, 0u32);
         loop {
             requests += 1;
-            let error = match self.open(api, &body, &context, prompt_tokens).await {
+            let error = match self.open(api, &body, &context, &messages).await {
                 Ok(state) => {
                     let events =
                         futures::stream::unfold(state, |mut s| async move { s.next_event().await.map(|e| (e, s)) });
@@ -369,7 +370,7 @@ impl ChatModel {
         api: &ApiClient,
         body: &WireRequest<'_>,
         context: &str,
-        prompt_tokens: u64,
+        messages: &Arc<[ChatMessage]>,
     ) -> Result<ApiStream, LlmError> {
         let opened = tokio::time::timeout(api.timeout, api.client.chat().create_stream_byot::<_, WireChunk>(body))
             .await
@@ -384,7 +385,7 @@ impl ChatModel {
             context: context.to_owned(),
             idle_timeout: api.timeout,
             tokens: self.inner.tokens,
-            prompt_tokens,
+            messages: messages.clone(),
             answer: String::new(),
             deltas: 0,
             finish: None,
@@ -458,7 +459,8 @@ struct ApiStream {
     context: String,
     idle_timeout: Duration,
     tokens: TokenCounter,
-    prompt_tokens: u64,
+    /// The prompt, counted at the end when the server reports no usage.
+    messages: Arc<[ChatMessage]>,
     /// The answer so far, counted at the end when the server reports no usage. Bounded by
     /// `max_tokens`.
     answer: String,
@@ -541,7 +543,7 @@ impl ApiStream {
                 counted_locally: false,
             },
             None => ChatEvent::Usage {
-                prompt_tokens: self.prompt_tokens,
+                prompt_tokens: count_prompt_tokens(&self.tokens, &self.messages),
                 completion_tokens: self.tokens.count(&self.answer) as u64,
                 counted_locally: true,
             },

@@ -66,6 +66,9 @@ struct EmbedderInner {
     batch_size: usize,
     batch_tokens: usize,
     concurrency: usize,
+    /// Requests in flight across every call and clone of this embedder (`concurrency`), so
+    /// concurrent ingest jobs share the endpoint's limit instead of multiplying it.
+    in_flight: tokio::sync::Semaphore,
     tokens: TokenCounter,
     retry: RetryPolicy,
     provider: Provider,
@@ -120,6 +123,7 @@ impl Embedder {
                 batch_size: (endpoint.batch_size as usize).max(1),
                 batch_tokens: (endpoint.batch_tokens as usize).max(1),
                 concurrency: (endpoint.concurrency as usize).max(1),
+                in_flight: tokio::sync::Semaphore::new((endpoint.concurrency as usize).max(1)),
                 tokens: options.tokens,
                 retry: options.retry,
                 provider,
@@ -146,7 +150,8 @@ impl Embedder {
     ///
     /// Each input is first cut to `max_input_tokens` (models silently ignore what lies past
     /// their limit). Over the API, inputs go in batches of at most `batch_size` inputs and
-    /// `batch_tokens` tokens, up to `concurrency` batches in flight; a transient failure of a
+    /// `batch_tokens` tokens, at most `concurrency` requests in flight (across all concurrent
+    /// calls on this embedder and its clones); a transient failure of a
     /// batch (429, 5xx, timeout, lost connection) is retried with backoff and jitter, waiting
     /// at least what `Retry-After` asks. The first batch that fails for good fails the call.
     /// Every vector's length is checked against `dim`.
@@ -245,12 +250,18 @@ impl Embedder {
         };
         let mut out = Embedded::default();
         loop {
+            // Held for the request only, not for the backoff: a waiting batch leaves its slot.
+            let permit = inner.in_flight.acquire().await.map_err(|e| LlmError::Task {
+                context: context.clone(),
+                message: e.to_string(),
+            })?;
             out.requests += 1;
             let attempt = tokio::time::timeout(
                 api.timeout,
                 api.client.embeddings().create_byot::<_, EmbeddingResponse>(&request),
             )
             .await;
+            drop(permit);
             let error = match attempt {
                 Ok(Ok(response)) => {
                     let counted: usize = batch.iter().map(|p| p.tokens).sum();
