@@ -55,6 +55,7 @@ pub async fn users(config: &Config, cmd: UsersCommand) -> anyhow::Result<()> {
                     email,
                     display_name: name,
                     plan,
+                    id: None,
                 },
             )
             .await

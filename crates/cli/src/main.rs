@@ -2,6 +2,7 @@
 //! variables, optional `ragpipe.toml`; see the README's table).
 
 mod admin;
+mod demo;
 mod doctor;
 mod ingest;
 mod serve;
@@ -39,6 +40,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the main job end to end: migrate, ingest the fixture documents, search them.
+    Demo(demo::DemoArgs),
     /// Serve the HTTP API (and, unless --no-workers, the workers) until SIGTERM.
     Serve(serve::ServeArgs),
     /// Run background workers until SIGTERM.
@@ -96,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => doctor::run(&config, json).await,
+        Command::Demo(args) => demo::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Worker { concurrency } => workers::run(config, concurrency).await.map(|()| ExitCode::SUCCESS),
         Command::Ingest(args) => Ok(if ingest::run(config, args).await? {
@@ -110,7 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAGPIPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lopdf=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lopdf=off,sqlx::postgres::notice=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -22,21 +22,39 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     }
     let config = Arc::new(config);
     let store = Store::connect(&config).await?;
-    let report = store.migrate(&config.embedding).await.context("bringing the schema up to date")?;
+    let report = store
+        .migrate(&config.embedding)
+        .await
+        .context("bringing the schema up to date")?;
     if !report.applied.is_empty() {
         eprintln!("applied {} migration(s)", report.applied.len());
     }
     let shutdown = crate::shutdown::on_signal();
-    let workers = if args.no_workers { None } else { Some(crate::workers::spawn(&store, &config, shutdown.clone())?) };
-    let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+    let workers = if args.no_workers {
+        None
+    } else {
+        Some(crate::workers::spawn(&store, &config, shutdown.clone())?)
+    };
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
     eprintln!(
         "ragpipe serving on http://{}{}",
-        listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| config.listen.clone()),
-        if args.no_workers { " (API only)" } else { " with workers" }
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| config.listen.clone()),
+        if args.no_workers {
+            " (API only)"
+        } else {
+            " with workers"
+        }
     );
     let state = ragpipe_api::AppState::new(store, Arc::clone(&config));
     let stop = shutdown.clone();
-    ragpipe_api::serve(state, listener, async move { stop.cancelled().await }).await.context("serving HTTP")?;
+    ragpipe_api::serve(state, listener, async move { stop.cancelled().await })
+        .await
+        .context("serving HTTP")?;
     shutdown.cancel();
     if let Some(w) = workers {
         w.await.context("worker task")??;

@@ -32,12 +32,14 @@ pub struct NewUser {
     pub display_name: Option<String>,
     /// Plan (default `free`).
     pub plan: Option<String>,
+    /// A chosen id (default: a new one), for accounts that must be found again by id.
+    pub id: Option<UserId>,
 }
 
 /// Creates a user. The insert runs as the new user (there is no path around row-level security,
 /// not even for administration). A second user with the same email is a conflict.
 pub async fn create(store: &Store, new: &NewUser) -> Result<User, StoreError> {
-    let id = UserId::new();
+    let id = new.id.unwrap_or_default();
     let mut tx = store.user_tx(id).await?;
     let user = sqlx::query_as::<_, User>(
         "INSERT INTO users (id, email, display_name, plan) VALUES ($1, $2, $3, coalesce($4, 'free')) \

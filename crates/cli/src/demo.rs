@@ -1,0 +1,80 @@
+//! `ragpipe demo`: the main job end to end on the embedded defaults. Migrates, creates (or
+//! finds) the demo user, ingests the fixture documents with progress, then searches them.
+//! Running it again is quick: identical uploads return the documents already ingested.
+
+use anyhow::Context;
+use clap::Args;
+use ragpipe_core::{Config, UserId};
+use ragpipe_store::{Store, StoreError, users};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The demo account's id: fixed, so every run finds the same user and documents.
+const DEMO_USER: uuid::Uuid = uuid::Uuid::from_u128(0x0000_0000_0000_4000_8000_00de_0000_0001);
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Documents to ingest.
+    #[arg(long, default_value = "fixtures/documents")]
+    pub documents: PathBuf,
+    /// The question to search for and answer.
+    #[arg(long, default_value = "How are fonts embedded in a PDF?")]
+    pub question: String,
+}
+
+pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    println!("== ragpipe demo ==");
+    let store = Store::connect(&config).await?;
+    let report = store.migrate(&config.embedding).await.context("migrating")?;
+    println!(
+        "schema at version {} ({} migration(s) applied now)",
+        report.current.unwrap_or_default(),
+        report.applied.len()
+    );
+    println!(
+        "models: embeddings {} ({}), chat {} ({})",
+        config.embedding.model,
+        if config.embedding.base_url.is_some() {
+            "remote"
+        } else {
+            "offline"
+        },
+        config.chat.model,
+        if config.chat.base_url.is_some() {
+            "remote"
+        } else {
+            "offline"
+        },
+    );
+    let user = demo_user(&store).await?;
+    println!("demo user {user}");
+
+    println!("\n-- ingesting {} --", args.documents.display());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let workers = crate::workers::spawn(&store, &config, shutdown.clone())?;
+    let results = crate::ingest::ingest_paths(&store, &config, user, std::slice::from_ref(&args.documents), true).await;
+    shutdown.cancel();
+    let _ = workers.await;
+    let results = results?;
+    crate::ingest::print_summary(&results);
+    Ok(())
+}
+
+async fn demo_user(store: &Store) -> anyhow::Result<UserId> {
+    let id = UserId(DEMO_USER);
+    match users::get(store, id).await {
+        Ok(_) => Ok(id),
+        Err(StoreError::NotFound(_)) => {
+            let new = users::NewUser {
+                email: "demo@ragpipe.local".into(),
+                display_name: Some("Demo".into()),
+                plan: None,
+                id: Some(id),
+            };
+            users::create(store, &new).await.context("creating the demo user")?;
+            Ok(id)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
