@@ -353,3 +353,15 @@ async fn concurrent_calls_share_the_concurrency_limit() {
         "two calls of two batches each ran at most two requests at once"
     );
 }
+
+#[tokio::test]
+async fn totals_count_failed_calls_too() {
+    let server = OpenAiServer::start().await;
+    server.inject(Route::Embeddings, Fault::RateLimited { retry_after_secs: None }, 3);
+    let embedder = quick(&server.embedding_endpoint(), 1);
+    embedder.embed(&inputs(1)).await.expect_err("429 twice with one retry");
+    let totals = embedder.totals();
+    assert_eq!((totals.requests, totals.retries, totals.rate_limited), (2, 1, 2));
+    embedder.embed(&inputs(1)).await.expect("429 then success");
+    assert_eq!(embedder.clone().totals().requests, 4);
+}

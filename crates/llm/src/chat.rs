@@ -10,7 +10,7 @@
 use crate::LlmError;
 use crate::embed::ClientOptions;
 use crate::extractive;
-use crate::retry::RetryPolicy;
+use crate::retry::{CallCounters, CallTotals, RetryPolicy};
 use crate::tokens::TokenCounter;
 use crate::transport::{ApiClient, map_error, stream_error};
 use async_openai::types::stream::StreamResponse;
@@ -226,6 +226,7 @@ struct ChatInner {
     max_output_tokens: u32,
     tokens: TokenCounter,
     retry: RetryPolicy,
+    counters: CallCounters,
     api: Option<ApiClient>,
 }
 
@@ -248,6 +249,7 @@ impl ChatModel {
                 max_output_tokens: endpoint.max_output_tokens,
                 tokens: options.tokens,
                 retry: options.retry,
+                counters: CallCounters::default(),
                 api,
             }),
         })
@@ -256,6 +258,12 @@ impl ChatModel {
     /// The model name sent to the server and recorded on messages and usage.
     pub fn model(&self) -> &str {
         &self.inner.model
+    }
+
+    /// Requests, retries and 429s since this model was built, across all its clones and
+    /// streams, failed ones included.
+    pub fn totals(&self) -> CallTotals {
+        self.inner.counters.totals()
     }
 
     /// Whether this is the offline extractive responder (no network).
@@ -339,6 +347,7 @@ impl ChatModel {
         let (mut requests, mut retries, mut rate_limited) = (0u32, 0u32, 0u32);
         loop {
             requests += 1;
+            inner.counters.request();
             let error = match self.open(api, &body, &context, &messages).await {
                 Ok(state) => {
                     let events =
@@ -354,12 +363,14 @@ impl ChatModel {
             };
             if error.is_rate_limited() {
                 rate_limited += 1;
+                inner.counters.rate_limited();
             }
             let Some(wait) = inner.retry.delay(retries, &error) else {
                 return Err(error);
             };
             tracing::warn!(error = %error, wait_ms = wait.as_millis() as u64, retry = retries + 1, "chat request failed before its first delta; retrying");
             retries += 1;
+            inner.counters.retry();
             tokio::time::sleep(wait).await;
         }
     }

@@ -3,7 +3,7 @@
 use crate::LlmError;
 use crate::batching::plan_batches;
 use crate::hashed::HashedEmbedder;
-use crate::retry::RetryPolicy;
+use crate::retry::{CallCounters, CallTotals, RetryPolicy};
 use crate::tokens::TokenCounter;
 use crate::transport::{ApiClient, map_error};
 use futures::{StreamExt, TryStreamExt};
@@ -71,6 +71,7 @@ struct EmbedderInner {
     in_flight: tokio::sync::Semaphore,
     tokens: TokenCounter,
     retry: RetryPolicy,
+    counters: CallCounters,
     provider: Provider,
 }
 
@@ -126,6 +127,7 @@ impl Embedder {
                 in_flight: tokio::sync::Semaphore::new((endpoint.concurrency as usize).max(1)),
                 tokens: options.tokens,
                 retry: options.retry,
+                counters: CallCounters::default(),
                 provider,
             }),
         })
@@ -139,6 +141,12 @@ impl Embedder {
     /// The dimension of every vector returned.
     pub fn dim(&self) -> usize {
         self.inner.dim
+    }
+
+    /// Requests, retries and 429s since this embedder was built, across all its clones and
+    /// calls, failed ones included.
+    pub fn totals(&self) -> CallTotals {
+        self.inner.counters.totals()
     }
 
     /// Whether this is the offline hashed embedder (no network).
@@ -256,6 +264,7 @@ impl Embedder {
                 message: e.to_string(),
             })?;
             out.requests += 1;
+            inner.counters.request();
             let attempt = tokio::time::timeout(
                 api.timeout,
                 api.client.embeddings().create_byot::<_, EmbeddingResponse>(&request),
@@ -280,12 +289,14 @@ impl Embedder {
             };
             if error.is_rate_limited() {
                 out.rate_limited += 1;
+                inner.counters.rate_limited();
             }
             let Some(wait) = inner.retry.delay(out.retries, &error) else {
                 return Err(error);
             };
             tracing::warn!(error = %error, wait_ms = wait.as_millis() as u64, retry = out.retries + 1, "embedding request failed; retrying");
             out.retries += 1;
+            inner.counters.retry();
             tokio::time::sleep(wait).await;
         }
     }

@@ -34,5 +34,5 @@ pub use error::LlmError;
 pub use extractive::NO_MODEL_NOTICE;
 pub use hashed::{HashedEmbedder, cosine};
 pub use prices::{ModelPrice, PriceTable};
-pub use retry::RetryPolicy;
+pub use retry::{CallTotals, RetryPolicy};
 pub use tokens::{Encoding, TokenCounter, count_tokens, truncate_to_tokens};

@@ -4,6 +4,7 @@
 use crate::LlmError;
 use ragpipe_core::config::ModelEndpoint;
 use rand::Rng;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Retry settings for one endpoint.
@@ -51,6 +52,46 @@ impl RetryPolicy {
             Some(wait) if wait > self.max_retry_after => None,
             Some(wait) => Some(wait.max(jittered)),
             None => Some(jittered),
+        }
+    }
+}
+
+/// Requests, retries and 429s of one embedder or chat model since it was built, failed calls
+/// included (the per-call counts in [`crate::Embedded`] and [`crate::ChatStream`] only exist
+/// when the call succeeds). Monotonic, for Prometheus counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallTotals {
+    /// HTTP requests made, retries included.
+    pub requests: u64,
+    /// Requests that retried a failed one.
+    pub retries: u64,
+    /// Responses that were HTTP 429.
+    pub rate_limited: u64,
+}
+
+/// The shared, lock-free counters behind [`CallTotals`].
+#[derive(Debug, Default)]
+pub(crate) struct CallCounters {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    rate_limited: AtomicU64,
+}
+
+impl CallCounters {
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn totals(&self) -> CallTotals {
+        CallTotals {
+            requests: self.requests.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
         }
     }
 }
