@@ -159,9 +159,9 @@ impl Embedder {
     /// Each input is first cut to `max_input_tokens` (models silently ignore what lies past
     /// their limit). Over the API, inputs go in batches of at most `batch_size` inputs and
     /// `batch_tokens` tokens, at most `concurrency` requests in flight (across all concurrent
-    /// calls on this embedder and its clones); a transient failure of a
-    /// batch (429, 5xx, timeout, lost connection) is retried with backoff and jitter, waiting
-    /// at least what `Retry-After` asks. The first batch that fails for good fails the call.
+    /// calls on this embedder and its clones); a transient failure of a batch (429, 5xx,
+    /// timeout, lost connection) is retried with backoff and jitter, waiting at least what
+    /// `Retry-After` asks. The first batch that fails for good fails the call.
     /// Every vector's length is checked against `dim`.
     pub async fn embed(&self, inputs: &[String]) -> Result<Embedded, LlmError> {
         if inputs.is_empty() {
