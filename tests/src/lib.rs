@@ -1,3 +1,4 @@
 //! ragpipe
 
+pub mod app;
 pub mod openai_server;

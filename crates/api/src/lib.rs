@@ -1,1 +1,122 @@
-//! ragpipe
+//! The ragpipe HTTP API (axum).
+//!
+//! Routes:
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `POST /v1/documents` | multipart upload of one or more files (+ optional JSON metadata each) |
+//! | `GET /v1/documents?status=&limit=&before=` | the caller's documents, newest first, keyset-paginated |
+//! | `GET /v1/documents/{id}` | one document: status, progress, error, counts |
+//! | `GET /v1/documents/{id}/chunks?offset=&limit=` | its chunks, in order |
+//! | `DELETE /v1/documents/{id}` | delete it with its bytes and chunks |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness (database reachable, schema current) |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Invariants: every `/v1` route authenticates with a bearer API key ([`Auth`]) and touches
+//! user data only through that user's [`ragpipe_store::UserTx`]; another user's id is a 404,
+//! never a 403. Every error, including unknown routes and bad parameters, has the one JSON
+//! shape of [`Error`].
+
+pub mod auth;
+pub mod documents;
+mod error;
+pub mod health;
+pub mod params;
+pub mod prometheus;
+mod requests;
+pub mod upload;
+
+pub use auth::Auth;
+pub use error::Error;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use ragpipe_core::Config;
+use ragpipe_store::Store;
+use std::sync::Arc;
+use upload::UploadLimits;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// The configuration the process started with.
+    pub config: Arc<Config>,
+    /// The process-wide Prometheus recorder's handle ([`prometheus::install_recorder`]).
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// State for `store` and `config`, installing the process's metrics recorder if that has
+    /// not happened yet.
+    pub fn new(store: Store, config: Arc<Config>) -> AppState {
+        AppState {
+            store,
+            config,
+            metrics: prometheus::install_recorder(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every route, with the request span and metrics middleware and JSON fallbacks.
+pub fn router(state: AppState) -> Router {
+    // Only the upload route takes large bodies; the rest keep axum's 2 MB default.
+    let upload_body_limit = UploadLimits::from_config(&state.config.limits).body_limit();
+    Router::new()
+        .route(
+            "/v1/documents",
+            get(documents::list).merge(post(documents::upload).layer(DefaultBodyLimit::max(upload_body_limit))),
+        )
+        .route("/v1/documents/{id}", get(documents::get).delete(documents::delete))
+        .route("/v1/documents/{id}/chunks", get(documents::chunks))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(prometheus::scrape))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(requests::observe))
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> Error {
+    Error::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Error {
+    Error::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting connections and
+/// waits for requests in flight to finish.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "API listening");
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -12,8 +12,9 @@ pub mod embedding_models;
 mod error;
 pub mod jobs;
 pub mod migrate;
-mod user_tx;
+pub mod stats;
 pub mod usage;
+mod user_tx;
 pub mod users;
 
 pub use error::{StoreError, redact};

@@ -1,0 +1,42 @@
+//! Request parameters that fail with the JSON error shape instead of axum's plain-text
+//! rejections: query strings and ids in paths.
+
+use crate::Error;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// A query string deserialized into `T`; a bad one is a 400 naming the problem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Query<T>, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| Error::bad_request(e.body_text()))
+    }
+}
+
+/// The single `{id}` path parameter as a UUID; anything else is a 400 (not a 404: the client
+/// sent something that cannot be an id at all).
+#[derive(Debug, Clone, Copy)]
+pub struct IdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<IdPath, Error> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Error::bad_request(e.body_text()))?;
+        Uuid::parse_str(&raw).map(IdPath).map_err(|_| {
+            let shown: String = raw.chars().take(64).collect();
+            Error::bad_request(format!("invalid id {shown:?}: expected a UUID"))
+        })
+    }
+}
