@@ -2,6 +2,7 @@
 //! variables, optional `ragpipe.toml`; see the README's table).
 
 mod admin;
+mod bench_ingest;
 mod demo;
 mod doctor;
 mod ingest;
@@ -40,6 +41,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run the main job end to end: migrate, ingest the fixture documents, search them.
     Demo(demo::DemoArgs),
     /// Serve the HTTP API (and, unless --no-workers, the workers) until SIGTERM.
@@ -58,6 +62,12 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Ingestion throughput on a generated corpus against a COPY ceiling.
+    Ingest(bench_ingest::BenchIngestArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => doctor::run(&config, json).await,
+        Command::Bench(BenchCommand::Ingest(args)) => bench_ingest::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Worker { concurrency } => workers::run(config, concurrency).await.map(|()| ExitCode::SUCCESS),
