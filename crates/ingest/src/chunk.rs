@@ -2,8 +2,10 @@
 
 use crate::{ChunkError, Extracted, Heading, PageSpan};
 use serde::Serialize;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::Range;
-use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
+use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
 use tiktoken_rs::CoreBPE;
 
 /// Longest piece of text handed to the splitter at once. text-splitter's cost grows faster
@@ -71,8 +73,36 @@ pub struct Chunk {
 pub struct Chunker {
     settings: ChunkSettings,
     bpe: &'static CoreBPE,
-    plain: TextSplitter<&'static CoreBPE>,
-    markdown: MarkdownSplitter<&'static CoreBPE>,
+}
+
+/// A token counter that remembers the sizes text-splitter asked for, keyed by the slice's
+/// address and length, so the size of each final chunk is looked up instead of tokenizing
+/// the chunk a second time (tokenizing is nearly all of chunking's cost).
+struct MemoSizer {
+    bpe: &'static CoreBPE,
+    sizes: RefCell<HashMap<(usize, usize, u64), usize>>,
+}
+
+impl MemoSizer {
+    fn count(&self, s: &str) -> usize {
+        // The address and length identify a slice of the segment being split; the hash makes
+        // a temporary string that reuses a freed address unable to collide.
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(s, &mut h);
+        let key = (s.as_ptr() as usize, s.len(), std::hash::Hasher::finish(&h));
+        if let Some(&n) = self.sizes.borrow().get(&key) {
+            return n;
+        }
+        let n = self.bpe.encode_ordinary(s).len();
+        self.sizes.borrow_mut().insert(key, n);
+        n
+    }
+}
+
+impl ChunkSizer for MemoSizer {
+    fn size(&self, chunk: &str) -> usize {
+        self.count(chunk)
+    }
 }
 
 impl std::fmt::Debug for Chunker {
@@ -117,18 +147,10 @@ impl Chunker {
             )));
         }
         let bpe = tokenizer(&settings.tokenizer)?;
-        let config = || {
-            ChunkConfig::new(settings.max_tokens as usize)
-                .with_overlap(settings.overlap_tokens as usize)
-                .map(|c| c.with_sizer(bpe))
-                .map_err(|e| ChunkError::InvalidSettings(e.to_string()))
-        };
-        Ok(Chunker {
-            plain: TextSplitter::new(config()?),
-            markdown: MarkdownSplitter::new(config()?),
-            bpe,
-            settings,
-        })
+        ChunkConfig::new(settings.max_tokens as usize)
+            .with_overlap(settings.overlap_tokens as usize)
+            .map_err(|e| ChunkError::InvalidSettings(e.to_string()))?;
+        Ok(Chunker { bpe, settings })
     }
 
     /// The settings this chunker was built with (recorded with every chunk set).
@@ -150,14 +172,25 @@ impl Chunker {
     /// settings always give the same chunks.
     pub fn chunk(&self, doc: &Extracted) -> Vec<Chunk> {
         let markdown = doc.format.is_markdown_shaped();
-        let mut chunks = Vec::new();
+        let sizer = MemoSizer {
+            bpe: self.bpe,
+            sizes: RefCell::new(HashMap::new()),
+        };
+        let config = || {
+            ChunkConfig::new(self.settings.max_tokens as usize)
+                .with_overlap(self.settings.overlap_tokens as usize)
+                .expect("overlap was checked against max_tokens in Chunker::new")
+                .with_sizer(&sizer)
+        };
+        let (plain, md) = (TextSplitter::new(config()), MarkdownSplitter::new(config()));
+        let mut chunks: Vec<Chunk> = Vec::new();
         let mut path = HeadingCursor::new(&doc.headings);
         for seg in segments(&doc.text, markdown) {
             let piece = &doc.text[seg.clone()];
             let pieces: Box<dyn Iterator<Item = (usize, &str)>> = if markdown {
-                Box::new(self.markdown.chunk_indices(piece))
+                Box::new(md.chunk_indices(piece))
             } else {
-                Box::new(self.plain.chunk_indices(piece))
+                Box::new(plain.chunk_indices(piece))
             };
             for (offset, content) in pieces {
                 if content.is_empty() {
@@ -165,17 +198,29 @@ impl Chunker {
                 }
                 let start = seg.start + offset;
                 let byte_range = start..start + content.len();
+                // text-splitter keeps a line's indentation when a chunk starts at a line
+                // (Markdown code), so a short chunk can be followed by one that contains it;
+                // keep only the larger, so chunks stay in order.
+                if let Some(last) = chunks.last() {
+                    if last.byte_range.start <= byte_range.start && byte_range.end <= last.byte_range.end {
+                        continue;
+                    }
+                    if byte_range.start <= last.byte_range.start && last.byte_range.end <= byte_range.end {
+                        chunks.pop();
+                    }
+                }
                 let (page_first, page_last) = page_range(&doc.pages, &byte_range);
                 chunks.push(Chunk {
                     index: chunks.len() as u32,
                     content: content.to_owned(),
-                    token_count: self.count_tokens(content) as u32,
+                    token_count: sizer.count(content) as u32,
                     heading_path: path.at(start),
                     byte_range,
                     page_first,
                     page_last,
                 });
             }
+            sizer.sizes.borrow_mut().clear();
         }
         chunks
     }

@@ -7,20 +7,35 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 fn limits() -> Limits {
-    Limits { max_decompressed_bytes: 1 << 20, timeout: Duration::from_secs(10), ..Limits::default() }
+    Limits {
+        max_decompressed_bytes: 1 << 20,
+        timeout: Duration::from_secs(10),
+        ..Limits::default()
+    }
 }
 
 fn chunker(markdown: bool) -> &'static Chunker {
     static PLAIN: OnceLock<Chunker> = OnceLock::new();
     static MD: OnceLock<Chunker> = OnceLock::new();
     let cell = if markdown { &MD } else { &PLAIN };
-    cell.get_or_init(|| Chunker::new(ChunkSettings { max_tokens: 32, overlap_tokens: 8, tokenizer: "cl100k_base".into() }).expect("chunker"))
+    cell.get_or_init(|| {
+        Chunker::new(ChunkSettings {
+            max_tokens: 32,
+            overlap_tokens: 8,
+            tokenizer: "cl100k_base".into(),
+        })
+        .expect("chunker")
+    })
 }
 
 fn pdf_fixture() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
-        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/documents/reportlab-report-header-footer.pdf")).expect("fixture")
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/documents/reportlab-report-header-footer.pdf"
+        ))
+        .expect("fixture")
     })
 }
 
