@@ -10,7 +10,7 @@ use sqlx::migrate::Migrator;
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// Advisory lock key serialising concurrent `ragpipe migrate` runs ("ragpipe" in ASCII).
-const MIGRATE_LOCK: i64 = 0x7261_6770_6970_65;
+const MIGRATE_LOCK: i64 = 0x0072_6167_7069_7065;
 
 /// What a migration run did.
 #[derive(Debug, Clone, serde::Serialize)]
