@@ -40,9 +40,12 @@ $$;
 GRANT USAGE ON SCHEMA public TO ragpipe_metrics;
 -- One column: the role can count documents by status and read nothing else of them.
 GRANT SELECT (status) ON documents TO ragpipe_metrics;
--- Policies are permissive and OR-ed: for this role only, every row is visible (to the column
--- above). ragpipe_app is not a member of ragpipe_metrics, so user transactions are unaffected.
-CREATE POLICY documents_status_metrics ON documents FOR SELECT TO ragpipe_metrics USING (true);
+-- Policies are permissive and OR-ed: acting as this role, every row is visible (to the column
+-- above). A policy applies to the role's members too, and the migrating role may be one (see
+-- above), so the policy also checks that the role in force is ragpipe_metrics itself: inside
+-- the function, not in a session of a member. ragpipe_app is not a member at all.
+CREATE POLICY documents_status_metrics ON documents FOR SELECT TO ragpipe_metrics
+    USING (current_user = 'ragpipe_metrics');
 
 CREATE FUNCTION ragpipe_document_status_counts()
     RETURNS TABLE (status text, documents bigint)
