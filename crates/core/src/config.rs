@@ -568,10 +568,10 @@ mod tests {
         let err = Config::from_layers(toml::Table::new(), |n| {
             (n == "RAGPIPE_EMBEDDING_DIM").then(|| "lots".into())
         })
-        .unwrap_err();
+        .expect_err("invalid");
         assert!(err.to_string().contains("embedding.dim"), "{err}");
         let file: toml::Table = "[embedding]\ndimension = 3\n".parse().expect("toml");
-        let err = Config::from_layers(file, |_| None).unwrap_err();
+        let err = Config::from_layers(file, |_| None).expect_err("invalid");
         assert!(err.to_string().contains("unknown setting embedding.dimension"), "{err}");
     }
 
