@@ -132,3 +132,69 @@ async fn a_killed_workers_job_is_finished_by_the_next_worker(pool: PgPool) {
         .expect("usage");
     assert_eq!(usage, 1);
 }
+
+#[sqlx::test(migrations = false)]
+async fn sigterm_lets_the_job_in_flight_finish_then_exits(pool: PgPool) {
+    let server = OpenAiServer::start().await;
+    let mut config = Config::defaults();
+    config.embedding = server.embedding_endpoint();
+    let store = Store::from_pool(pool.clone());
+    store.migrate(&config.embedding).await.expect("migrate");
+    let user = UserId(
+        users::create(
+            &store,
+            &users::NewUser {
+                email: "term@example.com".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("user")
+        .id,
+    );
+    let bytes = "Graceful shutdown finishes what it started. ".repeat(200).into_bytes();
+    let mut tx = store.user_tx(user).await.expect("tx");
+    let stored = documents::create(
+        &mut tx,
+        &documents::NewDocument {
+            filename: "term.txt",
+            content_type: "text/plain",
+            bytes: &bytes,
+            sha256: Sha256::digest(&bytes).into(),
+            metadata: serde_json::json!({}),
+        },
+        8,
+    )
+    .await
+    .expect("upload");
+    tx.commit().await.expect("commit");
+    let id = stored.document.id;
+
+    // The embedding call takes 3 s: SIGTERM arrives while it is in flight.
+    server.inject(Route::Embeddings, Fault::Delay(Duration::from_secs(3)), 1);
+    let mut child = worker(&database_url(&pool), &server);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while status(&store, user, id).await.status != "embedding" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never reached the embedding stage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "worker exit status {exit:?}");
+    let doc = status(&store, user, id).await;
+    assert_eq!(
+        doc.status, "ready",
+        "the job in flight was finished before exiting: {:?}",
+        doc.error
+    );
+}
