@@ -54,7 +54,12 @@ pub struct ChunkSetInfo<'a> {
 
 /// Replaces the document's chunks with `chunks` (one bulk insert) and marks it ready, all in the
 /// caller's transaction: readers see the old set or the new one, never a mix or a half set.
-pub async fn replace(tx: &mut UserTx, document: DocumentId, chunks: &[NewChunk], info: &ChunkSetInfo<'_>) -> Result<(), StoreError> {
+pub async fn replace(
+    tx: &mut UserTx,
+    document: DocumentId,
+    chunks: &[NewChunk],
+    info: &ChunkSetInfo<'_>,
+) -> Result<(), StoreError> {
     let user = tx.user_id();
     sqlx::query("DELETE FROM document_chunks WHERE document_id = $1")
         .bind(document.0)
@@ -157,7 +162,12 @@ pub struct StoredChunk {
 }
 
 /// The document's chunks in order, `limit` from `offset`.
-pub async fn list(tx: &mut UserTx, document: DocumentId, offset: u32, limit: u32) -> Result<Vec<StoredChunk>, StoreError> {
+pub async fn list(
+    tx: &mut UserTx,
+    document: DocumentId,
+    offset: u32,
+    limit: u32,
+) -> Result<Vec<StoredChunk>, StoreError> {
     sqlx::query_as(
         "SELECT id, chunk_index, content, token_count, page_first, page_last, heading_path, byte_start, byte_end, \
                 embedding_model, embedding IS NOT NULL AS embedded, length(search_vector) > 0 AS searchable \

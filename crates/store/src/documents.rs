@@ -122,7 +122,10 @@ pub async fn create(tx: &mut UserTx, new: &NewDocument<'_>, max_attempts: u32) -
         .fetch_one(tx.conn())
         .await
         .map_err(StoreError::db("reading the existing document"))?;
-        return Ok(Stored { document: existing, created: false });
+        return Ok(Stored {
+            document: existing,
+            created: false,
+        });
     };
     sqlx::query("INSERT INTO document_blobs (document_id, user_id, bytes) VALUES ($1, $2, $3)")
         .bind(id.0)
@@ -131,18 +134,32 @@ pub async fn create(tx: &mut UserTx, new: &NewDocument<'_>, max_attempts: u32) -
         .execute(tx.conn())
         .await
         .map_err(StoreError::db("storing the document's bytes"))?;
-    enqueue(tx, INGEST_QUEUE, &[IngestJob { user_id: user, document_id: id }], max_attempts).await?;
-    Ok(Stored { document, created: true })
+    enqueue(
+        tx,
+        INGEST_QUEUE,
+        &[IngestJob {
+            user_id: user,
+            document_id: id,
+        }],
+        max_attempts,
+    )
+    .await?;
+    Ok(Stored {
+        document,
+        created: true,
+    })
 }
 
 /// One document, or `NotFound` (also for another user's id: ids do not leak).
 pub async fn get(tx: &mut UserTx, id: DocumentId) -> Result<Document, StoreError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = $1")))
-        .bind(id.0)
-        .fetch_optional(tx.conn())
-        .await
-        .map_err(StoreError::db("reading a document"))?
-        .ok_or(StoreError::NotFound("document"))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = $1"
+    )))
+    .bind(id.0)
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(StoreError::db("reading a document"))?
+    .ok_or(StoreError::NotFound("document"))
 }
 
 /// Newest first, `limit` at a time, after the `before` id of the previous page.
@@ -173,7 +190,11 @@ pub async fn delete(tx: &mut UserTx, id: DocumentId) -> Result<(), StoreError> {
         .await
         .map_err(StoreError::db("deleting a document"))?
         .rows_affected();
-    if deleted == 0 { Err(StoreError::NotFound("document")) } else { Ok(()) }
+    if deleted == 0 {
+        Err(StoreError::NotFound("document"))
+    } else {
+        Ok(())
+    }
 }
 
 /// The original bytes.
@@ -188,7 +209,12 @@ pub async fn bytes(tx: &mut UserTx, id: DocumentId) -> Result<Vec<u8>, StoreErro
 
 /// Moves a document to a pipeline stage (not `ready`/`failed`: see `chunks::replace` and
 /// [`fail`]), counting an attempt when it starts over from `extracting`.
-pub async fn set_stage(tx: &mut UserTx, id: DocumentId, status: DocumentStatus, progress: f32) -> Result<(), StoreError> {
+pub async fn set_stage(
+    tx: &mut UserTx,
+    id: DocumentId,
+    status: DocumentStatus,
+    progress: f32,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE documents SET status = $2, progress = $3, error = NULL, updated_at = now(), \
          attempts = attempts + (CASE WHEN $2 = 'extracting' THEN 1 ELSE 0 END) WHERE id = $1",

@@ -22,17 +22,31 @@ pub struct IngestJob {
 }
 
 /// Adds jobs to `queue` inside the caller's transaction.
-pub async fn enqueue<T: Serialize>(tx: &mut UserTx, queue: &str, jobs: &[T], max_attempts: u32) -> Result<(), StoreError> {
+pub async fn enqueue<T: Serialize>(
+    tx: &mut UserTx,
+    queue: &str,
+    jobs: &[T],
+    max_attempts: u32,
+) -> Result<(), StoreError> {
     if jobs.is_empty() {
         return Ok(());
     }
     let mut tasks = Vec::with_capacity(jobs.len());
     for job in jobs {
         let args = serde_json::to_vec(job).map_err(|e| StoreError::Conflict(format!("encoding a job: {e}")))?;
-        tasks.push(TaskBuilder::new(args).max_attempts(max_attempts.max(1) as usize).build());
+        tasks.push(
+            TaskBuilder::new(args)
+                .max_attempts(max_attempts.max(1) as usize)
+                .build(),
+        );
     }
-    apalis_postgres::queries::push_tasks(tx.conn(), queue, tasks).await.map_err(|e| match e {
-        apalis_postgres::Error::Database(source) => StoreError::Database { context: "enqueueing jobs", source },
-        other => StoreError::Conflict(format!("enqueueing jobs: {other}")),
-    })
+    apalis_postgres::queries::push_tasks(tx.conn(), queue, tasks)
+        .await
+        .map_err(|e| match e {
+            apalis_postgres::Error::Database(source) => StoreError::Database {
+                context: "enqueueing jobs",
+                source,
+            },
+            other => StoreError::Conflict(format!("enqueueing jobs: {other}")),
+        })
 }
