@@ -131,21 +131,12 @@ fn markdown_score(sample: &str) -> u32 {
     for line in sample.lines().take(400) {
         let t = line.trim_end();
         let hashes = t.bytes().take_while(|&b| b == b'#').count();
-        if (1..=6).contains(&hashes) && t[hashes..].starts_with(' ') {
-            score += 2;
-        } else if t.starts_with("```") || t.starts_with("~~~") {
-            score += 2;
-        } else if prev_nonempty
-            && !t.is_empty()
-            && (t.bytes().all(|b| b == b'=') || t.bytes().all(|b| b == b'-'))
-            && t.len() >= 3
-        {
-            score += 1;
-        } else if t.contains("](") && t.contains('[') {
-            score += 1;
-        } else if t.starts_with("- [") || t.starts_with("* ") || t.starts_with("> ") || t.starts_with("| ") {
-            score += 1;
-        }
+        let strong =
+            (1..=6).contains(&hashes) && t[hashes..].starts_with(' ') || t.starts_with("```") || t.starts_with("~~~");
+        let setext = prev_nonempty && t.len() >= 3 && (t.bytes().all(|b| b == b'=') || t.bytes().all(|b| b == b'-'));
+        let weak =
+            setext || t.contains("](") && t.contains('[') || ["- [", "* ", "> ", "| "].iter().any(|p| t.starts_with(p));
+        score += if strong { 2 } else { u32::from(weak) };
         prev_nonempty = !t.is_empty();
         if score >= 4 {
             break;

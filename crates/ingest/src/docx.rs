@@ -78,10 +78,10 @@ fn heading_styles(xml: &str) -> HashMap<String, u8> {
                     }
                 }
                 "outlineLvl" => {
-                    if let (Some(id), Some(n)) = (&current, attr(&e, "w:val").and_then(|v| v.parse::<u8>().ok())) {
-                        if n < 9 {
-                            map.entry(id.clone()).or_insert((n + 1).min(6));
-                        }
+                    if let (Some(id), Some(n)) = (&current, attr(&e, "w:val").and_then(|v| v.parse::<u8>().ok()))
+                        && n < 9
+                    {
+                        map.entry(id.clone()).or_insert((n + 1).min(6));
                     }
                 }
                 _ => {}

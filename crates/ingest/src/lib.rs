@@ -294,6 +294,8 @@ pub(crate) fn push_clean_char(out: &mut String, c: char) {
         '\r' | '\u{0b}' | '\u{0c}' => out.push('\n'),
         '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{fffd}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}' => {}
         '\u{a0}' | '\u{2007}' | '\u{202f}' => out.push(' '),
+        // An invisible break opportunity in HTML, DOCX and text; PDF fonts map it to '-'.
+        '\u{ad}' => {}
         '\u{fb00}' => out.push_str("ff"),
         '\u{fb01}' => out.push_str("fi"),
         '\u{fb02}' => out.push_str("fl"),

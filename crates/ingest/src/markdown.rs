@@ -47,17 +47,19 @@ pub(crate) fn headings(text: &str) -> Vec<Heading> {
             prev = None;
             continue;
         }
-        if !indented && lead.len() >= 2 && (lead.bytes().all(|b| b == b'=') || lead.bytes().all(|b| b == b'-')) {
-            if let Some((pstart, ptext)) = prev {
-                let level = if lead.starts_with('=') { 1 } else { 2 };
-                out.push(Heading {
-                    level,
-                    text: inline_text(ptext),
-                    offset: pstart,
-                });
-                prev = None;
-                continue;
-            }
+        if !indented
+            && lead.len() >= 2
+            && (lead.bytes().all(|b| b == b'=') || lead.bytes().all(|b| b == b'-'))
+            && let Some((pstart, ptext)) = prev
+        {
+            let level = if lead.starts_with('=') { 1 } else { 2 };
+            out.push(Heading {
+                level,
+                text: inline_text(ptext),
+                offset: pstart,
+            });
+            prev = None;
+            continue;
         }
         let plain = !t.is_empty() && !indented && !lead.starts_with(['-', '*', '>', '|', '<']);
         prev = plain.then_some((start, t.trim()));

@@ -281,6 +281,12 @@ pub(crate) fn glyph_str(name: &str) -> Option<String> {
     }
 }
 
+/// WinAnsi and Latin-1 put the "hyphen" glyph at 0xAD (U+00AD, the soft hyphen), which PDF
+/// fonts draw as a visible hyphen.
+fn visible_hyphen(c: char) -> char {
+    if c == '\u{ad}' { '-' } else { c }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Base {
     Standard,
@@ -361,7 +367,7 @@ impl Font {
 
     fn simple_from(base: Base, diffs: &[(u8, String)], to_unicode: Option<&CMap>, widths: Widths) -> Font {
         let mut table: Vec<Option<Box<str>>> = (0..=255u8)
-            .map(|c| base.get(c).map(|ch| ch.to_string().into_boxed_str()))
+            .map(|c| base.get(c).map(|ch| visible_hyphen(ch).to_string().into_boxed_str()))
             .collect();
         for (code, name) in diffs {
             table[usize::from(*code)] = glyph_str(name).map(String::into_boxed_str);

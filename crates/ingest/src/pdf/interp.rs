@@ -179,7 +179,7 @@ impl<'a> PageRun<'a> {
         let mut ops = 0u32;
         while let Some(op) = lx.next_op(&mut st) {
             ops = ops.wrapping_add(1);
-            if ops % 4096 == 0 {
+            if ops.is_multiple_of(4096) {
                 self.deadline.check()?;
             }
             match op {
