@@ -623,6 +623,10 @@ async fn health_readiness_and_unknown_routes(pool: PgPool) {
     let (status, body) = json_of(app.client.get(app.url("/readyz")).send().await.expect("GET")).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ready"})));
 
+    let (status, spec) = json_of(app.client.get(app.url("/openapi.json")).send().await.expect("GET")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(spec["paths"]["/v1/documents"]["post"].is_object(), "{spec}");
+
     let (status, body) = json_of(app.client.get(app.url("/v1/nothing")).send().await.expect("GET")).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     let (status, body) = json_of(app.client.put(app.url("/v1/documents")).send().await.expect("PUT")).await;

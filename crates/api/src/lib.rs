@@ -11,6 +11,7 @@
 //! | `DELETE /v1/documents/{id}` | delete it with its bytes and chunks |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (database reachable, schema current) |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /openapi.json` | OpenAPI 3.1 description of all of the above (`crates/api/openapi.json`) |
 //!
 //! Invariants: every `/v1` route authenticates with a bearer API key ([`Auth`]) and touches
 //! user data only through that user's [`ragpipe_store::UserTx`]; another user's id is a 404,
@@ -84,10 +85,19 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(prometheus::scrape))
+        .route("/openapi.json", get(openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(requests::observe))
         .with_state(state)
+}
+
+/// The OpenAPI description, written by hand beside this crate and kept in step with the routes
+/// (a test checks that it parses and lists every route).
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 async fn no_route(method: Method, uri: Uri) -> Error {
@@ -119,4 +129,39 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI_JSON;
+
+    #[test]
+    fn the_openapi_document_parses_and_lists_every_route() {
+        let spec: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+        let mut paths: Vec<&str> = spec["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "/healthz",
+                "/metrics",
+                "/openapi.json",
+                "/readyz",
+                "/v1/documents",
+                "/v1/documents/{id}",
+                "/v1/documents/{id}/chunks"
+            ]
+        );
+        // Every reference points at something defined.
+        let text = OPENAPI_JSON;
+        for reference in text.split("\"$ref\": \"#/").skip(1) {
+            let pointer = format!("/{}", reference.split('"').next().unwrap_or_default());
+            assert!(spec.pointer(&pointer).is_some(), "dangling $ref {pointer}");
+        }
+    }
 }
