@@ -1,5 +1,5 @@
-//! The ingest pipeline end to end on real parts: fixture documents go through the real queue
-//! (apalis on PostgreSQL) and the real worker into `document_chunks`.
+//! The ingest pipeline on real parts (apalis on PostgreSQL, the real worker): retries,
+//! idempotency and deletion races. Fixture documents over HTTP: `pipeline_http.rs`.
 
 use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_ingest_worker::IngestContext;
@@ -8,7 +8,6 @@ use ragpipe_store::{Store, documents, users};
 use ragpipe_tests::openai_server::{Fault, OpenAiServer, Route};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util_shim::Shutdown;
@@ -23,10 +22,6 @@ mod tokio_util_shim {
             }
         }
     }
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/documents")
 }
 
 async fn setup(pool: PgPool, config: &Config) -> (Store, UserId) {
@@ -119,79 +114,6 @@ async fn usage_events(store: &Store, user: UserId) -> Vec<(String, i64, String)>
         .fetch_all(tx.conn())
         .await
         .expect("usage")
-}
-
-#[sqlx::test(migrations = false)]
-async fn fixture_documents_end_ready_and_hostile_ones_fail_with_their_reason(pool: PgPool) {
-    let config = Config::defaults();
-    let (store, user) = setup(pool, &config).await;
-    let _worker = start_worker(&store, config.clone());
-
-    let mut queued = Vec::new();
-    let mut rejected = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(fixtures())
-        .expect("fixtures")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    entries.sort();
-    for path in entries {
-        let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
-        let bytes = std::fs::read(&path).expect("read");
-        match upload(&store, user, &name, &bytes).await {
-            Ok(id) => queued.push((name, id)),
-            Err(reason) => rejected.push((name, reason)),
-        }
-    }
-    assert!(queued.len() >= 10, "{queued:?}");
-    let ids: Vec<DocumentId> = queued.iter().map(|(_, id)| *id).collect();
-    let docs = wait_terminal(&store, user, &ids).await;
-
-    for ((name, id), doc) in queued.iter().zip(&docs) {
-        // Files that must fail, with the words their reason must contain. Other hostile files
-        // (cyclic object graphs, nested arrays, bombs) may still yield text from their intact
-        // parts; what matters is that they end, with a reason when they fail.
-        let must_fail = [
-            ("encrypted-user-password", "encrypted"),
-            ("scanned-image-only", "no extractable text"),
-            ("hostile-truncated", ""),
-        ];
-        let expected = must_fail.iter().find(|(n, _)| name.contains(n));
-        let hostile = name.starts_with("hostile-") || expected.is_some();
-        if hostile {
-            if let Some((_, words)) = expected {
-                assert_eq!(doc.status, "failed", "{name} should fail");
-                assert!(
-                    doc.error.as_deref().unwrap_or("").contains(words),
-                    "{name}: {:?}",
-                    doc.error
-                );
-            }
-            if doc.status == "failed" {
-                assert!(
-                    !doc.error.as_deref().unwrap_or("").is_empty(),
-                    "{name} failed without a reason"
-                );
-                assert_eq!(chunk_stats(&store, user, *id).await.0, 0, "{name} has chunks");
-            }
-        } else {
-            assert_eq!(doc.status, "ready", "{name}: {:?}", doc.error);
-            let (rows, embedded, searchable, distinct) = chunk_stats(&store, user, *id).await;
-            assert!(rows > 0, "{name} has no chunks");
-            assert_eq!(rows, i64::from(doc.chunk_count), "{name}");
-            assert_eq!(embedded, rows, "{name}: every chunk has an embedding");
-            assert_eq!(searchable, rows, "{name}: every chunk has a search vector");
-            assert_eq!(distinct, rows, "{name}: one chunk set");
-            assert_eq!(doc.embedding_model.as_deref(), Some(config.embedding.model.as_str()));
-        }
-    }
-    for (name, reason) in &rejected {
-        assert!(name.starts_with("hostile-"), "{name} rejected at upload: {reason}");
-    }
-    // One embedding usage event per ready document.
-    let ready = docs.iter().filter(|d| d.status == "ready").count();
-    assert_eq!(usage_events(&store, user).await.len(), ready);
 }
 
 #[sqlx::test(migrations = false)]

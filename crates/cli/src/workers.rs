@@ -2,23 +2,20 @@
 
 use anyhow::Context;
 use ragpipe_core::Config;
-use ragpipe_ingest_worker::IngestContext;
 use ragpipe_store::Store;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Starts the ingest workers of this process; they stop when `shutdown` is cancelled.
+/// Starts the workers of this process; they stop when `shutdown` is cancelled.
 pub fn spawn(
     store: &Store,
     config: &Arc<Config>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let ctx = Arc::new(IngestContext::new(store.clone(), Arc::clone(config)).map_err(anyhow::Error::msg)?);
+    let ingest = ragpipe_ingest_worker::spawn(store.clone(), Arc::clone(config), shutdown);
     Ok(tokio::spawn(async move {
-        ragpipe_ingest_worker::run(ctx, async move { shutdown.cancelled().await })
-            .await
-            .map_err(anyhow::Error::msg)
+        ingest.await.context("ingest worker task")?.map_err(anyhow::Error::msg)
     }))
 }
 

@@ -319,7 +319,9 @@ pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + S
     let concurrency = ctx.config.worker.concurrency.max(1) as usize;
     // LISTEN/NOTIFY wakes the worker the moment a job is committed; polling alone backs off
     // while idle, so an upload after a quiet spell would wait seconds.
-    let backend = PostgresStorage::<IngestJob>::new(ctx.store.pool()).with_config(queue_config(&ctx.config)).with_pubsub();
+    let backend = PostgresStorage::<IngestJob>::new(ctx.store.pool())
+        .with_config(queue_config(&ctx.config))
+        .with_pubsub();
     // The worker id is its name: unique per process, so a restarted process never inherits (and
     // keeps alive) the jobs of the one that died.
     let name = format!(
@@ -339,4 +341,16 @@ pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + S
         })
         .await
         .map_err(|e| format!("ingest worker: {e}"))
+}
+
+/// Starts an ingest worker on the current runtime; it stops when `shutdown` is cancelled.
+pub fn spawn(
+    store: Store,
+    config: Arc<Config>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        let ctx = Arc::new(IngestContext::new(store, config)?);
+        run(ctx, async move { shutdown.cancelled().await }).await
+    })
 }
