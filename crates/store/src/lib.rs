@@ -7,6 +7,7 @@
 
 pub mod api_keys;
 pub mod chunks;
+pub mod conversations;
 pub mod documents;
 pub mod embedding_models;
 mod error;
