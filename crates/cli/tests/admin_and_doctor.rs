@@ -1,18 +1,8 @@
 //! The `ragpipe` binary's basics, run as a user would run it, against a fresh database.
 
+use ragpipe_tests::database_url;
 use sqlx::PgPool;
 use std::process::{Command, Output};
-
-fn database_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("postgres")
-    )
-}
 
 fn ragpipe(url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ragpipe"))

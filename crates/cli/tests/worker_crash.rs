@@ -1,24 +1,14 @@
-//! A worker process killed with SIGKILL in the middle of a job: after a new worker starts, the
-//! document still ends `ready` with exactly one chunk set.
+//! Worker processes and their jobs: a worker killed with SIGKILL mid-job is taken over by the
+//! next one; SIGTERM lets the job in flight finish before the worker exits.
 
-use ragpipe_core::{Config, UserId};
+use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_store::{Store, documents, users};
+use ragpipe_tests::database_url;
 use ragpipe_tests::openai_server::{Fault, OpenAiServer, Route};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn database_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("postgres")
-    )
-}
 
 fn worker(url: &str, server: &OpenAiServer) -> Child {
     let endpoint = server.embedding_endpoint();
@@ -35,67 +25,61 @@ fn worker(url: &str, server: &OpenAiServer) -> Child {
         .expect("start worker")
 }
 
-async fn status(store: &Store, user: UserId, id: uuid::Uuid) -> documents::Document {
+/// A migrated database with one user and one queued text document; the embeddings server's
+/// next call takes `embed_delay`.
+async fn queued_document(pool: &PgPool, server: &OpenAiServer, embed_delay: Duration) -> (Store, UserId, DocumentId) {
+    let mut config = Config::defaults();
+    config.embedding = server.embedding_endpoint();
+    let store = Store::from_pool(pool.clone());
+    store.migrate(&config.embedding).await.expect("migrate");
+    let new_user = users::NewUser {
+        email: "worker@example.com".into(),
+        ..Default::default()
+    };
+    let user = UserId(users::create(&store, &new_user).await.expect("user").id);
+    let bytes = "Workers die; jobs survive them. ".repeat(300).into_bytes();
     let mut tx = store.user_tx(user).await.expect("tx");
-    documents::get(&mut tx, ragpipe_core::DocumentId(id))
-        .await
-        .expect("doc")
+    let new = documents::NewDocument {
+        filename: "worker.txt",
+        content_type: "text/plain",
+        bytes: &bytes,
+        sha256: Sha256::digest(&bytes).into(),
+        metadata: serde_json::json!({}),
+    };
+    let stored = documents::create(&mut tx, &new, 8).await.expect("upload");
+    tx.commit().await.expect("commit");
+    server.inject(Route::Embeddings, Fault::Delay(embed_delay), 1);
+    (store, user, DocumentId(stored.document.id))
+}
+
+async fn document(store: &Store, user: UserId, id: DocumentId) -> documents::Document {
+    let mut tx = store.user_tx(user).await.expect("tx");
+    documents::get(&mut tx, id).await.expect("doc")
+}
+
+async fn wait_for_stage(store: &Store, user: UserId, id: DocumentId, stage: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while document(store, user, id).await.status != stage {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never reached {stage}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[sqlx::test(migrations = false)]
 async fn a_killed_workers_job_is_finished_by_the_next_worker(pool: PgPool) {
     let server = OpenAiServer::start().await;
-    let mut config = Config::defaults();
-    config.embedding = server.embedding_endpoint();
-    let store = Store::from_pool(pool.clone());
-    store.migrate(&config.embedding).await.expect("migrate");
-    let user = UserId(
-        users::create(
-            &store,
-            &users::NewUser {
-                email: "crash@example.com".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("user")
-        .id,
-    );
-
-    let bytes = "Workers die; jobs survive them. ".repeat(300).into_bytes();
-    let mut tx = store.user_tx(user).await.expect("tx");
-    let stored = documents::create(
-        &mut tx,
-        &documents::NewDocument {
-            filename: "crash.txt",
-            content_type: "text/plain",
-            bytes: &bytes,
-            sha256: Sha256::digest(&bytes).into(),
-            metadata: serde_json::json!({}),
-        },
-        8,
-    )
-    .await
-    .expect("upload");
-    tx.commit().await.expect("commit");
-    let id = stored.document.id;
-
-    // The first worker hangs in the embeddings call; kill it there.
-    server.inject(Route::Embeddings, Fault::Delay(Duration::from_secs(30)), 1);
+    // The first worker hangs in the embeddings call; it is killed there.
+    let (store, user, id) = queued_document(&pool, &server, Duration::from_secs(30)).await;
     let url = database_url(&pool);
     let mut first = worker(&url, &server);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while status(&store, user, id).await.status != "embedding" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first worker never reached the embedding stage"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_stage(&store, user, id, "embedding").await;
     first.kill().expect("SIGKILL");
     first.wait().expect("reap");
     assert_eq!(
-        status(&store, user, id).await.status,
+        document(&store, user, id).await.status,
         "embedding",
         "the job was mid-flight when the worker died"
     );
@@ -103,7 +87,7 @@ async fn a_killed_workers_job_is_finished_by_the_next_worker(pool: PgPool) {
     let mut second = worker(&url, &server);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let doc = loop {
-        let doc = status(&store, user, id).await;
+        let doc = document(&store, user, id).await;
         if doc.status().is_terminal() {
             break doc;
         }
@@ -120,7 +104,7 @@ async fn a_killed_workers_job_is_finished_by_the_next_worker(pool: PgPool) {
     let mut tx = store.user_tx(user).await.expect("tx");
     let (rows, distinct): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT chunk_index) FROM document_chunks WHERE document_id = $1")
-            .bind(id)
+            .bind(id.0)
             .fetch_one(tx.conn())
             .await
             .expect("chunks");
@@ -136,51 +120,10 @@ async fn a_killed_workers_job_is_finished_by_the_next_worker(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn sigterm_lets_the_job_in_flight_finish_then_exits(pool: PgPool) {
     let server = OpenAiServer::start().await;
-    let mut config = Config::defaults();
-    config.embedding = server.embedding_endpoint();
-    let store = Store::from_pool(pool.clone());
-    store.migrate(&config.embedding).await.expect("migrate");
-    let user = UserId(
-        users::create(
-            &store,
-            &users::NewUser {
-                email: "term@example.com".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("user")
-        .id,
-    );
-    let bytes = "Graceful shutdown finishes what it started. ".repeat(200).into_bytes();
-    let mut tx = store.user_tx(user).await.expect("tx");
-    let stored = documents::create(
-        &mut tx,
-        &documents::NewDocument {
-            filename: "term.txt",
-            content_type: "text/plain",
-            bytes: &bytes,
-            sha256: Sha256::digest(&bytes).into(),
-            metadata: serde_json::json!({}),
-        },
-        8,
-    )
-    .await
-    .expect("upload");
-    tx.commit().await.expect("commit");
-    let id = stored.document.id;
-
     // The embedding call takes 3 s: SIGTERM arrives while it is in flight.
-    server.inject(Route::Embeddings, Fault::Delay(Duration::from_secs(3)), 1);
+    let (store, user, id) = queued_document(&pool, &server, Duration::from_secs(3)).await;
     let mut child = worker(&database_url(&pool), &server);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while status(&store, user, id).await.status != "embedding" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never reached the embedding stage"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_stage(&store, user, id, "embedding").await;
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -191,7 +134,7 @@ async fn sigterm_lets_the_job_in_flight_finish_then_exits(pool: PgPool) {
         .expect("join")
         .expect("wait");
     assert!(exit.success(), "worker exit status {exit:?}");
-    let doc = status(&store, user, id).await;
+    let doc = document(&store, user, id).await;
     assert_eq!(
         doc.status, "ready",
         "the job in flight was finished before exiting: {:?}",
