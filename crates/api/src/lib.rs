@@ -100,6 +100,17 @@ async fn openapi() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
+/// The operations routes alone (`/healthz`, `/readyz`, `/metrics`), for processes that serve no
+/// API, such as `ragpipe worker`.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(prometheus::scrape))
+        .fallback(no_route)
+        .with_state(state)
+}
+
 async fn no_route(method: Method, uri: Uri) -> Error {
     Error::new(
         axum::http::StatusCode::NOT_FOUND,

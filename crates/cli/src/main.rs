@@ -53,6 +53,9 @@ enum Command {
         /// Jobs processed at once (default: RAGPIPE_WORKER_CONCURRENCY).
         #[arg(long)]
         concurrency: Option<u32>,
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9090).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
     },
     /// Upload files and directories, then wait until each document is ready or failed.
     Ingest(ingest::IngestArgs),
@@ -112,7 +115,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Ingest(args)) => bench_ingest::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(config, args).await.map(|()| ExitCode::SUCCESS),
-        Command::Worker { concurrency } => workers::run(config, concurrency).await.map(|()| ExitCode::SUCCESS),
+        Command::Worker {
+            concurrency,
+            metrics_listen,
+        } => workers::run(config, concurrency, metrics_listen)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Ingest(args) => Ok(if ingest::run(config, args).await? {
             ExitCode::SUCCESS
         } else {

@@ -20,7 +20,7 @@ pub fn spawn(
 }
 
 /// `ragpipe worker`: consumes the queues until SIGTERM, then finishes what it holds and exits.
-pub async fn run(config: Config, concurrency: Option<u32>) -> anyhow::Result<()> {
+pub async fn run(config: Config, concurrency: Option<u32>, metrics_listen: Option<String>) -> anyhow::Result<()> {
     let mut config = config;
     if let Some(n) = concurrency {
         config.worker.concurrency = n.max(1);
@@ -28,10 +28,32 @@ pub async fn run(config: Config, concurrency: Option<u32>) -> anyhow::Result<()>
     let config = Arc::new(config);
     let store = Store::connect(&config).await?;
     let shutdown = crate::shutdown::on_signal();
+    let ops = match metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            let router = ragpipe_api::ops_router(ragpipe_api::AppState::new(store.clone(), Arc::clone(&config)));
+            let stop = shutdown.clone();
+            eprintln!("ragpipe worker: metrics on http://{addr}/metrics");
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
     eprintln!(
         "ragpipe worker: consuming the ingest queue with concurrency {}",
         config.worker.concurrency
     );
-    spawn(&store, &config, shutdown)?.await.context("worker task")??;
+    spawn(&store, &config, shutdown.clone())?
+        .await
+        .context("worker task")??;
+    shutdown.cancel();
+    if let Some(ops) = ops {
+        ops.await.context("metrics server task")?.context("serving metrics")?;
+    }
     Ok(())
 }
