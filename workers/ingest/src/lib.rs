@@ -120,6 +120,7 @@ pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str)
     let started = Instant::now();
     let limits = ctx.limits.clone();
     let extracted = tokio::task::spawn_blocking(move || ragpipe_ingest::extract(&bytes, &limits))
+        .instrument(info_span!("extract"))
         .await
         .map_err(|e| JobError::permanent(format!("extraction crashed: {e}")))?;
     stage_seconds("extract", started);
@@ -135,6 +136,7 @@ pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str)
         let chunks = chunker.chunk(&extracted);
         (extracted, chunks)
     })
+    .instrument(info_span!("chunk"))
     .await
     .map_err(|e| JobError::permanent(format!("chunking crashed: {e}")))?;
     stage_seconds("chunk", started);
@@ -148,13 +150,18 @@ pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str)
     let (mut prompt_tokens, mut requests) = (0u64, 0u32);
     for (i, slice) in chunks.chunks(EMBED_SLICE).enumerate() {
         let inputs: Vec<String> = slice.iter().map(|c| c.content.clone()).collect();
-        let embedded = ctx.embedder.embed(&inputs).await.map_err(|e| {
-            metrics::counter!("ragpipe_embedding_errors_total").increment(1);
-            JobError {
-                kind: e.kind(),
-                message: format!("embedding {}: {e}", document.filename),
-            }
-        })?;
+        let embedded = ctx
+            .embedder
+            .embed(&inputs)
+            .instrument(info_span!("embed", inputs = inputs.len()))
+            .await
+            .map_err(|e| {
+                metrics::counter!("ragpipe_embedding_errors_total").increment(1);
+                JobError {
+                    kind: e.kind(),
+                    message: format!("embedding {}: {e}", document.filename),
+                }
+            })?;
         metrics::counter!("ragpipe_embedding_requests_total").increment(u64::from(embedded.requests));
         metrics::counter!("ragpipe_embedding_retries_total").increment(u64::from(embedded.retries));
         metrics::counter!("ragpipe_embedding_rate_limited_total").increment(u64::from(embedded.rate_limited));
