@@ -1,0 +1,311 @@
+//! Retrieval: embed the query, then one hybrid search statement in the user's transaction
+//! (`ragpipe_store::search`). The fusion weights and the legs' depth live here, chosen by
+//! measurement with `ragpipe eval` over `fixtures/eval/` (see [`DEFAULT_FUSION`]).
+
+use ragpipe_core::{ErrorKind, UserId};
+use ragpipe_llm::{Embedder, LlmError};
+use ragpipe_store::search::{self, Bm25, Fusion, MAX_DEPTH, MAX_K, SearchQuery};
+use ragpipe_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use ragpipe_store::search::{SearchHit, SearchMode};
+
+/// Results a search returns when the request does not say.
+pub const DEFAULT_K: u32 = 10;
+
+/// The fusion used unless a caller overrides it, chosen with `ragpipe eval` over
+/// `fixtures/eval/` (figures in BENCHMARKS.md, "Search"): the text leg (BM25) weighs more than
+/// the vector leg, and its constant is smaller, so a chunk the text leg puts first clearly
+/// leads, while the vector leg still decides among chunks the text leg ranks alike or misses.
+/// With equal weights hybrid only averages the legs (shared/FACTS.md).
+pub const DEFAULT_FUSION: Fusion = Fusion {
+    vector_weight: 1.0,
+    vector_k: 60.0,
+    text_weight: 1.0,
+    text_k: 60.0,
+};
+
+/// Candidates each leg contributes for `k` results: enough that a chunk ranked moderately by
+/// both legs can win, bounded so the statement stays fast.
+pub fn candidate_depth(k: u32) -> u32 {
+    (k.saturating_mul(5)).clamp(50, 200).min(MAX_DEPTH)
+}
+
+/// The fused score of a chunk with these leg ranks: what the SQL computes, for tests and for
+/// explaining a ranking.
+pub fn fused_score(fusion: &Fusion, vector_rank: Option<u64>, text_rank: Option<u64>) -> f64 {
+    fusion.score(vector_rank, text_rank)
+}
+
+/// Orders chunk ids by fused score given each leg's ranking (best first in each slice): the
+/// reference implementation of the statement's fusion, without a database.
+pub fn fuse(fusion: &Fusion, vector: &[i64], text: &[i64], k: usize) -> Vec<(i64, f64)> {
+    let mut scored: std::collections::HashMap<i64, (Option<u64>, Option<u64>)> = std::collections::HashMap::new();
+    for (i, id) in vector.iter().enumerate() {
+        scored.entry(*id).or_default().0.get_or_insert(i as u64 + 1);
+    }
+    for (i, id) in text.iter().enumerate() {
+        scored.entry(*id).or_default().1.get_or_insert(i as u64 + 1);
+    }
+    let mut out: Vec<(i64, f64)> = scored
+        .into_iter()
+        .map(|(id, (v, t))| (id, fusion.score(v, t)))
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.truncate(k);
+    out
+}
+
+/// A search as callers ask for it (the body of `POST /v1/search`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// The question or keywords.
+    pub query: String,
+    /// `hybrid` (default), `vector` or `text`.
+    #[serde(default)]
+    pub mode: SearchMode,
+    /// Results wanted, 1..=100 (default 10).
+    #[serde(default = "default_k")]
+    pub k: u32,
+    /// Only these documents (empty: all).
+    #[serde(default)]
+    pub document_ids: Vec<Uuid>,
+    /// Only documents whose metadata contains this JSON object.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    /// Whether hits carry a highlighted snippet.
+    #[serde(default)]
+    pub highlight: bool,
+}
+
+fn default_k() -> u32 {
+    DEFAULT_K
+}
+
+impl SearchRequest {
+    /// A hybrid search for `query` with the default `k`.
+    pub fn new(query: impl Into<String>) -> SearchRequest {
+        SearchRequest {
+            query: query.into(),
+            mode: SearchMode::default(),
+            k: DEFAULT_K,
+            document_ids: Vec::new(),
+            metadata: None,
+            highlight: false,
+        }
+    }
+
+    /// Checks what the database would otherwise reject less clearly.
+    pub fn validate(&self) -> Result<(), RetrieveError> {
+        if self.query.trim().is_empty() {
+            return Err(RetrieveError::Invalid("query is empty".into()));
+        }
+        if self.query.len() > 4096 {
+            return Err(RetrieveError::Invalid(format!(
+                "query is {} bytes; at most 4096",
+                self.query.len()
+            )));
+        }
+        if self.k == 0 || self.k > MAX_K {
+            return Err(RetrieveError::Invalid(format!(
+                "k is {}; it must be 1..={MAX_K}",
+                self.k
+            )));
+        }
+        if self.document_ids.len() > 1000 {
+            return Err(RetrieveError::Invalid("at most 1000 document ids".into()));
+        }
+        if let Some(m) = &self.metadata
+            && !m.is_object()
+        {
+            return Err(RetrieveError::Invalid("metadata must be a JSON object".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Why a search failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RetrieveError {
+    /// The request itself is wrong.
+    #[error("invalid search: {0}")]
+    Invalid(String),
+    /// Embedding the query failed.
+    #[error("embedding the query: {0}")]
+    Embedding(#[from] LlmError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RetrieveError {
+    /// Whether retrying can help.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RetrieveError::Invalid(_) => ErrorKind::Permanent,
+            RetrieveError::Embedding(e) => e.kind(),
+            RetrieveError::Store(e) => e.kind(),
+        }
+    }
+}
+
+/// Searches users' chunks. Cheap to clone; share one per process.
+#[derive(Clone, Debug)]
+pub struct Retriever {
+    store: Store,
+    embedder: Embedder,
+    fusion: Fusion,
+    bm25: Bm25,
+}
+
+impl Retriever {
+    /// A retriever with the measured defaults ([`DEFAULT_FUSION`], [`Bm25::default`]). The
+    /// embedder must be the one the chunks were embedded with (the configured model): its model
+    /// name selects the vector index searched.
+    pub fn new(store: Store, embedder: Embedder) -> Retriever {
+        Retriever {
+            store,
+            embedder,
+            fusion: DEFAULT_FUSION,
+            bm25: Bm25::default(),
+        }
+    }
+
+    /// The same retriever with other fusion weights (for `ragpipe eval` and experiments).
+    pub fn with_fusion(mut self, fusion: Fusion) -> Retriever {
+        self.fusion = fusion;
+        self
+    }
+
+    /// The fusion in use.
+    pub fn fusion(&self) -> Fusion {
+        self.fusion
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The `request.k` best chunks of `user` for the request, best first. Text mode does not
+    /// embed the query.
+    pub async fn search(&self, user: UserId, request: &SearchRequest) -> Result<Vec<SearchHit>, RetrieveError> {
+        request.validate()?;
+        let embedding = if request.mode.uses_vector() {
+            let embedded = self.embedder.embed(std::slice::from_ref(&request.query)).await?;
+            embedded.vectors.into_iter().next()
+        } else {
+            None
+        };
+        let query = SearchQuery {
+            text: &request.query,
+            embedding: embedding.as_deref(),
+            embedding_model: self.embedder.model(),
+            dim: self.embedder.dim() as u32,
+            mode: request.mode,
+            k: request.k,
+            depth: candidate_depth(request.k),
+            document_ids: (!request.document_ids.is_empty()).then_some(request.document_ids.as_slice()),
+            metadata: request.metadata.as_ref(),
+            fusion: self.fusion,
+            bm25: self.bm25,
+            highlight: request.highlight,
+        };
+        let mut tx = self.store.user_tx(user).await?;
+        let hits = search::search(&mut tx, &query).await?;
+        tx.commit().await?;
+        Ok(hits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EQUAL: Fusion = Fusion {
+        vector_weight: 1.0,
+        vector_k: 60.0,
+        text_weight: 1.0,
+        text_k: 60.0,
+    };
+
+    #[test]
+    fn a_chunk_ranked_by_both_legs_beats_one_ranked_first_by_one() {
+        let fused = fuse(&EQUAL, &[1, 2, 3], &[4, 2, 5], 10);
+        assert_eq!(fused[0].0, 2, "{fused:?}");
+        // Ties (1 and 4 both first in one leg) break by id, so the order is total.
+        assert_eq!(fused[1].0, 1);
+        assert_eq!(fused[2].0, 4);
+        assert_eq!(fused.len(), 5);
+    }
+
+    #[test]
+    fn weights_and_constants_shift_the_balance() {
+        let text_heavy = Fusion {
+            vector_weight: 1.0,
+            vector_k: 60.0,
+            text_weight: 2.0,
+            text_k: 60.0,
+        };
+        let fused = fuse(&text_heavy, &[1, 2], &[3, 4], 4);
+        assert_eq!(fused.iter().map(|f| f.0).collect::<Vec<_>>(), vec![3, 4, 1, 2]);
+        // A small k makes the top of a leg count much more than its tail.
+        let steep = Fusion { vector_k: 1.0, ..EQUAL };
+        assert!(fused_score(&steep, Some(1), None) > 10.0 * fused_score(&steep, Some(20), None));
+        assert!(fused_score(&EQUAL, Some(1), None) < 1.5 * fused_score(&EQUAL, Some(20), None));
+    }
+
+    #[test]
+    fn a_single_leg_keeps_its_order() {
+        let fused = fuse(&EQUAL, &[9, 3, 7], &[], 2);
+        assert_eq!(fused.iter().map(|f| f.0).collect::<Vec<_>>(), vec![9, 3]);
+        assert_eq!(fused[0].1, 1.0 / 61.0);
+        assert_eq!(fused_score(&EQUAL, None, None), 0.0);
+    }
+
+    #[test]
+    fn duplicate_ids_in_a_leg_count_at_their_best_rank() {
+        let fused = fuse(&EQUAL, &[1, 1, 2], &[], 3);
+        assert_eq!(fused[0], (1, 1.0 / 61.0));
+        assert_eq!(fused.len(), 2);
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        assert_eq!(candidate_depth(1), 50);
+        assert_eq!(candidate_depth(20), 100);
+        assert_eq!(candidate_depth(100), 200);
+        assert_eq!(candidate_depth(u32::MAX), 200);
+    }
+
+    #[test]
+    fn requests_parse_with_defaults_and_are_checked() {
+        let r: SearchRequest = serde_json::from_str(r#"{"query": "hnsw index"}"#).expect("parse");
+        assert_eq!(r, SearchRequest::new("hnsw index"));
+        let r: SearchRequest =
+            serde_json::from_str(r#"{"query": "x", "mode": "text", "k": 3, "metadata": {"team": "a"}}"#)
+                .expect("parse");
+        assert_eq!((r.mode, r.k), (SearchMode::Text, 3));
+        assert!(serde_json::from_str::<SearchRequest>(r#"{"query": "x", "mode": "fuzzy"}"#).is_err());
+        assert!(serde_json::from_str::<SearchRequest>(r#"{"query": "x", "top": 3}"#).is_err());
+        for bad in [
+            SearchRequest::new("  "),
+            SearchRequest {
+                k: 0,
+                ..SearchRequest::new("x")
+            },
+            SearchRequest {
+                k: 101,
+                ..SearchRequest::new("x")
+            },
+            SearchRequest {
+                metadata: Some(serde_json::json!([1])),
+                ..SearchRequest::new("x")
+            },
+        ] {
+            assert!(matches!(bad.validate(), Err(RetrieveError::Invalid(_))), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Search over a user's chunks: hybrid (vector + text, fused), vector only, or text only, in
+//! one SQL statement (`search/hybrid.sql`) run in the caller's [`UserTx`].
+//!
+//! - **Vector leg:** the top chunks by cosine distance through the model's partial HNSW index
+//!   (same expression and predicate as the index, model as a literal), with pgvector's
+//!   iterative scan so that row-level security and filters cannot starve it.
+//! - **Text leg:** BM25 over any query term. Term statistics (per-user document frequencies,
+//!   chunk count, total tokens) are kept by triggers (migration `..._search_term_stats.sql`);
+//!   candidates come from the rarest terms' postings through the GIN index (migration
+//!   `..._search_postings.sql`, which explains why that read needs a function of its own), are
+//!   pre-scored without reading chunk text, and the best are scored exactly with term
+//!   frequencies. `websearch_to_tsquery` would require every term, so most natural questions
+//!   would match nothing, and `ts_rank_cd` ignores rarity (shared/FACTS.md).
+//! - **Fusion:** weighted Reciprocal Rank Fusion, `w / (k + rank)` summed over the legs that
+//!   ranked a chunk. The weights are the caller's (ragpipe-agent chooses them by measurement).
+//!
+//! This module computes nothing itself: it binds, runs and maps. Callers embed the query.
+
+use crate::{StoreError, UserTx, embedding_models::sql_literal};
+use pgvector::Vector;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The statement, with `{dim}` and `{model}` placeholders.
+const HYBRID_SQL: &str = include_str!("search/hybrid.sql");
+
+/// Most results one search returns.
+pub const MAX_K: u32 = 100;
+/// Most candidates one leg contributes.
+pub const MAX_DEPTH: u32 = 1000;
+
+/// Which legs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// Both legs, fused (the default).
+    #[default]
+    Hybrid,
+    /// Cosine distance only.
+    Vector,
+    /// BM25 only (needs no query embedding).
+    Text,
+}
+
+impl SearchMode {
+    /// Every mode, in display order.
+    pub const ALL: [SearchMode; 3] = [SearchMode::Hybrid, SearchMode::Vector, SearchMode::Text];
+
+    /// The mode's name (`hybrid`, `vector`, `text`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Hybrid => "hybrid",
+            SearchMode::Vector => "vector",
+            SearchMode::Text => "text",
+        }
+    }
+
+    /// Whether the vector leg runs (and so the query must be embedded).
+    pub fn uses_vector(self) -> bool {
+        self != SearchMode::Text
+    }
+
+    /// Whether the text leg runs.
+    pub fn uses_text(self) -> bool {
+        self != SearchMode::Vector
+    }
+}
+
+impl std::fmt::Display for SearchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SearchMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SearchMode, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "hybrid" => Ok(SearchMode::Hybrid),
+            "vector" => Ok(SearchMode::Vector),
+            "text" => Ok(SearchMode::Text),
+            other => Err(format!("unknown search mode {other:?} (hybrid, vector or text)")),
+        }
+    }
+}
+
+/// Weighted Reciprocal Rank Fusion: a chunk's score is the sum, over the legs that ranked it,
+/// of `weight / (k + rank)` (ranks from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Fusion {
+    /// Weight of the vector leg.
+    pub vector_weight: f64,
+    /// RRF constant of the vector leg (larger: flatter over ranks).
+    pub vector_k: f64,
+    /// Weight of the text leg.
+    pub text_weight: f64,
+    /// RRF constant of the text leg.
+    pub text_k: f64,
+}
+
+impl Fusion {
+    /// The fused score of a chunk with these leg ranks (1-based; `None`: not ranked by that leg).
+    /// The SQL computes exactly this.
+    pub fn score(&self, vector_rank: Option<u64>, text_rank: Option<u64>) -> f64 {
+        let leg = |weight: f64, k: f64, rank: Option<u64>| rank.map_or(0.0, |r| weight / (k + r as f64));
+        leg(self.vector_weight, self.vector_k, vector_rank) + leg(self.text_weight, self.text_k, text_rank)
+    }
+}
+
+/// BM25 parameters and the text leg's work bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bm25 {
+    /// Term-frequency saturation (1.2 is the usual choice).
+    pub k1: f64,
+    /// Length normalisation, 0..=1 (0.75 is the usual choice).
+    pub b: f64,
+    /// Postings read to find candidates: terms join, rarest first, while the postings read so far
+    /// stay under this (the rarest always joins).
+    pub postings_budget: u32,
+    /// Most postings read for any one term.
+    pub postings_per_term: u32,
+    /// Candidates scored exactly (with term frequencies) after the first pass.
+    pub rescored: u32,
+}
+
+impl Default for Bm25 {
+    fn default() -> Bm25 {
+        Bm25 {
+            k1: 1.2,
+            b: 0.75,
+            postings_budget: 4000,
+            postings_per_term: 4000,
+            rescored: 200,
+        }
+    }
+}
+
+/// One search.
+#[derive(Debug, Clone)]
+pub struct SearchQuery<'a> {
+    /// The question or keywords as typed.
+    pub text: &'a str,
+    /// The query's embedding by `embedding_model` (needed unless the mode is `Text`).
+    pub embedding: Option<&'a [f32]>,
+    /// Model whose vectors are searched; its partial index is used.
+    pub embedding_model: &'a str,
+    /// Its dimension.
+    pub dim: u32,
+    /// Which legs run.
+    pub mode: SearchMode,
+    /// Results wanted (1..=[`MAX_K`]).
+    pub k: u32,
+    /// Candidates taken from each leg before fusion (at least `k`; at most [`MAX_DEPTH`]).
+    pub depth: u32,
+    /// Only these documents (`None`: all of the user's).
+    pub document_ids: Option<&'a [Uuid]>,
+    /// Only documents whose metadata contains this JSON (`@>`), e.g. `{"team": "infra"}`.
+    pub metadata: Option<&'a serde_json::Value>,
+    /// Fusion weights.
+    pub fusion: Fusion,
+    /// Text-leg parameters.
+    pub bm25: Bm25,
+    /// Whether to return a highlighted snippet (`ts_headline`, matches in `**`).
+    pub highlight: bool,
+}
+
+/// A chunk found, with where it comes from and why it ranked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct SearchHit {
+    /// Chunk id.
+    pub chunk_id: i64,
+    /// Its document.
+    pub document_id: Uuid,
+    /// The document's filename.
+    pub filename: String,
+    /// Position of the chunk in the document.
+    pub chunk_index: i32,
+    /// First page it covers (paged formats).
+    pub page_first: Option<i32>,
+    /// Last page it covers.
+    pub page_last: Option<i32>,
+    /// Headings above it.
+    pub heading_path: Vec<String>,
+    /// Fused score (higher is better); comparable within one search only.
+    pub score: f64,
+    /// Rank in the vector leg (1-based), when it ranked there.
+    pub vector_rank: Option<i64>,
+    /// Rank in the text leg (1-based), when it ranked there.
+    pub text_rank: Option<i64>,
+    /// Cosine similarity to the query, when the vector leg ranked it.
+    pub vector_similarity: Option<f64>,
+    /// BM25 score, when the text leg ranked it.
+    pub text_score: Option<f64>,
+    /// The chunk's text.
+    pub content: String,
+    /// Best fragments with query terms in `**`, when asked for and a term matched.
+    pub highlight: Option<String>,
+}
+
+/// Why a query was refused before reaching the database.
+fn invalid(message: String) -> StoreError {
+    StoreError::Config(message)
+}
+
+/// Runs `query` as the transaction's user and returns at most `k` hits, best first. Only the
+/// acting user's chunks can come back (row-level security; the text leg's postings function
+/// also filters by the acting user).
+pub async fn search(tx: &mut UserTx, query: &SearchQuery<'_>) -> Result<Vec<SearchHit>, StoreError> {
+    let k = query.k.clamp(1, MAX_K);
+    let depth = query.depth.clamp(k, MAX_DEPTH);
+    let embedding = match (query.mode.uses_vector(), query.embedding) {
+        (false, _) => None,
+        (true, None) => return Err(invalid(format!("{} search needs the query's embedding", query.mode))),
+        (true, Some(v)) if v.len() != query.dim as usize => {
+            return Err(invalid(format!(
+                "query embedding has {} dimensions, model {} has {}",
+                v.len(),
+                query.embedding_model,
+                query.dim
+            )));
+        }
+        (true, Some(v)) => Some(Vector::from(v.to_vec())),
+    };
+    if query.dim == 0 || query.dim > 2000 {
+        return Err(invalid(format!(
+            "embedding dimension {} is outside 1..=2000",
+            query.dim
+        )));
+    }
+    let vector_depth = if query.mode.uses_vector() { depth } else { 0 };
+    let text_depth = if query.mode.uses_text() { depth } else { 0 };
+    let bm25 = &query.bm25;
+    // Audited: the dimension is an integer and the model a quoted literal.
+    let sql = HYBRID_SQL
+        .replace("{dim}", &query.dim.to_string())
+        .replace("{model}", &sql_literal(query.embedding_model));
+    let ef_search = vector_depth.max(40);
+    sqlx::query_as::<_, SearchHit>(sqlx::AssertSqlSafe(sql))
+        .bind(query.text)
+        .bind(embedding)
+        .bind(k as i32)
+        .bind(vector_depth as i32)
+        .bind(text_depth as i32)
+        .bind(query.document_ids)
+        .bind(query.metadata)
+        .bind(query.fusion.vector_weight)
+        .bind(query.fusion.vector_k)
+        .bind(query.fusion.text_weight)
+        .bind(query.fusion.text_k)
+        .bind(bm25.k1)
+        .bind(bm25.b)
+        .bind(i64::from(bm25.postings_budget.max(1)))
+        .bind(bm25.postings_per_term.max(1) as i32)
+        .bind(bm25.rescored.max(text_depth) as i32)
+        .bind(ef_search.to_string())
+        .bind(query.highlight)
+        .fetch_all(tx.conn())
+        .await
+        .map_err(StoreError::db("searching chunks"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_print() {
+        for mode in SearchMode::ALL {
+            assert_eq!(mode.as_str().parse::<SearchMode>(), Ok(mode));
+        }
+        assert_eq!(" Hybrid ".parse::<SearchMode>(), Ok(SearchMode::Hybrid));
+        assert!("semantic".parse::<SearchMode>().is_err());
+        assert!(!SearchMode::Text.uses_vector() && SearchMode::Text.uses_text());
+        assert!(SearchMode::Vector.uses_vector() && !SearchMode::Vector.uses_text());
+    }
+
+    #[test]
+    fn the_statement_has_every_placeholder_and_parameter() {
+        assert!(HYBRID_SQL.contains("{dim}") && HYBRID_SQL.contains("{model}"));
+        for n in 1..=18 {
+            assert!(HYBRID_SQL.contains(&format!("${n}")), "${n} unused");
+        }
+        assert!(!HYBRID_SQL.contains("$19"));
+    }
+}

@@ -1,0 +1,135 @@
+-- Hybrid search in one statement: the vector leg (HNSW), the text leg (BM25 over term
+-- statistics), fused with weighted Reciprocal Rank Fusion. Runs as ragpipe_app in a UserTx, so
+-- row-level security scopes every read of user data to the acting user.
+--
+-- {dim} and {model} are replaced before the statement is prepared (store::search): the partial
+-- HNSW index of a model is used only when the query repeats its expression and predicate
+-- exactly, with the model as a literal.
+--
+--  $1 query text            $2 query vector (NULL: no vector leg)    $3 k
+--  $4 vector leg depth      $5 text leg depth (0 turns a leg off)
+--  $6 document ids (NULL: all)                 $7 metadata containment (NULL: any)
+--  $8 vector weight  $9 vector RRF k  $10 text weight  $11 text RRF k
+--  $12 BM25 k1  $13 BM25 b  $14 postings budget  $15 postings per term  $16 rescored candidates
+--  $17 hnsw.ef_search  $18 highlight
+
+WITH
+-- The documents searched; NULL when there is no filter (the common case costs nothing).
+scope AS (
+    SELECT CASE WHEN $6::uuid[] IS NULL AND $7::jsonb IS NULL THEN NULL
+                ELSE ARRAY(SELECT d.id FROM documents AS d
+                           WHERE ($6::uuid[] IS NULL OR d.id = ANY ($6::uuid[]))
+                             AND ($7::jsonb IS NULL OR d.metadata @> $7::jsonb))
+           END AS ids
+),
+
+-- The query vector. It is read through a scalar subquery (an InitPlan), which PostgreSQL
+-- evaluates when the index scan computes its ORDER BY argument, before pgvector reads its
+-- settings at the first tuple: so the settings below apply to this statement's scan without a
+-- round trip of their own, and end with the transaction (set_config(..., true)).
+--   hnsw.iterative_scan: row-level security and the document filters drop rows after the index
+--   returns them; without an iterative scan a user owning 1% of the chunks would get ~1% of
+--   ef_search candidates (often none). relaxed_order keeps scanning until enough rows pass; the
+--   leg is re-sorted by distance below.
+--   hnsw.ef_search: at least the leg's depth, or the index cannot return that many.
+probe AS MATERIALIZED (
+    SELECT $2::vector({dim}) AS v,
+           set_config('hnsw.iterative_scan', 'relaxed_order', true) AS iterative_scan,
+           set_config('hnsw.ef_search', $17::text, true) AS ef_search
+),
+vector_leg AS (
+    SELECT n.id, n.distance, row_number() OVER (ORDER BY n.distance, n.id) AS rank
+    FROM (
+        SELECT c.id, c.embedding::vector({dim}) <=> (SELECT v FROM probe) AS distance
+        FROM document_chunks AS c
+        WHERE c.embedding_model = {model}
+          AND ((SELECT ids FROM scope) IS NULL OR c.document_id = ANY ((SELECT ids FROM scope)::uuid[]))
+        ORDER BY c.embedding::vector({dim}) <=> (SELECT v FROM probe)
+        LIMIT $4
+    ) AS n
+),
+
+-- The text leg. Any query term may match (natural questions rarely contain every term), and
+-- each term weighs by its rarity among the user's chunks (BM25).
+corpus AS (
+    SELECT greatest(s.chunks, 1)::float8 AS n,
+           greatest(s.tokens::float8 / greatest(s.chunks, 1), 1) AS avg_tokens
+    FROM search_corpus_stats AS s
+    WHERE s.user_id = ragpipe_current_user_id() AND $5 > 0
+),
+terms AS (
+    SELECT t.lexeme, t.df,
+           ln(1 + (c.n - t.df + 0.5) / (t.df + 0.5)) AS idf,
+           -- One lexeme as a tsquery, quoted so that any lexeme ("c++", "it's", "a:b") stays one.
+           ('''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || '''')::tsquery AS query,
+           -- Candidates come from the rarest terms, while the postings read so far stay within
+           -- the budget (always at least the rarest). Common terms still count in the score of
+           -- every candidate; they only do not bring in candidates of their own, which at
+           -- 100,000 chunks would mean reading tens of thousands of rows for little idf.
+           sum(t.df) OVER (ORDER BY t.df, t.lexeme) - t.df < $14 AS generates
+    FROM corpus AS c,
+         (SELECT s.lexeme, s.chunks AS df
+          FROM search_term_stats AS s
+          WHERE s.user_id = ragpipe_current_user_id()
+            AND s.lexeme = ANY (tsvector_to_array(to_tsvector('english', $1)))
+            AND s.chunks > 0) AS t
+),
+generating AS (
+    SELECT array_agg(query ORDER BY df, lexeme) AS queries,
+           array_agg(idf ORDER BY df, lexeme) AS idfs
+    FROM terms
+    WHERE generates
+),
+-- First pass, on postings alone (no chunk text read): BM25 with every term frequency taken as
+-- one, over the generating terms.
+prescored AS (
+    SELECT p.chunk_id,
+           sum(g.idfs[p.term]) * ($12 + 1)
+               / (1 + $12 * (1 - $13 + $13 * p.token_count / (SELECT avg_tokens FROM corpus))) AS score
+    FROM generating AS g,
+         ragpipe_search_postings(g.queries, (SELECT ids FROM scope), $15) AS p
+    GROUP BY p.chunk_id, p.token_count
+    ORDER BY score DESC, p.chunk_id
+    LIMIT $16
+),
+-- Second pass, on the best first-pass candidates: exact BM25 with each query term's frequency
+-- in the chunk, read from its own tsvector (query lexemes are marked with weight A and kept).
+text_leg AS (
+    SELECT r.id, r.score, row_number() OVER (ORDER BY r.score DESC, r.id) AS rank
+    FROM (
+        SELECT c.id,
+               (SELECT sum(t.idf * f.tf * ($12 + 1)
+                           / (f.tf + $12 * (1 - $13 + $13 * c.token_count / (SELECT avg_tokens FROM corpus))))
+                FROM unnest(ts_filter(setweight(c.search_vector, 'A', (SELECT array_agg(lexeme) FROM terms)), '{a}')) AS u
+                JOIN terms AS t ON t.lexeme = u.lexeme
+                CROSS JOIN LATERAL (SELECT cardinality(u.positions)::float8) AS f(tf)) AS score
+        FROM prescored AS p
+        JOIN document_chunks AS c ON c.id = p.chunk_id
+        ORDER BY score DESC, c.id
+        LIMIT $5
+    ) AS r
+),
+
+-- Weighted Reciprocal Rank Fusion: a leg contributes weight / (k + rank) for each chunk it
+-- ranked; a chunk ranked by both legs adds both.
+fused AS (
+    SELECT coalesce(v.id, t.id) AS id,
+           coalesce($8 / ($9 + v.rank), 0) + coalesce($10 / ($11 + t.rank), 0) AS score,
+           v.rank AS vector_rank, t.rank AS text_rank,
+           1 - v.distance AS vector_similarity, t.score AS text_score
+    FROM vector_leg AS v
+    FULL JOIN text_leg AS t ON t.id = v.id
+    ORDER BY score DESC, id
+    LIMIT $3
+)
+SELECT f.id AS chunk_id, c.document_id, d.filename, c.chunk_index, c.page_first, c.page_last,
+       c.heading_path, f.score, f.vector_rank, f.text_rank, f.vector_similarity, f.text_score,
+       c.content,
+       CASE WHEN $18 THEN ts_headline('english', c.content,
+                 (SELECT string_agg(query::text, ' | ')::tsquery FROM terms),
+                 'MaxFragments=2, MinWords=8, MaxWords=30, StartSel=**, StopSel=**')
+       END AS highlight
+FROM fused AS f
+JOIN document_chunks AS c ON c.id = f.id
+JOIN documents AS d ON d.id = c.document_id
+ORDER BY f.score DESC, f.id
