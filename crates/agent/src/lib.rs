@@ -4,8 +4,26 @@
 //! - [`retrieve`]: [`Retriever`] embeds a query and runs one hybrid search statement in the
 //!   user's transaction; fusion weights chosen by measurement ([`retrieve::DEFAULT_FUSION`]).
 //! - [`eval`]: the retrieval evaluation behind `ragpipe eval` (recall@k, MRR@10 per mode).
+//! - [`prompt`]: the templates of `prompts/` (embedded, overridable) and prompt assembly within
+//!   the chat model's token budget.
+//! - [`sources`]: numbered sources, `[n]` citations found in an answer.
+//! - [`answer`]: one question answered: retrieve, prompt, stream the model into the assistant
+//!   message (flushed at a bounded interval), complete/fail/cancel it, one usage event.
+//! - [`feed`]: change signals of assistant messages (PostgreSQL LISTEN), one connection per
+//!   process, so readers and the worker learn of changes wherever they were made.
+//! - [`follow`]: the SSE protocol's events derived from the message row, resumable at any
+//!   event id.
 
+pub mod answer;
 pub mod eval;
+pub mod feed;
+pub mod follow;
+pub mod prompt;
 pub mod retrieve;
+pub mod sources;
 
+pub use answer::{AnswerContext, AnswerError, FlushPolicy, Outcome};
+pub use feed::MessageFeed;
+pub use follow::{AnswerEvent, Cursor, Follower};
+pub use prompt::{Prompt, Prompts};
 pub use retrieve::{RetrieveError, Retriever, SearchHit, SearchMode, SearchRequest};

@@ -1,0 +1,625 @@
+//! Answering one question: retrieve → prompt → stream the model into the assistant message.
+//!
+//! Idempotent and resumable, because the job will run twice: everything is derived from the
+//! agent request's row; text is appended with the length the writer expects (a second writer
+//! is refused); the usage event's idempotency key is the request id; a request that ended is
+//! skipped. A retry may only start over while the answer is still empty: once text has been
+//! streamed to readers it cannot be taken back, so an attempt that finds text left by a dead
+//! one ends the answer `failed` (text kept) instead of writing a second, different answer
+//! after it.
+//!
+//! Deltas are flushed to the row at a bounded interval ([`FlushPolicy`]), not per token: the
+//! first one at once (time to first delta is what a reader feels), then at most one write per
+//! interval or per `max_bytes`. Each flush announces itself (see [`crate::feed`]); the
+//! worker watches the same feed for its message being cancelled, and stops generating between
+//! deltas when it is (dropping the model stream closes the connection).
+
+use crate::feed::MessageFeed;
+use crate::prompt::{Prompt, PromptInput, Prompts, Turn, assemble, prompt_budget};
+use crate::retrieve::{Retriever, SearchHit, SearchRequest};
+use crate::sources::{Source, citations};
+use futures::StreamExt;
+use ragpipe_core::{Config, ConversationId, ErrorKind, MessageId, MessageStatus, RequestStatus, UserId};
+use ragpipe_llm::{ChatEvent, ChatModel, ChatRequest, Embedder, LlmError, PriceTable, TokenCounter};
+use ragpipe_store::conversations::{self, AgentJob, AgentRequest, Ending, Written};
+use ragpipe_store::search::SearchMode;
+use ragpipe_store::usage::{NewUsage, UsageKind};
+use ragpipe_store::{Store, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Earlier messages read for the prompt's history (the budget decides how many are used).
+const HISTORY_MESSAGES: u32 = 40;
+
+/// When streamed text is written to the message row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushPolicy {
+    /// At most one write per this interval (the first delta is written at once).
+    pub interval: Duration,
+    /// Write as soon as this many bytes are waiting.
+    pub max_bytes: usize,
+}
+
+impl Default for FlushPolicy {
+    /// 100 ms or 512 bytes: ten writes a second per answer at most, and a reader sees text
+    /// at most 100 ms after the model sent it.
+    fn default() -> FlushPolicy {
+        FlushPolicy {
+            interval: Duration::from_millis(100),
+            max_bytes: 512,
+        }
+    }
+}
+
+/// A failed step of answering, classified.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AnswerError {
+    /// Whether retrying can help.
+    pub kind: ErrorKind,
+    /// What went wrong, readable by the person who asked.
+    pub message: String,
+}
+
+impl From<StoreError> for AnswerError {
+    fn from(e: StoreError) -> AnswerError {
+        AnswerError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl AnswerError {
+    fn permanent(message: impl Into<String>) -> AnswerError {
+        AnswerError {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+}
+
+/// How answering ended (when it did not fail in a retryable way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The answer is complete.
+    Completed {
+        /// Bytes of text.
+        bytes: i64,
+        /// Why the model stopped.
+        finish_reason: String,
+    },
+    /// The answer failed with this reason (its text kept).
+    Failed(String),
+    /// The answer was cancelled while being written.
+    Cancelled,
+    /// Nothing to do: the request ended already, is gone, or another run owns the message.
+    Skipped(&'static str),
+}
+
+impl Outcome {
+    /// A metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Completed { .. } => "completed",
+            Outcome::Failed(_) => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Skipped(_) => "skipped",
+        }
+    }
+}
+
+/// Everything answering needs, built once per process and shared by all jobs.
+pub struct AnswerContext {
+    store: Store,
+    config: Arc<Config>,
+    chat: ChatModel,
+    retriever: Retriever,
+    prompts: Prompts,
+    tokens: TokenCounter,
+    prices: PriceTable,
+    feed: MessageFeed,
+    flush: FlushPolicy,
+}
+
+impl std::fmt::Debug for AnswerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerContext")
+            .field("chat", &self.chat)
+            .field("flush", &self.flush)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AnswerContext {
+    /// Builds the models, loads the prompt templates and starts listening for cancellations.
+    pub async fn new(store: Store, config: Arc<Config>) -> Result<AnswerContext, String> {
+        let chat = ChatModel::new(&config.chat).map_err(|e| format!("chat model: {e}"))?;
+        let embedder = Embedder::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
+        let retriever = Retriever::new(store.clone(), embedder);
+        let prompts = Prompts::from_config(&config).map_err(|e| e.to_string())?;
+        if !prompts.overridden().is_empty() {
+            tracing::info!(overridden = ?prompts.overridden(), "prompt templates overridden");
+        }
+        let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
+        let tokens = TokenCounter::for_encoding(&config.chunking.tokenizer).map_err(|e| e.to_string())?;
+        let feed = MessageFeed::shared(&store)
+            .await
+            .map_err(|e| format!("message feed: {e}"))?;
+        Ok(AnswerContext {
+            store,
+            config,
+            chat,
+            retriever,
+            prompts,
+            tokens,
+            prices,
+            feed,
+            flush: FlushPolicy::default(),
+        })
+    }
+
+    /// The same context flushing by `flush`.
+    pub fn with_flush(mut self, flush: FlushPolicy) -> AnswerContext {
+        self.flush = flush;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The chat model.
+    pub fn chat(&self) -> &ChatModel {
+        &self.chat
+    }
+}
+
+/// Answers the question of `job`. `last_attempt` says whether a retryable failure should end
+/// the answer `failed` (true) or be returned for the queue to retry (false).
+pub async fn answer(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<Outcome, AnswerError> {
+    match run(ctx, job).await {
+        Err(e) if !e.kind.is_retryable() || last_attempt => {
+            let reason = if e.kind.is_retryable() {
+                format!("gave up: {}", e.message)
+            } else {
+                e.message.clone()
+            };
+            let mut tx = ctx.store.user_tx(job.user_id).await?;
+            conversations::give_up(&mut tx, job.request_id, &reason).await?;
+            tx.commit().await?;
+            Ok(Outcome::Failed(reason))
+        }
+        other => other,
+    }
+}
+
+async fn run(ctx: &AnswerContext, job: AgentJob) -> Result<Outcome, AnswerError> {
+    let user = job.user_id;
+    let mut tx = ctx.store.user_tx(user).await?;
+    let request = match conversations::request(&mut tx, job.request_id).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound(_)) => return Ok(Outcome::Skipped("request deleted")),
+        Err(e) => return Err(e.into()),
+    };
+    let request_status: RequestStatus = request.status.parse().unwrap_or(RequestStatus::Failed);
+    if matches!(
+        request_status,
+        RequestStatus::Completed | RequestStatus::Failed | RequestStatus::Cancelled
+    ) || request.message_status() != MessageStatus::Streaming
+    {
+        return Ok(Outcome::Skipped("request already ended"));
+    }
+    if request.message_bytes > 0 {
+        tx.rollback().await?;
+        return interrupted(ctx, user, &request).await;
+    }
+    conversations::start(&mut tx, request.id).await?;
+    let history = conversations::history(
+        &mut tx,
+        ConversationId(request.conversation_id),
+        MessageId(request.user_message_id),
+        HISTORY_MESSAGES,
+    )
+    .await?;
+    tx.commit().await?;
+
+    let mode: SearchMode = request
+        .retrieval
+        .get("mode")
+        .and_then(|m| m.as_str())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_default();
+    let k = request
+        .retrieval
+        .get("k")
+        .and_then(|k| k.as_u64())
+        .map_or(8, |k| k.clamp(1, 100) as u32);
+    let search = SearchRequest {
+        query: search_query(&request.question).to_owned(),
+        mode,
+        k,
+        document_ids: Vec::new(),
+        metadata: None,
+        highlight: false,
+    };
+    let sources: Vec<Source> = if search.query.trim().is_empty() {
+        Vec::new()
+    } else {
+        ctx.retriever
+            .search(user, &search)
+            .await
+            .map_err(|e| AnswerError {
+                kind: e.kind(),
+                message: format!("retrieving passages: {e}"),
+            })?
+            .iter()
+            .map(source_of)
+            .collect()
+    };
+
+    let turns = pair_turns(&history);
+    let prompt = assemble(
+        &ctx.prompts,
+        &ctx.tokens,
+        &PromptInput {
+            question: &request.question,
+            sources: &sources,
+            history: &turns,
+        },
+        prompt_budget(&ctx.config.chat),
+    )
+    .map_err(|e| AnswerError::permanent(e.to_string()))?;
+    let mut tx = ctx.store.user_tx(user).await?;
+    conversations::merge_results(
+        &mut tx,
+        request.id,
+        &serde_json::json!({
+            "context": prompt.context,
+            "prompt_tokens": prompt.tokens,
+            "history_turns": prompt.history_turns,
+            "sources_dropped": prompt.sources_dropped,
+            "model": ctx.chat.model(),
+        }),
+        0.3,
+    )
+    .await?;
+    tx.commit().await?;
+
+    stream_answer(ctx, user, &request, prompt).await
+}
+
+/// Longest query sent to search, in bytes (the search refuses longer ones).
+const MAX_QUERY_BYTES: usize = 4096;
+
+/// The question as a search query: cut on a character boundary to what search accepts.
+fn search_query(question: &str) -> &str {
+    if question.len() <= MAX_QUERY_BYTES {
+        return question;
+    }
+    let mut end = MAX_QUERY_BYTES;
+    while !question.is_char_boundary(end) {
+        end -= 1;
+    }
+    &question[..end]
+}
+
+/// A search hit as a source for the prompt.
+pub fn source_of(hit: &SearchHit) -> Source {
+    Source {
+        chunk_id: hit.chunk_id,
+        document_id: hit.document_id,
+        filename: hit.filename.clone(),
+        page_first: hit.page_first,
+        page_last: hit.page_last,
+        heading_path: hit.heading_path.clone(),
+        score: hit.score,
+        text: hit.content.clone(),
+    }
+}
+
+/// Pairs the history's questions with their complete answers, oldest first; questions whose
+/// answer failed, was cancelled or is missing are left out.
+pub fn pair_turns(history: &[conversations::HistoryMessage]) -> Vec<Turn> {
+    let mut turns = Vec::new();
+    for pair in history.windows(2) {
+        let (q, a) = (&pair[0], &pair[1]);
+        if q.role == "user" && a.role == "assistant" && a.status == "complete" && !a.content.is_empty() {
+            turns.push(Turn {
+                question: q.content.clone(),
+                answer: a.content.clone(),
+            });
+        }
+    }
+    turns
+}
+
+/// How a stream ended.
+enum End {
+    Finished { reason: String },
+    Failed(LlmError),
+    Cancelled,
+    Superseded,
+}
+
+async fn stream_answer(
+    ctx: &AnswerContext,
+    user: UserId,
+    request: &AgentRequest,
+    prompt: Prompt,
+) -> Result<Outcome, AnswerError> {
+    let message = MessageId(request.assistant_message_id);
+    let mut subscription = ctx.feed.subscribe(message);
+    let chat_request = ChatRequest {
+        messages: prompt.messages.clone(),
+        max_tokens: 0,
+        sources: prompt.passages.clone(),
+    };
+    // Failures before the first delta were retried inside; what is left is returned for the
+    // queue to retry (the answer is still empty, so starting over is safe).
+    let mut stream = ctx.chat.stream(chat_request).await.map_err(|e| AnswerError {
+        kind: e.kind(),
+        message: format!("asking {}: {e}", ctx.chat.model()),
+    })?;
+    let requests = stream.requests();
+
+    let flush = ctx.flush;
+    let mut written: i64 = 0;
+    let mut pending = String::new();
+    let mut received = String::new();
+    let mut usage: Option<(u64, u64)> = None;
+    let mut last_flush = Instant::now() - flush.interval;
+    let end = loop {
+        let flush_at = (!pending.is_empty()).then_some(last_flush + flush.interval);
+        tokio::select! {
+            biased;
+            _ = subscription.changed(Duration::from_secs(3600)) => {
+                if subscription.latest().status == Some(MessageStatus::Cancelled) {
+                    break End::Cancelled;
+                }
+            }
+            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                match append(ctx, user, message, &mut written, &mut pending).await? {
+                    None => last_flush = Instant::now(),
+                    Some(end) => break end,
+                }
+            }
+            event = stream.next() => match event {
+                Some(Ok(ChatEvent::Delta(text))) => {
+                    pending.push_str(&text);
+                    received.push_str(&text);
+                    if pending.len() >= flush.max_bytes || last_flush.elapsed() >= flush.interval {
+                        match append(ctx, user, message, &mut written, &mut pending).await? {
+                            None => last_flush = Instant::now(),
+                            Some(end) => break end,
+                        }
+                    }
+                }
+                Some(Ok(ChatEvent::Usage { prompt_tokens, completion_tokens, counted_locally })) => {
+                    // Server counts when reported; otherwise ragpipe's tiktoken counts of the
+                    // prompt as assembled and of the text received (the same numbers the
+                    // model client computes, from the same messages).
+                    usage = Some(if counted_locally {
+                        (prompt.tokens as u64, ctx.tokens.count(&received) as u64)
+                    } else {
+                        (prompt_tokens, completion_tokens)
+                    });
+                }
+                Some(Ok(ChatEvent::Finish { reason })) => break End::Finished { reason: reason.as_str().to_owned() },
+                Some(Err(e)) => break End::Failed(e),
+                None => break End::Failed(LlmError::StreamIncomplete {
+                    context: format!("chat with {}", ctx.chat.model()),
+                    deltas: 0,
+                }),
+            }
+        }
+    };
+    // Stop generating now (dropping the stream closes the connection), before the writes.
+    drop(stream);
+    drop(subscription);
+
+    let (prompt_tokens, completion_tokens) =
+        usage.unwrap_or_else(|| (prompt.tokens as u64, ctx.tokens.count(&received) as u64));
+    let model = ctx.chat.model();
+    let mut ending = Ending {
+        request: request.id,
+        message,
+        expected_bytes: written,
+        tail: &pending,
+        model,
+        prompt_tokens,
+        completion_tokens,
+        cost: ctx.prices.cost(model, prompt_tokens, completion_tokens),
+        results: serde_json::json!({}),
+    };
+    let usage_event = NewUsage {
+        kind: UsageKind::Chat,
+        model,
+        prompt_tokens,
+        completion_tokens,
+        requests,
+        cost: ending.cost,
+        idempotency_key: usage_key(request.id),
+        document_id: None,
+        message_id: Some(message.0),
+        request_id: Some(request.id),
+    };
+    let mut tx = ctx.store.user_tx(user).await?;
+    let outcome = match end {
+        End::Finished { reason } => {
+            ending.results = serde_json::json!({ "finish_reason": reason });
+            let cited = citations(&received, &prompt.context);
+            let cited = serde_json::to_value(&cited).unwrap_or_default();
+            match conversations::complete(&mut tx, &ending, &cited).await? {
+                Written::Done { bytes } => Outcome::Completed {
+                    bytes,
+                    finish_reason: reason,
+                },
+                Written::Refused {
+                    status: MessageStatus::Cancelled,
+                    ..
+                } => {
+                    ending.tail = "";
+                    conversations::settle_cancelled(&mut tx, &ending).await?;
+                    Outcome::Cancelled
+                }
+                Written::Refused { .. } => {
+                    tx.rollback().await?;
+                    return Ok(Outcome::Skipped("another run owns the message"));
+                }
+            }
+        }
+        End::Failed(e) => {
+            let reason = e.to_string();
+            ending.results = serde_json::json!({ "error_kind": e.kind() });
+            match conversations::fail(&mut tx, &ending, &reason).await? {
+                Written::Done { .. } => Outcome::Failed(reason),
+                Written::Refused {
+                    status: MessageStatus::Cancelled,
+                    ..
+                } => {
+                    conversations::settle_cancelled(&mut tx, &ending).await?;
+                    Outcome::Cancelled
+                }
+                Written::Refused { .. } => {
+                    tx.rollback().await?;
+                    return Ok(Outcome::Skipped("another run owns the message"));
+                }
+            }
+        }
+        End::Cancelled => {
+            conversations::settle_cancelled(&mut tx, &ending).await?;
+            Outcome::Cancelled
+        }
+        End::Superseded => {
+            tx.rollback().await?;
+            return Ok(Outcome::Skipped("another run owns the message"));
+        }
+    };
+    ragpipe_store::usage::record(&mut tx, &usage_event).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// The usage event key of an agent request: one event per question, whatever the retries.
+pub fn usage_key(request: Uuid) -> String {
+    format!("agent:{request}")
+}
+
+/// Writes the pending text. `Some(end)` when the message no longer takes text.
+async fn append(
+    ctx: &AnswerContext,
+    user: UserId,
+    message: MessageId,
+    written: &mut i64,
+    pending: &mut String,
+) -> Result<Option<End>, AnswerError> {
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let mut tx = ctx.store.user_tx(user).await?;
+    let result = conversations::append(&mut tx, message, *written, pending).await?;
+    tx.commit().await?;
+    Ok(match result {
+        Written::Done { bytes } => {
+            *written = bytes;
+            pending.clear();
+            None
+        }
+        Written::Refused {
+            status: MessageStatus::Cancelled,
+            ..
+        } => Some(End::Cancelled),
+        Written::Refused { .. } => Some(End::Superseded),
+    })
+}
+
+/// A previous run streamed part of this answer and stopped (its worker died). The text
+/// readers have seen stays; the answer ends `failed`, with the tokens it is known to have used.
+async fn interrupted(ctx: &AnswerContext, user: UserId, request: &AgentRequest) -> Result<Outcome, AnswerError> {
+    let reason = "the answer was interrupted (its worker stopped); ask again".to_owned();
+    let mut tx = ctx.store.user_tx(user).await?;
+    let message = conversations::message(&mut tx, MessageId(request.assistant_message_id)).await?;
+    let prompt_tokens = request
+        .results
+        .get("prompt_tokens")
+        .and_then(|t| t.as_u64())
+        .unwrap_or(0);
+    let completion_tokens = ctx.tokens.count(&message.content) as u64;
+    let model = ctx.chat.model();
+    let ending = Ending {
+        request: request.id,
+        message: MessageId(request.assistant_message_id),
+        expected_bytes: request.message_bytes,
+        tail: "",
+        model,
+        prompt_tokens,
+        completion_tokens,
+        cost: ctx.prices.cost(model, prompt_tokens, completion_tokens),
+        results: serde_json::json!({ "error_kind": ErrorKind::Transient }),
+    };
+    if let Written::Refused { .. } = conversations::fail(&mut tx, &ending, &reason).await? {
+        tx.rollback().await?;
+        return Ok(Outcome::Skipped("request already ended"));
+    }
+    ragpipe_store::usage::record(
+        &mut tx,
+        &NewUsage {
+            kind: UsageKind::Chat,
+            model,
+            prompt_tokens,
+            completion_tokens,
+            requests: 1,
+            cost: ending.cost,
+            idempotency_key: usage_key(request.id),
+            document_id: None,
+            message_id: Some(request.assistant_message_id),
+            request_id: Some(request.id),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Outcome::Failed(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ragpipe_store::conversations::HistoryMessage;
+
+    fn m(role: &str, content: &str, status: &str) -> HistoryMessage {
+        HistoryMessage {
+            role: role.into(),
+            content: content.into(),
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn turns_pair_questions_with_complete_answers() {
+        let history = vec![
+            m("user", "q1", "complete"),
+            m("assistant", "a1", "complete"),
+            m("user", "q2", "complete"),
+            m("assistant", "partial", "failed"),
+            m("user", "q3", "complete"),
+            m("assistant", "a3", "complete"),
+        ];
+        let turns = pair_turns(&history);
+        assert_eq!(
+            turns
+                .iter()
+                .map(|t| (t.question.as_str(), t.answer.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("q1", "a1"), ("q3", "a3")]
+        );
+    }
+}

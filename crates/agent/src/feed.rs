@@ -1,0 +1,274 @@
+//! Change signals for assistant messages, from PostgreSQL `LISTEN`.
+//!
+//! Writers (the agent worker, the cancel route) announce every change of an assistant message
+//! on [`MESSAGE_EVENTS_CHANNEL`] in the transaction that makes it. A [`MessageFeed`] is one
+//! listening connection per process and database, fanning the signals out to subscribers by
+//! message id; a subscriber re-reads the row when signalled. The signal carries no text, so the
+//! row stays the only source of truth and the feed works whichever process wrote the change.
+//!
+//! Signals can be lost (the listening connection drops and reconnects); subscribers are woken
+//! on every reconnection and should also re-read on a timer as a safety net.
+
+use ragpipe_core::{MessageId, MessageStatus};
+use ragpipe_store::conversations::MESSAGE_EVENTS_CHANNEL;
+use ragpipe_store::{Store, StoreError};
+use sqlx::postgres::PgListener;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+/// What the latest signal for a message said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signal {
+    /// Signals received for the message since the subscription began.
+    pub seq: u64,
+    /// Bytes of content the writer had written.
+    pub bytes: i64,
+    /// The message's status then (none before the first signal).
+    pub status: Option<MessageStatus>,
+}
+
+type Slots = Arc<Mutex<HashMap<Uuid, Slot>>>;
+
+struct Slot {
+    sender: watch::Sender<Signal>,
+    subscribers: usize,
+}
+
+fn lock(slots: &Mutex<HashMap<Uuid, Slot>>) -> MutexGuard<'_, HashMap<Uuid, Slot>> {
+    // A panic while holding the lock leaves the map consistent (each operation is one call).
+    slots.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct FeedInner {
+    slots: Slots,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FeedInner {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One listening connection's signals, shared by every subscriber in the process. Cheap to
+/// clone; the connection closes when the last clone and subscription are dropped.
+#[derive(Clone)]
+pub struct MessageFeed {
+    inner: Arc<FeedInner>,
+}
+
+impl std::fmt::Debug for MessageFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageFeed")
+            .field("subscribed", &lock(&self.inner.slots).len())
+            .finish()
+    }
+}
+
+/// Live feeds by database, so that the API and in-process workers share one connection.
+static FEEDS: LazyLock<Mutex<HashMap<String, Weak<FeedInner>>>> = LazyLock::new(Default::default);
+/// Serialises starting feeds, so that concurrent first callers start only one.
+static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl MessageFeed {
+    /// The process's feed for `store`'s database, started (and listening) if it was not.
+    pub async fn shared(store: &Store) -> Result<MessageFeed, StoreError> {
+        let options = store.pool().connect_options();
+        let key = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let existing = |key: &str| {
+            FEEDS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(key)
+                .and_then(Weak::upgrade)
+        };
+        if let Some(inner) = existing(&key) {
+            return Ok(MessageFeed { inner });
+        }
+        let _starting = STARTING.lock().await;
+        if let Some(inner) = existing(&key) {
+            return Ok(MessageFeed { inner });
+        }
+        let feed = MessageFeed::start(store).await?;
+        let mut feeds = FEEDS.lock().unwrap_or_else(PoisonError::into_inner);
+        feeds.retain(|_, w| w.strong_count() > 0);
+        feeds.insert(key, Arc::downgrade(&feed.inner));
+        Ok(feed)
+    }
+
+    /// A feed of its own (not shared), listening once this returns.
+    pub async fn start(store: &Store) -> Result<MessageFeed, StoreError> {
+        let slots: Slots = Arc::default();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(listen(store.clone(), Arc::clone(&slots), ready_tx));
+        let inner = Arc::new(FeedInner { slots, task });
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(MessageFeed { inner }),
+            Ok(Err(source)) => Err(StoreError::Database {
+                context: "listening for message changes",
+                source,
+            }),
+            Err(_) => Err(StoreError::Config("the message feed stopped before it started".into())),
+        }
+    }
+
+    /// Signals for `message` from now on.
+    pub fn subscribe(&self, message: MessageId) -> Subscription {
+        let mut slots = lock(&self.inner.slots);
+        let slot = slots.entry(message.0).or_insert_with(|| Slot {
+            sender: watch::channel(Signal::default()).0,
+            subscribers: 0,
+        });
+        slot.subscribers += 1;
+        let receiver = slot.sender.subscribe();
+        Subscription {
+            receiver,
+            message: message.0,
+            feed: self.clone(),
+        }
+    }
+}
+
+/// Signals for one message. Dropping it unsubscribes.
+pub struct Subscription {
+    receiver: watch::Receiver<Signal>,
+    message: Uuid,
+    feed: MessageFeed,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("message", &self.message)
+            .field("latest", &*self.receiver.borrow())
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Waits for the next signal, at most `timeout`; true when one came. Several signals that
+    /// arrived since the last call count as one.
+    pub async fn changed(&mut self, timeout: Duration) -> bool {
+        matches!(tokio::time::timeout(timeout, self.receiver.changed()).await, Ok(Ok(())))
+    }
+
+    /// The latest signal.
+    pub fn latest(&self) -> Signal {
+        *self.receiver.borrow()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut slots = lock(&self.feed.inner.slots);
+        if let Some(slot) = slots.get_mut(&self.message) {
+            slot.subscribers -= 1;
+            if slot.subscribers == 0 {
+                slots.remove(&self.message);
+            }
+        }
+    }
+}
+
+/// Parses a `message_id:bytes:status` payload.
+fn parse_payload(payload: &str) -> Option<(Uuid, i64, MessageStatus)> {
+    let mut parts = payload.splitn(3, ':');
+    let id = Uuid::parse_str(parts.next()?).ok()?;
+    let bytes = parts.next()?.parse().ok()?;
+    let status = parts.next()?.parse().ok()?;
+    Some((id, bytes, status))
+}
+
+fn dispatch(slots: &Slots, payload: &str) {
+    let Some((id, bytes, status)) = parse_payload(payload) else {
+        tracing::warn!(payload, "unreadable message change signal");
+        return;
+    };
+    if let Some(slot) = lock(slots).get(&id) {
+        slot.sender.send_modify(|s| {
+            s.seq += 1;
+            s.bytes = s.bytes.max(bytes);
+            s.status = Some(status);
+        });
+    }
+}
+
+/// Wakes every subscriber (after a reconnection, signals may have been missed).
+fn wake_all(slots: &Slots) {
+    for slot in lock(slots).values() {
+        slot.sender.send_modify(|s| s.seq += 1);
+    }
+}
+
+async fn listen(store: Store, slots: Slots, ready: oneshot::Sender<Result<(), sqlx::Error>>) {
+    let mut ready = Some(ready);
+    let mut failures = 0u32;
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(store.pool()).await?;
+            listener.listen(MESSAGE_EVENTS_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match connected {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+                if matches!(e, sqlx::Error::PoolClosed) {
+                    return;
+                }
+                failures += 1;
+                tracing::warn!(error = %e, "message feed: reconnecting");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+                continue;
+            }
+        };
+        failures = 0;
+        match ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Ok(()));
+            }
+            None => wake_all(&slots),
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => dispatch(&slots, n.payload()),
+                // The connection was lost and has been re-established: signals may be missing.
+                Ok(None) => wake_all(&slots),
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "message feed: listening failed");
+                    wake_all(&slots);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse() {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            parse_payload(&format!("{id}:42:streaming")),
+            Some((id, 42, MessageStatus::Streaming))
+        );
+        assert_eq!(parse_payload("nonsense"), None);
+        assert_eq!(parse_payload(&format!("{id}:x:complete")), None);
+    }
+}
