@@ -1,0 +1,54 @@
+//! `POST /v1/search`: hybrid, vector or text search over the caller's chunks.
+//!
+//! Body: `{"query": "...", "mode": "hybrid"|"vector"|"text", "k": 10, "document_ids": [...],
+//! "metadata": {...}, "highlight": false}` (only `query` is required). The search runs in the
+//! caller's [`ragpipe_store::UserTx`], so only their chunks can come back; a document id of
+//! another user filters everything out rather than erroring (ids do not leak).
+
+use crate::{AppState, Auth, Error};
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use ragpipe_agent::{RetrieveError, Retriever, SearchHit, SearchMode, SearchRequest};
+use ragpipe_core::ErrorKind;
+use ragpipe_llm::Embedder;
+use serde::Serialize;
+
+/// What a search returns.
+#[derive(Debug, Serialize)]
+pub struct SearchResponse {
+    /// The mode that ran.
+    pub mode: SearchMode,
+    /// Results asked for.
+    pub k: u32,
+    /// The hits, best first (at most `k`).
+    pub hits: Vec<SearchHit>,
+}
+
+/// `POST /v1/search`.
+pub async fn search(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: Result<Json<SearchRequest>, JsonRejection>,
+) -> Result<Json<SearchResponse>, Error> {
+    let Json(request) = body.map_err(|e| Error::bad_request(e.body_text()))?;
+    // The offline embedder costs nothing to build; an API embedder is a client per request,
+    // which a shared Retriever in AppState would avoid (and would share its concurrency limit).
+    let embedder = Embedder::new(&state.config.embedding).map_err(Error::internal)?;
+    let retriever = Retriever::new(state.store.clone(), embedder);
+    let hits = retriever.search(auth.user_id, &request).await.map_err(to_error)?;
+    Ok(Json(SearchResponse {
+        mode: request.mode,
+        k: request.k,
+        hits,
+    }))
+}
+
+fn to_error(e: RetrieveError) -> Error {
+    match e {
+        RetrieveError::Invalid(message) => Error::bad_request(message),
+        RetrieveError::Store(e) => e.into(),
+        RetrieveError::Embedding(e) if e.kind() == ErrorKind::Transient => Error::unavailable(e),
+        RetrieveError::Embedding(e) => Error::internal(e),
+    }
+}
