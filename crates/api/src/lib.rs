@@ -9,6 +9,12 @@
 //! | `GET /v1/documents/{id}` | one document: status, progress, error, counts |
 //! | `GET /v1/documents/{id}/chunks?offset=&limit=` | its chunks, in order |
 //! | `DELETE /v1/documents/{id}` | delete it with its bytes and chunks |
+//! | `POST /v1/conversations`, `GET /v1/conversations?limit=&before=` | create one; the caller's, most recently active first |
+//! | `GET /v1/conversations/{id}/messages?limit=&after=` | its messages, oldest first |
+//! | `POST /v1/conversations/{id}/messages` | ask (`{content, mode?, k?}`): 202 with ids, or with `Accept: text/event-stream` the answer's events |
+//! | `GET /v1/messages/{id}` | one message |
+//! | `POST /v1/messages/{id}/cancel` | stop an answer being written |
+//! | `GET /v1/messages/{id}/events` | an answer's events (SSE), resumable with `Last-Event-ID` |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (database reachable, schema current) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /openapi.json` | OpenAPI 3.1 description of all of the above (`crates/api/openapi.json`) |
@@ -19,12 +25,15 @@
 //! shape of [`Error`].
 
 pub mod auth;
+pub mod conversations;
 pub mod documents;
 mod error;
 pub mod health;
+pub mod messages;
 pub mod params;
 pub mod prometheus;
 mod requests;
+pub mod sse;
 pub mod upload;
 
 pub use auth::Auth;
@@ -82,6 +91,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/documents/{id}", get(documents::get).delete(documents::delete))
         .route("/v1/documents/{id}/chunks", get(documents::chunks))
+        .route("/v1/conversations", get(conversations::list).post(conversations::create))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(conversations::messages).post(conversations::ask),
+        )
+        .route("/v1/messages/{id}", get(messages::get))
+        .route("/v1/messages/{id}/cancel", post(messages::cancel))
+        .route("/v1/messages/{id}/events", get(sse::events))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(prometheus::scrape))

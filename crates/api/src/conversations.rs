@@ -1,0 +1,200 @@
+//! `/v1/conversations`: create, list, read messages, ask. Asking writes the question, the
+//! answer-to-be, the agent request and its job in one transaction; with
+//! `Accept: text/event-stream` the response is the answer's event stream ([`crate::sse`]),
+//! otherwise `202 Accepted` with the ids and where to follow the answer.
+
+use crate::params::{IdPath, Query};
+use crate::sse::{answer_stream, wants_event_stream};
+use crate::{AppState, Auth, Error};
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ragpipe_agent::Cursor;
+use ragpipe_agent::retrieve::SearchMode;
+use ragpipe_core::{ConversationId, MessageId};
+use ragpipe_store::conversations::{self, AskSettings, Asked, Conversation, Message};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Conversations or messages per page when the client does not say.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Longest question, in bytes.
+pub const MAX_QUESTION_BYTES: usize = 32 * 1024;
+/// Longest title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
+    body.map(|Json(b)| b).map_err(|e| Error::bad_request(e.body_text()))
+}
+
+/// The body of `POST /v1/conversations` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConversation {
+    /// A title (default: the first question, shortened).
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// `POST /v1/conversations`: 201 with the conversation.
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: Option<Json<NewConversation>>,
+) -> Result<(StatusCode, Json<Conversation>), Error> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    if let Some(t) = &body.title
+        && t.chars().count() > MAX_TITLE_CHARS
+    {
+        return Err(Error::bad_request(format!("title is longer than {MAX_TITLE_CHARS} characters")));
+    }
+    let mut tx = state.store.user_tx(auth.user_id).await?;
+    let conversation = conversations::create(&mut tx, body.title.as_deref()).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(conversation)))
+}
+
+/// Paging of `GET /v1/conversations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Page size (default 50, at most 200).
+    pub limit: Option<u32>,
+    /// The last conversation of the previous page.
+    pub before: Option<Uuid>,
+}
+
+/// A page of conversations.
+#[derive(Debug, Serialize)]
+pub struct ConversationPage {
+    /// Most recently active first.
+    pub conversations: Vec<Conversation>,
+    /// Pass as `before` for the next page (none: this was the last).
+    pub next_before: Option<Uuid>,
+}
+
+/// `GET /v1/conversations`: the caller's conversations, most recently active first.
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(params): Query<ListParams>,
+) -> Result<Json<ConversationPage>, Error> {
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
+    let mut tx = state.store.user_tx(auth.user_id).await?;
+    let conversations = conversations::list(&mut tx, params.before.map(ConversationId), limit).await?;
+    tx.commit().await?;
+    let next_before = (conversations.len() == limit as usize)
+        .then(|| conversations.last().map(|c| c.id))
+        .flatten();
+    Ok(Json(ConversationPage {
+        conversations,
+        next_before,
+    }))
+}
+
+/// Paging of `GET /v1/conversations/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageParams {
+    /// Page size (default 50, at most 200).
+    pub limit: Option<u32>,
+    /// The last message of the previous page.
+    pub after: Option<Uuid>,
+}
+
+/// A page of messages.
+#[derive(Debug, Serialize)]
+pub struct MessagePage {
+    /// Oldest first.
+    pub messages: Vec<Message>,
+    /// Pass as `after` for the next page (none: this was the last).
+    pub next_after: Option<Uuid>,
+}
+
+/// `GET /v1/conversations/{id}/messages`: its messages, oldest first (404 for another user's).
+pub async fn messages(
+    State(state): State<AppState>,
+    auth: Auth,
+    IdPath(id): IdPath,
+    Query(params): Query<MessageParams>,
+) -> Result<Json<MessagePage>, Error> {
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
+    let mut tx = state.store.user_tx(auth.user_id).await?;
+    let messages = conversations::messages(&mut tx, ConversationId(id), params.after.map(MessageId), limit).await?;
+    tx.commit().await?;
+    let next_after = (messages.len() == limit as usize)
+        .then(|| messages.last().map(|m| m.id))
+        .flatten();
+    Ok(Json(MessagePage { messages, next_after }))
+}
+
+/// The body of `POST /v1/conversations/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewQuestion {
+    /// The question.
+    pub content: String,
+    /// Retrieval mode for this question (default: the conversation's, `hybrid`).
+    #[serde(default)]
+    pub mode: Option<SearchMode>,
+    /// Passages to retrieve, 1..=100 (default: the conversation's, 8).
+    #[serde(default)]
+    pub k: Option<u32>,
+}
+
+/// What asking returns without an event stream.
+#[derive(Debug, Serialize)]
+pub struct AskResponse {
+    /// What was written.
+    #[serde(flatten)]
+    pub asked: Asked,
+    /// Where the answer's events are (`GET`, resumable with `Last-Event-ID`).
+    pub events_url: String,
+}
+
+/// `POST /v1/conversations/{id}/messages`: asks a question. With `Accept: text/event-stream`
+/// the answer's event stream; otherwise 202 with the messages and the events URL.
+pub async fn ask(
+    State(state): State<AppState>,
+    auth: Auth,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+    body: Result<Json<NewQuestion>, JsonRejection>,
+) -> Result<Response, Error> {
+    let question = json_body(body)?;
+    if question.content.trim().is_empty() {
+        return Err(Error::bad_request("content is empty"));
+    }
+    if question.content.len() > MAX_QUESTION_BYTES {
+        return Err(Error::too_large(
+            "question_too_large",
+            format!("the question is {} bytes; at most {MAX_QUESTION_BYTES}", question.content.len()),
+        ));
+    }
+    if let Some(k) = question.k
+        && !(1..=100).contains(&k)
+    {
+        return Err(Error::bad_request(format!("k is {k}; it must be 1..=100")));
+    }
+    let settings = AskSettings {
+        model: &state.config.chat.model,
+        retrieval_mode: question.mode.map(SearchMode::as_str),
+        k: question.k,
+        max_attempts: state.config.worker.max_attempts,
+    };
+    let mut tx = state.store.user_tx(auth.user_id).await?;
+    let asked = conversations::ask(&mut tx, ConversationId(id), &question.content, &settings).await?;
+    tx.commit().await?;
+    let message = MessageId(asked.assistant_message.id);
+    tracing::info!(conversation_id = %id, message_id = %message, request_id = %asked.request_id, "question asked");
+    metrics::counter!("ragpipe_questions_total").increment(1);
+    if wants_event_stream(&headers) {
+        return answer_stream(&state, auth.user_id, message, Cursor::Start).await;
+    }
+    let events_url = format!("/v1/messages/{message}/events");
+    Ok((StatusCode::ACCEPTED, Json(AskResponse { asked, events_url })).into_response())
+}

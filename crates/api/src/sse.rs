@@ -1,0 +1,116 @@
+//! Server-sent events of an answer (DESIGN.md, "Streaming protocol (SSE)").
+//!
+//! The events come from [`ragpipe_agent::follow`]: derived from the assistant message's row and
+//! woken by the process's [`MessageFeed`], so this process serves the stream whichever worker
+//! writes the answer. Every event has an id; a delta's id is the byte offset where it ends in
+//! the message, so `GET /v1/messages/{id}/events` with `Last-Event-ID` resumes with no gap and
+//! no duplicate, during or after the answer. A client that goes away only ends its own stream:
+//! the worker writes the answer whether or not anyone is listening.
+
+use crate::params::IdPath;
+use crate::{AppState, Auth, Error};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use ragpipe_agent::follow::FollowError;
+use ragpipe_agent::{AnswerEvent, Cursor, Follower, MessageFeed};
+use ragpipe_core::{MessageId, UserId};
+use std::convert::Infallible;
+use std::time::Duration;
+
+/// A comment line is sent after this much silence, so that proxies and clients keep the
+/// connection open while the model thinks.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Whether the request asks for an event stream (`Accept: text/event-stream`).
+pub fn wants_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().starts_with("text/event-stream")))
+}
+
+impl From<FollowError> for Error {
+    fn from(e: FollowError) -> Error {
+        match e {
+            FollowError::NotFound => Error::not_found("message"),
+            FollowError::BadEventId(e) => Error::bad_request(e.to_string()),
+            FollowError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The event stream of answer `message` for `user`, from `cursor`. Fails before any byte is
+/// sent (404 for a message that is not the user's answer, 400 for a bad `Last-Event-ID`).
+pub async fn answer_stream(state: &AppState, user: UserId, message: MessageId, cursor: Cursor) -> Result<Response, Error> {
+    let feed = MessageFeed::shared(&state.store).await?;
+    let follower = Follower::open(&state.store, &feed, user, message, cursor).await?;
+    metrics::counter!("ragpipe_sse_streams_total").increment(1);
+    Ok(sse_response(follower.into_stream()))
+}
+
+fn sse_response(events: impl Stream<Item = Result<AnswerEvent, FollowError>> + Send + 'static) -> Response {
+    let stream = events.map(|item| {
+        Ok::<Event, Infallible>(match item {
+            Ok(event) => to_sse(&event),
+            // The stream broke (the database went away). No id: a client reconnecting with
+            // the last id it saw resumes where it was.
+            Err(e) => {
+                tracing::warn!(error = %e, "answer stream failed");
+                Event::default().event("error").json_data(serde_json::json!({
+                    "code": "stream_interrupted",
+                    "message": "the event stream was interrupted; reconnect with Last-Event-ID",
+                }))
+                .unwrap_or_default()
+            }
+        })
+    });
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response();
+    // Tell buffering reverse proxies (nginx) to pass events through as they come.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// One protocol event as SSE.
+pub fn to_sse(event: &AnswerEvent) -> Event {
+    let data = event.data();
+    Event::default()
+        .event(event.name())
+        .id(event.id())
+        .json_data(&data)
+        .unwrap_or_else(|_| Event::default().event(event.name()).id(event.id()).data("null"))
+}
+
+/// `GET /v1/messages/{id}/events`: the answer's events, from after `Last-Event-ID` when sent.
+pub async fn events(
+    State(state): State<AppState>,
+    auth: Auth,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let cursor = Cursor::after(last).map_err(|e| Error::bad_request(e.to_string()))?;
+    answer_stream(&state, auth.user_id, MessageId(id), cursor).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_headers_are_read() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_event_stream(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream;q=0.9"));
+        assert!(wants_event_stream(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(!wants_event_stream(&h));
+    }
+}
