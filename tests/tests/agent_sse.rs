@@ -42,7 +42,10 @@ async fn a_scripted_answer_streams_in_order_is_saved_cited_and_accounted_once(
     let ids = events[0].json();
     let message_id = ids["message_id"].as_str().expect("message id").to_owned();
     assert_eq!(ids["conversation_id"], conversation.as_str());
-    assert!(ids["user_message_id"].is_string() && ids["request_id"].is_string(), "{ids}");
+    assert!(
+        ids["user_message_id"].is_string() && ids["request_id"].is_string(),
+        "{ids}"
+    );
 
     let context = events[1].json();
     let sources = context["sources"].as_array().expect("sources");
@@ -69,18 +72,27 @@ async fn a_scripted_answer_streams_in_order_is_saved_cited_and_accounted_once(
     assert_eq!(message["status"], "complete");
     assert_eq!(message["content"], text.as_str());
     assert_eq!(message["model"], "test-chat");
-    assert_eq!((message["prompt_tokens"].as_i64(), message["completion_tokens"].as_i64()), (Some(812), Some(41)));
+    assert_eq!(
+        (message["prompt_tokens"].as_i64(), message["completion_tokens"].as_i64()),
+        (Some(812), Some(41))
+    );
 
     // Citations: [1] and [2], each a chunk that was in the context.
     let context_chunks: HashSet<i64> = sources.iter().filter_map(|s| s["chunk_id"].as_i64()).collect();
     let citations = message["citations"].as_array().expect("citations");
     assert_eq!(
-        citations.iter().map(|c| c["n"].as_i64().unwrap_or_default()).collect::<Vec<_>>(),
+        citations
+            .iter()
+            .map(|c| c["n"].as_i64().unwrap_or_default())
+            .collect::<Vec<_>>(),
         [1, 2],
         "{message}"
     );
     for c in citations {
-        assert!(context_chunks.contains(&c["chunk_id"].as_i64().unwrap_or_default()), "{c}");
+        assert!(
+            context_chunks.contains(&c["chunk_id"].as_i64().unwrap_or_default()),
+            "{c}"
+        );
         let source = sources.iter().find(|s| s["n"] == c["n"]).expect("numbered source");
         assert_eq!(source["chunk_id"], c["chunk_id"]);
         assert_eq!(source["filename"], c["filename"]);
@@ -90,7 +102,10 @@ async fn a_scripted_answer_streams_in_order_is_saved_cited_and_accounted_once(
     let usage_rows = system.chat_usage().await;
     assert_eq!(usage_rows.len(), 1, "{usage_rows:?}");
     assert_eq!((usage_rows[0].1, usage_rows[0].2), (812, 41));
-    assert_eq!(usage_rows[0].3, format!("agent:{}", ids["request_id"].as_str().unwrap_or_default()));
+    assert_eq!(
+        usage_rows[0].3,
+        format!("agent:{}", ids["request_id"].as_str().unwrap_or_default())
+    );
 
     // The model was sent plain-string messages with the numbered sources and max_tokens.
     let request = &system.model().requests_to(Route::ChatCompletions)[0].body;
@@ -98,7 +113,10 @@ async fn a_scripted_answer_streams_in_order_is_saved_cited_and_accounted_once(
     assert_eq!(request["stream_options"]["include_usage"], true);
     let last = request["messages"].as_array().and_then(|m| m.last()).expect("messages");
     let prompt = last["content"].as_str().expect("plain string content");
-    assert!(prompt.contains("[1] ") && prompt.contains("[2] ") && prompt.contains(QUESTION), "{prompt}");
+    assert!(
+        prompt.contains("[1] ") && prompt.contains("[2] ") && prompt.contains(QUESTION),
+        "{prompt}"
+    );
 
     // The conversation lists the question and the answer; the request is completed.
     let (status, page) = system
@@ -129,7 +147,9 @@ async fn without_server_usage_tokens_are_counted_with_tiktoken(options: PgPoolOp
     system.model().push_reply(reply.clone());
     let alice = &system.alice;
     let conversation = system.conversation(alice).await;
-    let mut sse = system.ask_stream(alice, &conversation, "What colour is the sky on Mars?").await;
+    let mut sse = system
+        .ask_stream(alice, &conversation, "What colour is the sky on Mars?")
+        .await;
     let events = sse.rest().await;
     assert_eq!(shape(&events), ["message", "context", "delta*", "usage", "done"]);
     let text = delta_text(&events);
@@ -158,9 +178,15 @@ async fn the_offline_responder_answers_end_to_end(options: PgPoolOptions, connec
     let system = start(agent_support::pool(options, connect).await, false).await;
     let alice = &system.alice;
     let conversation = system.conversation(alice).await;
-    let mut sse = system.ask_stream(alice, &conversation, "How many inputs does a batch hold?").await;
+    let mut sse = system
+        .ask_stream(alice, &conversation, "How many inputs does a batch hold?")
+        .await;
     let events = sse.rest().await;
-    assert_eq!(shape(&events), ["message", "context", "delta*", "usage", "done"], "{events:#?}");
+    assert_eq!(
+        shape(&events),
+        ["message", "context", "delta*", "usage", "done"],
+        "{events:#?}"
+    );
     let text = delta_text(&events);
     assert!(text.starts_with(ragpipe_llm::NO_MODEL_NOTICE), "{text}");
     assert!(text.contains("sixty-four inputs"), "{text}");
@@ -178,7 +204,10 @@ async fn the_offline_responder_answers_end_to_end(options: PgPoolOptions, connec
 }
 
 #[sqlx::test(migrations = false)]
-async fn another_user_gets_404_on_conversations_messages_and_streams(options: PgPoolOptions, connect: PgConnectOptions) {
+async fn another_user_gets_404_on_conversations_messages_and_streams(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
     let system = start(agent_support::pool(options, connect).await, false).await;
     let alice = &system.alice;
     let bob = system.app.create_user("bob@example.com").await;
@@ -204,7 +233,10 @@ async fn another_user_gets_404_on_conversations_messages_and_streams(options: Pg
     let response = system.events(&bob, &message, Some("10")).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     for (path, body) in [
-        (format!("/v1/conversations/{conversation}/messages"), serde_json::json!({"content": "mine now?"})),
+        (
+            format!("/v1/conversations/{conversation}/messages"),
+            serde_json::json!({"content": "mine now?"}),
+        ),
         (format!("/v1/messages/{message}/cancel"), serde_json::json!({})),
     ] {
         let response = app
@@ -222,7 +254,10 @@ async fn another_user_gets_404_on_conversations_messages_and_streams(options: Pg
     let (_, list) = app.get_json(&alice.key, "/v1/conversations").await;
     assert_eq!(list["conversations"][0]["title"], QUESTION);
     // A question is not an answer: it has no events.
-    assert_eq!(system.events(alice, &question, None).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        system.events(alice, &question, None).await.status(),
+        StatusCode::NOT_FOUND
+    );
     system.app.shutdown().await;
 }
 
@@ -235,8 +270,14 @@ async fn bad_questions_are_refused(options: PgPoolOptions, connect: PgConnectOpt
         (serde_json::json!({"content": "  "}), StatusCode::BAD_REQUEST),
         (serde_json::json!({"question": "x"}), StatusCode::BAD_REQUEST),
         (serde_json::json!({"content": "x", "k": 0}), StatusCode::BAD_REQUEST),
-        (serde_json::json!({"content": "x", "mode": "fuzzy"}), StatusCode::BAD_REQUEST),
-        (serde_json::json!({"content": "x".repeat(40_000)}), StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            serde_json::json!({"content": "x", "mode": "fuzzy"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({"content": "x".repeat(40_000)}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
     ] {
         let response = system
             .app
@@ -255,7 +296,11 @@ async fn bad_questions_are_refused(options: PgPoolOptions, connect: PgConnectOpt
     let missing = uuid::Uuid::now_v7();
     let response = system
         .app
-        .request(reqwest::Method::POST, &alice.key, &format!("/v1/conversations/{missing}/messages"))
+        .request(
+            reqwest::Method::POST,
+            &alice.key,
+            &format!("/v1/conversations/{missing}/messages"),
+        )
         .json(&serde_json::json!({"content": "hello"}))
         .send()
         .await

@@ -50,7 +50,9 @@ pub async fn create(
     if let Some(t) = &body.title
         && t.chars().count() > MAX_TITLE_CHARS
     {
-        return Err(Error::bad_request(format!("title is longer than {MAX_TITLE_CHARS} characters")));
+        return Err(Error::bad_request(format!(
+            "title is longer than {MAX_TITLE_CHARS} characters"
+        )));
     }
     let mut tx = state.store.user_tx(auth.user_id).await?;
     let conversation = conversations::create(&mut tx, body.title.as_deref()).await?;
@@ -172,7 +174,10 @@ pub async fn ask(
     if question.content.len() > MAX_QUESTION_BYTES {
         return Err(Error::too_large(
             "question_too_large",
-            format!("the question is {} bytes; at most {MAX_QUESTION_BYTES}", question.content.len()),
+            format!(
+                "the question is {} bytes; at most {MAX_QUESTION_BYTES}",
+                question.content.len()
+            ),
         ));
     }
     if let Some(k) = question.k

@@ -91,7 +91,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/documents/{id}", get(documents::get).delete(documents::delete))
         .route("/v1/documents/{id}/chunks", get(documents::chunks))
-        .route("/v1/conversations", get(conversations::list).post(conversations::create))
+        .route(
+            "/v1/conversations",
+            get(conversations::list).post(conversations::create),
+        )
         .route(
             "/v1/conversations/{id}/messages",
             get(conversations::messages).post(conversations::ask),

@@ -32,7 +32,10 @@ pub async fn cancel(State(state): State<AppState>, auth: Auth, IdPath(id): IdPat
         status if message.role != "assistant" => Err(Error::new(
             StatusCode::CONFLICT,
             "not_an_answer",
-            format!("message {id} is a {} message ({status}); only answers can be cancelled", message.role),
+            format!(
+                "message {id} is a {} message ({status}); only answers can be cancelled",
+                message.role
+            ),
         )),
         status => Err(Error::new(
             StatusCode::CONFLICT,

@@ -45,7 +45,12 @@ impl From<FollowError> for Error {
 
 /// The event stream of answer `message` for `user`, from `cursor`. Fails before any byte is
 /// sent (404 for a message that is not the user's answer, 400 for a bad `Last-Event-ID`).
-pub async fn answer_stream(state: &AppState, user: UserId, message: MessageId, cursor: Cursor) -> Result<Response, Error> {
+pub async fn answer_stream(
+    state: &AppState,
+    user: UserId,
+    message: MessageId,
+    cursor: Cursor,
+) -> Result<Response, Error> {
     let feed = MessageFeed::shared(&state.store).await?;
     let follower = Follower::open(&state.store, &feed, user, message, cursor).await?;
     metrics::counter!("ragpipe_sse_streams_total").increment(1);
@@ -60,11 +65,13 @@ fn sse_response(events: impl Stream<Item = Result<AnswerEvent, FollowError>> + S
             // the last id it saw resumes where it was.
             Err(e) => {
                 tracing::warn!(error = %e, "answer stream failed");
-                Event::default().event("error").json_data(serde_json::json!({
-                    "code": "stream_interrupted",
-                    "message": "the event stream was interrupted; reconnect with Last-Event-ID",
-                }))
-                .unwrap_or_default()
+                Event::default()
+                    .event("error")
+                    .json_data(serde_json::json!({
+                        "code": "stream_interrupted",
+                        "message": "the event stream was interrupted; reconnect with Last-Event-ID",
+                    }))
+                    .unwrap_or_default()
             }
         })
     });
@@ -108,7 +115,10 @@ mod tests {
     fn accept_headers_are_read() {
         let mut h = HeaderMap::new();
         assert!(!wants_event_stream(&h));
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream;q=0.9"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream;q=0.9"),
+        );
         assert!(wants_event_stream(&h));
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         assert!(!wants_event_stream(&h));

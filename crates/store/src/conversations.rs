@@ -227,22 +227,18 @@ pub async fn ask(
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("creating an agent session"))?;
-    let session = sqlx::query(
-        "SELECT id, retrieval_mode, k, last_request_id FROM agent_sessions WHERE conversation_id = $1",
-    )
-    .bind(conversation.0)
-    .fetch_one(tx.conn())
-    .await
-    .map_err(StoreError::db("reading the agent session"))?;
+    let session =
+        sqlx::query("SELECT id, retrieval_mode, k, last_request_id FROM agent_sessions WHERE conversation_id = $1")
+            .bind(conversation.0)
+            .fetch_one(tx.conn())
+            .await
+            .map_err(StoreError::db("reading the agent session"))?;
     let session_id: Uuid = session.get("id");
     let mode = settings
         .retrieval_mode
         .map(str::to_owned)
         .unwrap_or_else(|| session.get("retrieval_mode"));
-    let k = settings
-        .k
-        .map(|k| k as i32)
-        .unwrap_or_else(|| session.get("k"));
+    let k = settings.k.map(|k| k as i32).unwrap_or_else(|| session.get("k"));
     let previous: Option<Uuid> = session.get("last_request_id");
 
     let (user_message_id, assistant_message_id, request_id) = (MessageId::new(), MessageId::new(), Uuid::now_v7());
@@ -498,7 +494,9 @@ pub async fn append(
     .await
     .map_err(StoreError::db("appending to a message"))?;
     match row {
-        Some(row) => Ok(Written::Done { bytes: row.get("bytes") }),
+        Some(row) => Ok(Written::Done {
+            bytes: row.get("bytes"),
+        }),
         None => refused(tx, message).await,
     }
 }
@@ -556,7 +554,9 @@ pub async fn complete(
         return refused(tx, ending.message).await;
     };
     end_request(tx, ending, "completed", None).await?;
-    Ok(Written::Done { bytes: row.get("bytes") })
+    Ok(Written::Done {
+        bytes: row.get("bytes"),
+    })
 }
 
 /// Fails a streaming answer with `error`, keeping its text (the tail is appended when the
@@ -587,7 +587,9 @@ pub async fn fail(tx: &mut UserTx, ending: &Ending<'_>, error: &str) -> Result<W
         return refused(tx, ending.message).await;
     };
     end_request(tx, ending, "failed", Some(error)).await?;
-    Ok(Written::Done { bytes: row.get("bytes") })
+    Ok(Written::Done {
+        bytes: row.get("bytes"),
+    })
 }
 
 /// Records what a cancelled answer had used (the message keeps the text it had when it was

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use ragpipe_core::Config;
 use ragpipe_tests::app::{TestApp, TestUser};
 use ragpipe_tests::openai_server::OpenAiServer;
 use reqwest::StatusCode;
@@ -43,7 +44,16 @@ pub async fn pool(options: PgPoolOptions, connect: PgConnectOptions) -> sqlx::Pg
 /// Starts the API with ingest and agent workers; `online` uses the test server as the chat
 /// model, otherwise the offline responder answers. Alice's two documents are ingested.
 pub async fn start(pool: sqlx::PgPool, online: bool) -> System {
-    let model = if online { Some(OpenAiServer::start().await) } else { None };
+    start_with(pool, online, |_| {}).await
+}
+
+/// [`start`], with the configuration edited after the defaults are set.
+pub async fn start_with(pool: sqlx::PgPool, online: bool, edit: impl FnOnce(&mut Config) + Send + 'static) -> System {
+    let model = if online {
+        Some(OpenAiServer::start().await)
+    } else {
+        None
+    };
     let chat = model.as_ref().map(|m| m.chat_endpoint());
     let app = TestApp::builder(pool)
         .config(move |c| {
@@ -51,6 +61,7 @@ pub async fn start(pool: sqlx::PgPool, online: bool) -> System {
                 c.chat = chat;
             }
             c.worker.max_attempts = 3;
+            edit(c);
         })
         .with_task("ingest worker", ragpipe_ingest_worker::spawn)
         .with_task("agent worker", ragpipe_agent_worker::spawn)
@@ -126,7 +137,11 @@ impl System {
     pub async fn events(&self, user: &TestUser, message: &str, last_event_id: Option<&str>) -> reqwest::Response {
         let mut request = self
             .app
-            .request(reqwest::Method::GET, &user.key, &format!("/v1/messages/{message}/events"))
+            .request(
+                reqwest::Method::GET,
+                &user.key,
+                &format!("/v1/messages/{message}/events"),
+            )
             .header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
@@ -149,7 +164,10 @@ impl System {
             if m["status"] != "streaming" {
                 return m;
             }
-            assert!(tokio::time::Instant::now() < deadline, "message {id} still streaming: {m}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "message {id} still streaming: {m}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -203,7 +221,10 @@ impl SseClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        assert!(content_type.starts_with("text/event-stream"), "content type {content_type}");
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "content type {content_type}"
+        );
         SseClient {
             response,
             buffer: String::new(),
@@ -214,7 +235,9 @@ impl SseClient {
 
     /// The next event, or None when the stream ended. Panics after 30 s of silence.
     pub async fn next(&mut self) -> Option<SseEvent> {
-        self.next_within(Duration::from_secs(30)).await.expect("an event within 30 s")
+        self.next_within(Duration::from_secs(30))
+            .await
+            .expect("an event within 30 s")
     }
 
     /// The next event (None: the stream ended), or Err after `timeout`.
@@ -263,7 +286,9 @@ impl SseClient {
             }
             match tokio::time::timeout(deadline - now, self.response.chunk()).await {
                 Err(_) => return Err(()),
-                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+                Ok(Ok(Some(bytes))) => self
+                    .buffer
+                    .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
                 Ok(Ok(None)) => return Ok(None),
                 Ok(Err(e)) => panic!("reading the event stream: {e}"),
             }
@@ -293,7 +318,11 @@ pub fn delta_text(events: &[SseEvent]) -> String {
 pub fn shape(events: &[SseEvent]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for e in events {
-        let name = if e.event == "delta" { "delta*".to_owned() } else { e.event.clone() };
+        let name = if e.event == "delta" {
+            "delta*".to_owned()
+        } else {
+            e.event.clone()
+        };
         if out.last() != Some(&name) {
             out.push(name);
         }
