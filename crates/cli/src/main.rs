@@ -5,6 +5,7 @@ mod admin;
 mod bench_ingest;
 mod demo;
 mod doctor;
+mod extract;
 mod ingest;
 mod serve;
 mod shutdown;
@@ -59,6 +60,8 @@ enum Command {
     },
     /// Upload files and directories, then wait until each document is ready or failed.
     Ingest(ingest::IngestArgs),
+    /// Print a file's extracted text or chunks, without touching the database.
+    Extract(extract::ExtractArgs),
     /// Manage users.
     #[command(subcommand)]
     Users(admin::UsersCommand),
@@ -126,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
+        Command::Extract(args) => extract::run(&args, &config).map(|()| ExitCode::SUCCESS),
         Command::Users(cmd) => admin::users(&config, cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Keys(cmd) => admin::keys(&config, cmd).await.map(|()| ExitCode::SUCCESS),
     }
