@@ -34,7 +34,8 @@ pub fn run(args: &ExtractArgs, config: &ragpipe_core::Config) -> anyhow::Result<
         );
     }
     let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let doc = ragpipe_ingest::extract(&bytes, &limits).with_context(|| format!("extracting {}", args.file.display()))?;
+    let doc =
+        ragpipe_ingest::extract(&bytes, &limits).with_context(|| format!("extracting {}", args.file.display()))?;
     let chunker = if args.chunks {
         Some(Chunker::new(ChunkSettings::from_config(&config.chunking)).context("building the chunker")?)
     } else {
@@ -44,7 +45,9 @@ pub fn run(args: &ExtractArgs, config: &ragpipe_core::Config) -> anyhow::Result<
     let mut out = std::io::stdout().lock();
     if args.json {
         let value = match (&chunker, &chunks) {
-            (Some(c), Some(chunks)) => serde_json::json!({ "document": doc, "chunk_settings": c.settings(), "chunks": chunks }),
+            (Some(c), Some(chunks)) => {
+                serde_json::json!({ "document": doc, "chunk_settings": c.settings(), "chunks": chunks })
+            }
             _ => serde_json::to_value(&doc)?,
         };
         serde_json::to_writer_pretty(&mut out, &value)?;
@@ -79,7 +82,10 @@ pub fn run(args: &ExtractArgs, config: &ragpipe_core::Config) -> anyhow::Result<
         }
         Some(chunks) => {
             for c in chunks {
-                let mut head = format!("--- chunk {} · {} tokens · bytes {}..{}", c.index, c.token_count, c.byte_range.start, c.byte_range.end);
+                let mut head = format!(
+                    "--- chunk {} · {} tokens · bytes {}..{}",
+                    c.index, c.token_count, c.byte_range.start, c.byte_range.end
+                );
                 match (c.page_first, c.page_last) {
                     (Some(a), Some(b)) if a == b => head.push_str(&format!(" · page {a}")),
                     (Some(a), Some(b)) => head.push_str(&format!(" · pages {a}-{b}")),
