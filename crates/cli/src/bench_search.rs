@@ -1,0 +1,395 @@
+//! `ragpipe bench search`: search latency at 100,000 chunks, against the bare pgvector HNSW
+//! query measured in the same run (the ratio is what to compare across machines).
+//!
+//! A database is created for the run (dropped first). The corpus is generated: Zipf-distributed
+//! words (a few very common, most rare, as in real text), about 300 words per chunk, 50 chunks
+//! per document, with the offline hashed embeddings of each chunk's text (which have lexical
+//! neighbourhoods, unlike random vectors). It is bulk-loaded as the administration connection
+//! with `INSERT ... SELECT FROM UNNEST` batches, the indexes and the statistics triggers off; the
+//! indexes are built afterwards with a large `maintenance_work_mem` and the term statistics are
+//! computed in one statement (the migration's backfill). Queries are 3 to 8 words drawn from
+//! random chunks, so they mix common and rare terms. Every search runs as the product runs it:
+//! in a user transaction (role `ragpipe_app`, row-level security); only the statement is timed.
+
+use anyhow::Context;
+use clap::Args;
+use ragpipe_core::{Config, UserId};
+use ragpipe_llm::HashedEmbedder;
+use ragpipe_store::search::{self, Bm25, SearchMode, SearchQuery};
+use ragpipe_store::{Store, embedding_models, users};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[derive(Args, Debug)]
+pub struct BenchSearchArgs {
+    /// Chunks loaded.
+    #[arg(long, default_value_t = 100_000)]
+    pub chunks: usize,
+    /// Queries timed per mode.
+    #[arg(long, default_value_t = 300)]
+    pub queries: usize,
+    /// Results per query.
+    #[arg(long, default_value_t = 10)]
+    pub k: u32,
+    /// Database created (dropped first) for the run, on the configured server.
+    #[arg(long, default_value = "ragpipe_bench_search")]
+    pub database: String,
+    /// Keep the database after the run (to rerun queries by hand).
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const WORDS_PER_CHUNK: usize = 300;
+const CHUNKS_PER_DOCUMENT: usize = 50;
+const BATCH: usize = 1000;
+
+/// Deterministic pseudo-random numbers (xorshift64*), so every run loads the same corpus.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// 50,000 pronounceable words sampled with Zipf's law (probability ~ 1/rank).
+struct Vocabulary {
+    words: Vec<String>,
+    /// Cumulative probabilities, for inverse-transform sampling.
+    cdf: Vec<f64>,
+}
+
+impl Vocabulary {
+    fn new(rng: &mut Rng) -> Vocabulary {
+        const ONSETS: &[&str] = &[
+            "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "st", "tr", "pl", "gr",
+            "br", "ch", "sh",
+        ];
+        const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ea", "io", "ou"];
+        const CODAS: &[&str] = &["", "n", "r", "s", "t", "l", "m", "nd", "rk", "st", "x"];
+        let mut seen = std::collections::HashSet::new();
+        let mut words = Vec::with_capacity(50_000);
+        while words.len() < 50_000 {
+            let syllables = 1 + rng.below(4);
+            let mut w = String::new();
+            for _ in 0..syllables {
+                w.push_str(ONSETS[rng.below(ONSETS.len())]);
+                w.push_str(VOWELS[rng.below(VOWELS.len())]);
+                w.push_str(CODAS[rng.below(CODAS.len())]);
+            }
+            if seen.insert(w.clone()) {
+                words.push(w);
+            }
+        }
+        let weights: Vec<f64> = (1..=words.len()).map(|r| 1.0 / r as f64).collect();
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        let cdf = weights
+            .iter()
+            .map(|w| {
+                acc += w / total;
+                acc
+            })
+            .collect();
+        Vocabulary { words, cdf }
+    }
+
+    fn word(&self, rng: &mut Rng) -> &str {
+        let u = rng.unit();
+        let i = self.cdf.partition_point(|c| *c < u).min(self.words.len() - 1);
+        &self.words[i]
+    }
+
+    fn chunk(&self, rng: &mut Rng) -> String {
+        let mut out = String::with_capacity(WORDS_PER_CHUNK * 8);
+        for i in 0..WORDS_PER_CHUNK {
+            if i > 0 {
+                out.push(if rng.below(12) == 0 { '.' } else { ' ' });
+                if out.ends_with('.') {
+                    out.push(' ');
+                }
+            }
+            out.push_str(self.word(rng));
+        }
+        out
+    }
+}
+
+/// Latency percentiles of one series.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Series {
+    pub name: String,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    pub hits_per_query: f64,
+}
+
+fn series(name: &str, mut samples: Vec<Duration>, hits: usize) -> Series {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |q: f64| ms(samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]);
+    Series {
+        name: name.to_owned(),
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        mean_ms: samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64,
+        hits_per_query: hits as f64 / samples.len() as f64,
+    }
+}
+
+pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
+    let mut url = url::Url::parse(&config.database_url).context("DATABASE_URL")?;
+    let admin = Store::connect(&config).await?;
+    let db = args.database.replace('"', "");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+    )))
+    .execute(admin.pool())
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+        .execute(admin.pool())
+        .await?;
+    url.set_path(&format!("/{db}"));
+    let mut config = config;
+    config.database_url = url.to_string();
+    let store = Store::connect(&config).await?;
+    store.migrate(&config.embedding).await?;
+    let result = measure(&store, &config, &args).await;
+    store.pool().close().await;
+    if !args.keep {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+        )))
+        .execute(admin.pool())
+        .await?;
+    }
+    let (load, out) = result?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"load": load, "series": out}))?
+        );
+    } else {
+        println!("{load}");
+        println!(
+            "{:<22} {:>8} {:>8} {:>8} {:>6}",
+            "query", "p50 ms", "p99 ms", "mean ms", "hits"
+        );
+        for s in &out {
+            println!(
+                "{:<22} {:>8.2} {:>8.2} {:>8.2} {:>6.1}",
+                s.name, s.p50_ms, s.p99_ms, s.mean_ms, s.hits_per_query
+            );
+        }
+        let bare = out
+            .iter()
+            .find(|s| s.name == "bare hnsw")
+            .map_or(f64::NAN, |s| s.p50_ms);
+        for s in out.iter().filter(|s| s.name != "bare hnsw") {
+            println!("{} p50 / bare hnsw p50 = {:.2}", s.name, s.p50_ms / bare);
+        }
+    }
+    Ok(())
+}
+
+async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyhow::Result<(String, Vec<Series>)> {
+    let model = config.embedding.model.clone();
+    let dim = config.embedding.dim;
+    let embedder = HashedEmbedder::new(dim as usize);
+    let user = UserId::new();
+    users::create(
+        store,
+        &users::NewUser {
+            email: "bench-search@example.com".into(),
+            id: Some(user),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let pool = store.pool();
+    let index = embedding_models::index_name(&model, dim);
+    // Load without indexes or statistics triggers; build both afterwards.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP INDEX {index}; DROP INDEX document_chunks_search_idx; \
+         ALTER TABLE document_chunks DISABLE TRIGGER document_chunks_search_stats_insert"
+    )))
+    .execute(pool)
+    .await?;
+
+    let started = Instant::now();
+    let mut rng = Rng(0x5EED_0F_5EA7C4);
+    let vocabulary = Vocabulary::new(&mut rng);
+    let documents = args.chunks.div_ceil(CHUNKS_PER_DOCUMENT);
+    let doc_ids: Vec<Uuid> = (0..documents).map(|_| Uuid::now_v7()).collect();
+    let names: Vec<String> = (0..documents).map(|i| format!("generated-{i:05}.txt")).collect();
+    let hashes: Vec<Vec<u8>> = (0..documents)
+        .map(|i| {
+            use sha2::Digest;
+            sha2::Sha256::digest(format!("bench-search-{i}")).to_vec()
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256, status, progress, chunk_count) \
+         SELECT id, $1, name, 'text/plain', 1, sha, 'ready', 1, $5 FROM UNNEST($2::uuid[], $3::text[], $4::bytea[]) AS u(id, name, sha)",
+    )
+    .bind(user.0)
+    .bind(&doc_ids)
+    .bind(&names)
+    .bind(&hashes)
+    .bind(CHUNKS_PER_DOCUMENT as i32)
+    .execute(pool)
+    .await?;
+    let mut queries = Vec::new();
+    let mut loaded = 0;
+    while loaded < args.chunks {
+        let n = BATCH.min(args.chunks - loaded);
+        let mut docs = Vec::with_capacity(n);
+        let mut indexes = Vec::with_capacity(n);
+        let mut contents = Vec::with_capacity(n);
+        let mut vectors = Vec::with_capacity(n);
+        for i in loaded..loaded + n {
+            let text = vocabulary.chunk(&mut rng);
+            if queries.len() < args.queries && rng.below((args.chunks / args.queries.max(1)).max(1)) == 0 {
+                let words: Vec<&str> = text.split([' ', '.']).filter(|w| !w.is_empty()).collect();
+                let len = 3 + rng.below(6);
+                let start = rng.below(words.len() - len);
+                queries.push(words[start..start + len].join(" "));
+            }
+            vectors.push(pgvector::Vector::from(embedder.embed(&text)));
+            docs.push(doc_ids[i / CHUNKS_PER_DOCUMENT]);
+            indexes.push((i % CHUNKS_PER_DOCUMENT) as i32);
+            contents.push(text);
+        }
+        sqlx::query(
+            "INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, byte_start, byte_end, \
+                                          embedding, embedding_model) \
+             SELECT d, $1, i, c, 400, 0, length(c), v, $6 \
+             FROM UNNEST($2::uuid[], $3::int[], $4::text[], $5::vector[]) AS u(d, i, c, v)",
+        )
+        .bind(user.0)
+        .bind(&docs)
+        .bind(&indexes)
+        .bind(&contents)
+        .bind(&vectors)
+        .bind(&model)
+        .execute(pool)
+        .await?;
+        loaded += n;
+    }
+    while queries.len() < args.queries {
+        queries.push(format!(
+            "{} {} {}",
+            vocabulary.word(&mut rng),
+            vocabulary.word(&mut rng),
+            vocabulary.word(&mut rng)
+        ));
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET maintenance_work_mem = '1GB'; \
+         CREATE INDEX {index} ON document_chunks USING hnsw ((embedding::vector({dim})) vector_cosine_ops) \
+             WHERE embedding_model = {};",
+        embedding_models::sql_literal(&model)
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let hnsw_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    sqlx::raw_sql(
+        "CREATE INDEX document_chunks_search_idx ON document_chunks USING gin (search_vector); \
+         INSERT INTO search_term_stats (user_id, lexeme, chunks) \
+             SELECT c.user_id, l.lexeme, count(*) \
+             FROM document_chunks AS c, unnest(tsvector_to_array(c.search_vector)) AS l(lexeme) GROUP BY 1, 2; \
+         INSERT INTO search_corpus_stats (user_id, chunks, tokens) \
+             SELECT user_id, count(*), sum(token_count) FROM document_chunks GROUP BY user_id; \
+         ALTER TABLE document_chunks ENABLE TRIGGER document_chunks_search_stats_insert; \
+         RESET maintenance_work_mem; \
+         VACUUM ANALYZE document_chunks; VACUUM ANALYZE search_term_stats; VACUUM ANALYZE documents;",
+    )
+    .execute(&mut *conn)
+    .await?;
+    drop(conn);
+    let text_secs = started.elapsed().as_secs_f64();
+    let load = format!(
+        "{} chunks in {} documents: generated and loaded in {load_secs:.1} s, HNSW built in {hnsw_secs:.1} s \
+         (maintenance_work_mem 1GB), GIN + term statistics + VACUUM ANALYZE in {text_secs:.1} s; {} queries of 3-8 words, k = {}",
+        args.chunks,
+        documents,
+        queries.len(),
+        args.k
+    );
+    eprintln!("{load}");
+
+    let vectors: Vec<Vec<f32>> = queries.iter().map(|q| embedder.embed(q)).collect();
+    let bare_sql = format!(
+        "SELECT id FROM document_chunks WHERE embedding_model = {} ORDER BY embedding::vector({dim}) <=> $1::vector({dim}) LIMIT $2",
+        embedding_models::sql_literal(&model)
+    );
+    let names = ["bare hnsw", "vector", "text", "hybrid"];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    let mut hits = vec![0usize; names.len()];
+    // One warm-up pass (caches, prepared statements), then the timed pass; the four queries
+    // of each question run back to back so they see the same cache state.
+    for timed in [false, true] {
+        for (q, v) in queries.iter().zip(&vectors) {
+            for (s, name) in names.iter().enumerate() {
+                let mut tx = store.user_tx(user).await?;
+                let t = Instant::now();
+                let n = if *name == "bare hnsw" {
+                    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(bare_sql.clone()))
+                        .bind(pgvector::Vector::from(v.clone()))
+                        .bind(i64::from(args.k))
+                        .fetch_all(tx.conn())
+                        .await?
+                        .len()
+                } else {
+                    let mode: SearchMode = name.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                    let query = SearchQuery {
+                        text: q,
+                        embedding: Some(v),
+                        embedding_model: &model,
+                        dim,
+                        mode,
+                        k: args.k,
+                        depth: ragpipe_agent::retrieve::candidate_depth(args.k),
+                        document_ids: None,
+                        metadata: None,
+                        fusion: ragpipe_agent::retrieve::DEFAULT_FUSION,
+                        bm25: Bm25::default(),
+                        highlight: false,
+                    };
+                    search::search(&mut tx, &query).await?.len()
+                };
+                let elapsed = t.elapsed();
+                tx.commit().await?;
+                if timed {
+                    samples[s].push(elapsed);
+                    hits[s] += n;
+                }
+            }
+        }
+    }
+    let out = names
+        .iter()
+        .zip(samples)
+        .zip(hits)
+        .map(|((name, s), h)| series(name, s, h))
+        .collect();
+    Ok((load, out))
+}
