@@ -319,11 +319,16 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
          INSERT INTO search_corpus_stats (user_id, chunks, tokens) \
              SELECT user_id, count(*), sum(token_count) FROM document_chunks GROUP BY user_id; \
          ALTER TABLE document_chunks ENABLE TRIGGER document_chunks_search_stats_insert; \
-         RESET maintenance_work_mem; \
-         VACUUM ANALYZE document_chunks; VACUUM ANALYZE search_term_stats; VACUUM ANALYZE documents;",
+         RESET maintenance_work_mem;",
     )
     .execute(&mut *conn)
     .await?;
+    // One statement each: VACUUM cannot run inside the implicit transaction of a batch.
+    for table in ["document_chunks", "search_term_stats", "search_corpus_stats", "documents"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+            .execute(&mut *conn)
+            .await?;
+    }
     drop(conn);
     let text_secs = started.elapsed().as_secs_f64();
     let load = format!(
