@@ -324,7 +324,12 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
     .execute(&mut *conn)
     .await?;
     // One statement each: VACUUM cannot run inside the implicit transaction of a batch.
-    for table in ["document_chunks", "search_term_stats", "search_corpus_stats", "documents"] {
+    for table in [
+        "document_chunks",
+        "search_term_stats",
+        "search_corpus_stats",
+        "documents",
+    ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
             .execute(&mut *conn)
             .await?;
