@@ -347,6 +347,11 @@ impl OpenAiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
+            // TCP_NODELAY, so that a delta leaves when it is written and `first_token_at` is
+            // when the client could have it (Nagle held small writes ~40 ms for a delayed ACK).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, app).await {
                 eprintln!("OpenAI-compatible test server stopped: {e}");
             }

@@ -1,0 +1,336 @@
+//! Streaming overhead: how long after the model sends its first token does the client of the
+//! SSE endpoint see its first delta, and does every delta arrive when many answers stream at
+//! once.
+//!
+//! ```text
+//! cargo run --release -p ragpipe-tests --example bench_stream -- [--questions 100] [--concurrent 50] [--database ragpipe_bench_stream]
+//! ```
+//!
+//! The whole system runs in this process against a fresh database on the configured server
+//! (`DATABASE_URL`): the API on a local port, the ingest and agent workers, and the
+//! OpenAI-compatible test server as the chat model, which records when it sent each answer's
+//! first token. Per question: `overhead = client's first delta − server's first token`, which
+//! excludes queueing, retrieval and the model's own time to first token, and includes the
+//! worker's read of the model stream, the flush to the message row, the notification, the SSE
+//! handler's read of the row and the HTTP hop to the client.
+//!
+//! Baseline, measured in the same run against the same server: the chat client alone
+//! (`ChatModel::stream` in process), first token at the server → first delta out of the
+//! client. The difference between the two is what ragpipe's streaming path adds.
+
+use ragpipe_core::Config;
+use ragpipe_llm::{ChatMessage, ChatModel, ChatRequest};
+use ragpipe_store::Store;
+use ragpipe_tests::app::TestApp;
+use ragpipe_tests::openai_server::{OpenAiServer, Route, ScriptedReply};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    questions: usize,
+    concurrent: usize,
+    database: String,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        questions: 100,
+        concurrent: 50,
+        database: "ragpipe_bench_stream".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--questions" => a.questions = value.parse().unwrap_or(a.questions),
+            "--concurrent" => a.concurrent = value.parse().unwrap_or(a.concurrent),
+            "--database" => a.database = value.replace('"', ""),
+            other => {
+                eprintln!("unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    a
+}
+
+/// The value at quantile `q` (nearest rank).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let (p50, p99) = (quantile(&ms, 0.5), quantile(&ms, 0.99));
+    println!(
+        "{name:<48} n={:<4} p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   max {:>7.2} ms",
+        ms.len(),
+        ms.last().copied().unwrap_or(f64::NAN)
+    );
+    (p50, p99)
+}
+
+/// What one client saw of one answer.
+struct Seen {
+    question: String,
+    sent_at: Instant,
+    first_delta_at: Option<Instant>,
+    text: String,
+    gaps: usize,
+    ended_with: String,
+}
+
+/// Asks `question` over HTTP with `Accept: text/event-stream` and reads the stream to its end.
+async fn ask(app: &TestApp, key: &str, conversation: &str, question: String) -> Seen {
+    let sent_at = Instant::now();
+    let mut response = app
+        .request(reqwest::Method::POST, key, &format!("/v1/conversations/{conversation}/messages"))
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({ "content": question }))
+        .send()
+        .await
+        .expect("POST messages");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let mut seen = Seen {
+        question,
+        sent_at,
+        first_delta_at: None,
+        text: String::new(),
+        gaps: 0,
+        ended_with: String::new(),
+    };
+    let mut buffer = String::new();
+    let mut offset: usize = 0;
+    while let Some(bytes) = response.chunk().await.expect("reading the stream") {
+        let now = Instant::now();
+        buffer.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut id, mut data) = (String::from("message"), None, String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse::<usize>().ok();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            match event.as_str() {
+                "delta" => {
+                    seen.first_delta_at.get_or_insert(now);
+                    let value: serde_json::Value = serde_json::from_str(&data).expect("delta JSON");
+                    let text = value["text"].as_str().unwrap_or_default();
+                    // The id is where the delta ends: it must start where the last one ended.
+                    if id.map(|end| end - text.len()) != Some(offset) {
+                        seen.gaps += 1;
+                    }
+                    offset = id.unwrap_or(offset + text.len());
+                    seen.text.push_str(text);
+                }
+                "done" | "error" => seen.ended_with = event,
+                _ => {}
+            }
+        }
+    }
+    seen
+}
+
+/// The server's first-token instant for the chat request that carried `question`.
+fn first_token(model: &OpenAiServer, question: &str) -> Option<Instant> {
+    model.requests_to(Route::ChatCompletions).into_iter().find_map(|r| {
+        let last = r.body["messages"].as_array()?.last()?["content"].as_str()?.to_owned();
+        if last.contains(question) { r.first_token_at } else { None }
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let base = Config::load(None).expect("configuration");
+    let admin = Store::connect(&base).await.expect("connecting");
+    let db = &args.database;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
+        .execute(admin.pool())
+        .await
+        .expect("dropping the bench database");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+        .execute(admin.pool())
+        .await
+        .expect("creating the bench database");
+    let options: PgConnectOptions = base.database_url.parse().expect("DATABASE_URL");
+    let pool = PgPoolOptions::new()
+        .max_connections(64)
+        .connect_with(options.database(db))
+        .await
+        .expect("connecting to the bench database");
+
+    let model = OpenAiServer::start().await;
+    // A 40-delta answer, 5 ms between deltas: long enough that concurrent streams overlap.
+    let words: Vec<String> = (0..40).map(|i| format!(" word{i}")).collect();
+    let reply = ScriptedReply::deltas(words).with_delta_delay(Duration::from_millis(5));
+    let full = reply.full_text();
+    model.set_default_reply(reply);
+    let chat = model.chat_endpoint();
+    let app = TestApp::builder(pool)
+        .config(move |c| {
+            c.chat = chat;
+            c.worker.concurrency = 2;
+        })
+        .with_task("ingest worker", ragpipe_ingest_worker::spawn)
+        .with_task("agent worker", ragpipe_agent_worker::spawn)
+        .start()
+        .await;
+    let user = app.create_user("bench@example.com").await;
+    let doc = app
+        .upload_one(
+            &user.key,
+            "batching.txt",
+            b"Embedding requests are batched by input count and by total tokens.".to_vec(),
+        )
+        .await;
+    let id = doc["id"].as_str().expect("id").to_owned();
+    app.wait_for_document(&user.key, &id, Duration::from_secs(60)).await;
+    let conversation = {
+        let response = app
+            .request(reqwest::Method::POST, &user.key, "/v1/conversations")
+            .send()
+            .await
+            .expect("conversation");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        body["id"].as_str().expect("id").to_owned()
+    };
+
+    // Warm up (connections, tokenizer, caches): not measured.
+    for i in 0..3 {
+        ask(&app, &user.key, &conversation, format!("warm-up {i}: how are requests batched?")).await;
+    }
+
+    // Baseline: the chat client alone, in process, against the same server.
+    let client = ChatModel::new(&app.config.chat).expect("chat model");
+    let mut baseline = Vec::new();
+    for i in 0..args.questions {
+        let question = format!("baseline {i}: how are requests batched?");
+        let mut stream = client
+            .stream(ChatRequest {
+                messages: vec![ChatMessage::user(question.clone())],
+                max_tokens: 0,
+                sources: vec![],
+            })
+            .await
+            .expect("stream");
+        use futures::StreamExt;
+        let mut first = None;
+        while let Some(event) = stream.next().await {
+            if let Ok(ragpipe_llm::ChatEvent::Delta(_)) = event {
+                first.get_or_insert(Instant::now());
+            }
+        }
+        if let (Some(at), Some(token)) = (first, first_token(&model, &question)) {
+            baseline.push(at.duration_since(token).as_secs_f64() * 1000.0);
+        }
+    }
+
+    // Sequential: one question at a time.
+    let mut overhead = Vec::new();
+    let mut to_first_delta = Vec::new();
+    let mut lost_sequential = 0;
+    for i in 0..args.questions {
+        let seen = ask(&app, &user.key, &conversation, format!("sequential {i}: how are requests batched?")).await;
+        if seen.text != full || seen.gaps > 0 || seen.ended_with != "done" {
+            lost_sequential += 1;
+        }
+        if let (Some(at), Some(token)) = (seen.first_delta_at, first_token(&model, &seen.question)) {
+            overhead.push(at.duration_since(token).as_secs_f64() * 1000.0);
+            to_first_delta.push(at.duration_since(seen.sent_at).as_secs_f64() * 1000.0);
+        }
+    }
+
+    // Concurrent: `concurrent` questions at once, in as many conversations.
+    let app = Arc::new(app);
+    let mut conversations = Vec::new();
+    for _ in 0..args.concurrent {
+        let response = app
+            .request(reqwest::Method::POST, &user.key, "/v1/conversations")
+            .send()
+            .await
+            .expect("conversation");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        conversations.push(body["id"].as_str().expect("id").to_owned());
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = conversations
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let app = Arc::clone(&app);
+            let key = user.key.clone();
+            tokio::spawn(async move { ask(&app, &key, &c, format!("concurrent {i}: how are requests batched?")).await })
+        })
+        .collect();
+    let mut concurrent = Vec::new();
+    for t in tasks {
+        concurrent.push(t.await.expect("client task"));
+    }
+    let wall = started.elapsed();
+    let mut overhead_concurrent = Vec::new();
+    let (mut lost_streams, mut lost_bytes, mut gaps) = (0usize, 0usize, 0usize);
+    for seen in &concurrent {
+        if seen.text != full || seen.ended_with != "done" {
+            lost_streams += 1;
+            lost_bytes += full.len().saturating_sub(seen.text.len());
+        }
+        gaps += seen.gaps;
+        if let (Some(at), Some(token)) = (seen.first_delta_at, first_token(&model, &seen.question)) {
+            overhead_concurrent.push(at.duration_since(token).as_secs_f64() * 1000.0);
+        }
+    }
+    // The saved answers too: every message row holds the whole text.
+    let incomplete: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM copilot_messages WHERE role = 'assistant' AND (status <> 'complete' OR content <> $1) \
+         AND id IN (SELECT assistant_message_id FROM agent_requests)",
+    )
+    .bind(&full)
+    .fetch_one(app.pool())
+    .await
+    .expect("counting saved answers");
+
+    println!();
+    println!(
+        "streaming overhead: {} questions sequentially, {} at once; answer of {} deltas, 5 ms apart",
+        args.questions,
+        args.concurrent,
+        40
+    );
+    let (b50, b99) = summary("baseline: chat client alone, token → delta", baseline);
+    let (o50, o99) = summary("ragpipe: model token → client SSE delta", overhead);
+    summary("  (question sent → first delta, for context)", to_first_delta);
+    let (c50, c99) = summary(
+        &format!("ragpipe, {} concurrent streams", args.concurrent),
+        overhead_concurrent,
+    );
+    println!(
+        "added by ragpipe's streaming path: p50 {:.2} ms, p99 {:.2} ms (sequential); p50 {:.2} ms, p99 {:.2} ms ({} concurrent)",
+        o50 - b50,
+        o99 - b99,
+        c50 - b50,
+        c99 - b99,
+        args.concurrent
+    );
+    println!(
+        "lost: sequential {lost_sequential} stream(s); concurrent {lost_streams} stream(s), {lost_bytes} byte(s), {gaps} id gap(s); \
+         saved answers not whole: {incomplete}; concurrent wall time {:.2} s",
+        wall.as_secs_f64()
+    );
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.shutdown().await;
+    }
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
+        .execute(admin.pool())
+        .await;
+}
