@@ -89,7 +89,11 @@ struct Seen {
 async fn ask(app: &TestApp, key: &str, conversation: &str, question: String) -> Seen {
     let sent_at = Instant::now();
     let mut response = app
-        .request(reqwest::Method::POST, key, &format!("/v1/conversations/{conversation}/messages"))
+        .request(
+            reqwest::Method::POST,
+            key,
+            &format!("/v1/conversations/{conversation}/messages"),
+        )
         .header("accept", "text/event-stream")
         .json(&serde_json::json!({ "content": question }))
         .send()
@@ -145,7 +149,11 @@ async fn ask(app: &TestApp, key: &str, conversation: &str, question: String) -> 
 fn first_token(model: &OpenAiServer, question: &str) -> Option<Instant> {
     model.requests_to(Route::ChatCompletions).into_iter().find_map(|r| {
         let last = r.body["messages"].as_array()?.last()?["content"].as_str()?.to_owned();
-        if last.contains(question) { r.first_token_at } else { None }
+        if last.contains(question) {
+            r.first_token_at
+        } else {
+            None
+        }
     })
 }
 
@@ -155,10 +163,12 @@ async fn main() {
     let base = Config::load(None).expect("configuration");
     let admin = Store::connect(&base).await.expect("connecting");
     let db = &args.database;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
-        .execute(admin.pool())
-        .await
-        .expect("dropping the bench database");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+    )))
+    .execute(admin.pool())
+    .await
+    .expect("dropping the bench database");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
         .execute(admin.pool())
         .await
@@ -208,7 +218,13 @@ async fn main() {
 
     // Warm up (connections, tokenizer, caches): not measured.
     for i in 0..3 {
-        ask(&app, &user.key, &conversation, format!("warm-up {i}: how are requests batched?")).await;
+        ask(
+            &app,
+            &user.key,
+            &conversation,
+            format!("warm-up {i}: how are requests batched?"),
+        )
+        .await;
     }
 
     // Baseline: the chat client alone, in process, against the same server.
@@ -241,7 +257,13 @@ async fn main() {
     let mut to_first_delta = Vec::new();
     let mut lost_sequential = 0;
     for i in 0..args.questions {
-        let seen = ask(&app, &user.key, &conversation, format!("sequential {i}: how are requests batched?")).await;
+        let seen = ask(
+            &app,
+            &user.key,
+            &conversation,
+            format!("sequential {i}: how are requests batched?"),
+        )
+        .await;
         if seen.text != full || seen.gaps > 0 || seen.ended_with != "done" {
             lost_sequential += 1;
         }
@@ -303,9 +325,7 @@ async fn main() {
     println!();
     println!(
         "streaming overhead: {} questions sequentially, {} at once; answer of {} deltas, 5 ms apart",
-        args.questions,
-        args.concurrent,
-        40
+        args.questions, args.concurrent, 40
     );
     let (b50, b99) = summary("baseline: chat client alone, token → delta", baseline);
     let (o50, o99) = summary("ragpipe: model token → client SSE delta", overhead);
@@ -330,7 +350,9 @@ async fn main() {
     if let Ok(app) = Arc::try_unwrap(app) {
         app.shutdown().await;
     }
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
-        .execute(admin.pool())
-        .await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+    )))
+    .execute(admin.pool())
+    .await;
 }
