@@ -308,3 +308,56 @@ async fn bad_questions_are_refused(options: PgPoolOptions, connect: PgConnectOpt
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     system.app.shutdown().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_follow_up_carries_the_conversation_and_chains_its_request(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let system = start(agent_support::pool(options, connect).await, true).await;
+    let first = ScriptedReply::fixture("cites-two-sources").expect("fixture");
+    let second = ScriptedReply::fixture("stopped-at-max-tokens").expect("fixture");
+    system.model().push_reply(first.clone());
+    system.model().push_reply(second.clone());
+    let alice = &system.alice;
+    let conversation = system.conversation(alice).await;
+    system.ask_stream(alice, &conversation, QUESTION).await.rest().await;
+    let events = system
+        .ask_stream(alice, &conversation, "And what happens at the rate limit?")
+        .await
+        .rest()
+        .await;
+    let done = events.last().expect("done").json();
+    assert_eq!(done["finish_reason"], "length", "{done}");
+    assert_eq!(done["status"], "complete");
+    assert_eq!(delta_text(&events), second.full_text());
+
+    // The second prompt holds the first exchange, its answer without the old [n] markers.
+    let requests = system.model().requests_to(Route::ChatCompletions);
+    let messages = requests[1].body["messages"].as_array().expect("messages").clone();
+    let roles: Vec<&str> = messages.iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    assert_eq!(messages[1]["content"], QUESTION);
+    let earlier = messages[2]["content"].as_str().expect("text");
+    assert!(
+        earlier.starts_with("Embedding requests are batched") && !earlier.contains("[1]"),
+        "{earlier}"
+    );
+
+    // One session for the conversation; the second request points at the first.
+    let chain: Vec<(uuid::Uuid, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT id, previous_request_id FROM agent_requests ORDER BY created_at")
+            .fetch_all(system.app.pool())
+            .await
+            .expect("requests");
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0].1, None);
+    assert_eq!(chain[1].1, Some(chain[0].0));
+    let (sessions, last): (i64, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT count(*), max(last_request_id::text)::uuid FROM agent_sessions")
+            .fetch_one(system.app.pool())
+            .await
+            .expect("sessions");
+    assert_eq!((sessions, last), (1, Some(chain[1].0)));
+    system.app.shutdown().await;
+}
