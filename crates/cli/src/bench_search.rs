@@ -34,9 +34,12 @@ pub struct BenchSearchArgs {
     /// Database created (dropped first) for the run, on the configured server.
     #[arg(long, default_value = "ragpipe_bench_search")]
     pub database: String,
-    /// Keep the database after the run (to rerun queries by hand).
+    /// Keep the database after the run (to rerun queries by hand or with --reuse).
     #[arg(long)]
     pub keep: bool,
+    /// Query the database a previous `--keep` run left, without loading (implies --keep).
+    #[arg(long)]
+    pub reuse: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -209,143 +212,40 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
     let model = config.embedding.model.clone();
     let dim = config.embedding.dim;
     let embedder = HashedEmbedder::new(dim as usize);
-    let user = UserId::new();
-    users::create(
-        store,
-        &users::NewUser {
-            email: "bench-search@example.com".into(),
-            id: Some(user),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let pool = store.pool();
-    let index = embedding_models::index_name(&model, dim);
-    // Load without indexes or statistics triggers; build both afterwards.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP INDEX {index}; DROP INDEX document_chunks_search_idx; \
-         ALTER TABLE document_chunks DISABLE TRIGGER document_chunks_search_stats_insert"
-    )))
-    .execute(pool)
-    .await?;
-
-    let started = Instant::now();
-    let mut rng = Rng(0x5EED_0F_5EA7C4);
-    let vocabulary = Vocabulary::new(&mut rng);
-    let documents = args.chunks.div_ceil(CHUNKS_PER_DOCUMENT);
-    let doc_ids: Vec<Uuid> = (0..documents).map(|_| Uuid::now_v7()).collect();
-    let names: Vec<String> = (0..documents).map(|i| format!("generated-{i:05}.txt")).collect();
-    let hashes: Vec<Vec<u8>> = (0..documents)
-        .map(|i| {
-            use sha2::Digest;
-            sha2::Sha256::digest(format!("bench-search-{i}")).to_vec()
+    let load = if args.reuse {
+        "reused the corpus of a previous --keep run".to_owned()
+    } else {
+        load(store, &model, dim, &embedder, args.chunks).await?
+    };
+    eprintln!("{load}");
+    let user: UserId = UserId(
+        sqlx::query_scalar("SELECT id FROM users WHERE email = 'bench-search@example.com'")
+            .fetch_one(store.pool())
+            .await?,
+    );
+    // Queries: 3 to 8 consecutive words of chunks spread over the table, so they mix common
+    // and rare terms as a person's keywords do.
+    let mut rng = Rng(0x0DD_BA11);
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks")
+        .fetch_one(store.pool())
+        .await?;
+    let stride = (total / args.queries.max(1) as i64).max(1);
+    let texts: Vec<String> =
+        sqlx::query_scalar("SELECT content FROM document_chunks WHERE id % $1 = 7 ORDER BY id LIMIT $2")
+            .bind(stride)
+            .bind(args.queries as i64)
+            .fetch_all(store.pool())
+            .await?;
+    let queries: Vec<String> = texts
+        .iter()
+        .map(|text| {
+            let words: Vec<&str> = text.split([' ', '.']).filter(|w| !w.is_empty()).collect();
+            let len = (3 + rng.below(6)).min(words.len());
+            let start = rng.below(words.len() - len + 1);
+            words[start..start + len].join(" ")
         })
         .collect();
-    sqlx::query(
-        "INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256, status, progress, chunk_count) \
-         SELECT id, $1, name, 'text/plain', 1, sha, 'ready', 1, $5 FROM UNNEST($2::uuid[], $3::text[], $4::bytea[]) AS u(id, name, sha)",
-    )
-    .bind(user.0)
-    .bind(&doc_ids)
-    .bind(&names)
-    .bind(&hashes)
-    .bind(CHUNKS_PER_DOCUMENT as i32)
-    .execute(pool)
-    .await?;
-    let mut queries = Vec::new();
-    let mut loaded = 0;
-    while loaded < args.chunks {
-        let n = BATCH.min(args.chunks - loaded);
-        let mut docs = Vec::with_capacity(n);
-        let mut indexes = Vec::with_capacity(n);
-        let mut contents = Vec::with_capacity(n);
-        let mut vectors = Vec::with_capacity(n);
-        for i in loaded..loaded + n {
-            let text = vocabulary.chunk(&mut rng);
-            if queries.len() < args.queries && rng.below((args.chunks / args.queries.max(1)).max(1)) == 0 {
-                let words: Vec<&str> = text.split([' ', '.']).filter(|w| !w.is_empty()).collect();
-                let len = 3 + rng.below(6);
-                let start = rng.below(words.len() - len);
-                queries.push(words[start..start + len].join(" "));
-            }
-            vectors.push(pgvector::Vector::from(embedder.embed(&text)));
-            docs.push(doc_ids[i / CHUNKS_PER_DOCUMENT]);
-            indexes.push((i % CHUNKS_PER_DOCUMENT) as i32);
-            contents.push(text);
-        }
-        sqlx::query(
-            "INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, byte_start, byte_end, \
-                                          embedding, embedding_model) \
-             SELECT d, $1, i, c, 400, 0, length(c), v, $6 \
-             FROM UNNEST($2::uuid[], $3::int[], $4::text[], $5::vector[]) AS u(d, i, c, v)",
-        )
-        .bind(user.0)
-        .bind(&docs)
-        .bind(&indexes)
-        .bind(&contents)
-        .bind(&vectors)
-        .bind(&model)
-        .execute(pool)
-        .await?;
-        loaded += n;
-    }
-    while queries.len() < args.queries {
-        queries.push(format!(
-            "{} {} {}",
-            vocabulary.word(&mut rng),
-            vocabulary.word(&mut rng),
-            vocabulary.word(&mut rng)
-        ));
-    }
-    let load_secs = started.elapsed().as_secs_f64();
-
-    let started = Instant::now();
-    let mut conn = pool.acquire().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET maintenance_work_mem = '1GB'; \
-         CREATE INDEX {index} ON document_chunks USING hnsw ((embedding::vector({dim})) vector_cosine_ops) \
-             WHERE embedding_model = {};",
-        embedding_models::sql_literal(&model)
-    )))
-    .execute(&mut *conn)
-    .await?;
-    let hnsw_secs = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    sqlx::raw_sql(
-        "CREATE INDEX document_chunks_search_idx ON document_chunks USING gin (search_vector); \
-         INSERT INTO search_term_stats (user_id, lexeme, chunks) \
-             SELECT c.user_id, l.lexeme, count(*) \
-             FROM document_chunks AS c, unnest(tsvector_to_array(c.search_vector)) AS l(lexeme) GROUP BY 1, 2; \
-         INSERT INTO search_corpus_stats (user_id, chunks, tokens) \
-             SELECT user_id, count(*), sum(token_count) FROM document_chunks GROUP BY user_id; \
-         ALTER TABLE document_chunks ENABLE TRIGGER document_chunks_search_stats_insert; \
-         RESET maintenance_work_mem;",
-    )
-    .execute(&mut *conn)
-    .await?;
-    // One statement each: VACUUM cannot run inside the implicit transaction of a batch.
-    for table in [
-        "document_chunks",
-        "search_term_stats",
-        "search_corpus_stats",
-        "documents",
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
-            .execute(&mut *conn)
-            .await?;
-    }
-    drop(conn);
-    let text_secs = started.elapsed().as_secs_f64();
-    let load = format!(
-        "{} chunks in {} documents: generated and loaded in {load_secs:.1} s, HNSW built in {hnsw_secs:.1} s \
-         (maintenance_work_mem 1GB), GIN + term statistics + VACUUM ANALYZE in {text_secs:.1} s; {} queries of 3-8 words, k = {}",
-        args.chunks,
-        documents,
-        queries.len(),
-        args.k
-    );
-    eprintln!("{load}");
-
+    let load = format!("{load}; {} queries of 3-8 words, k = {}", queries.len(), args.k);
     let vectors: Vec<Vec<f32>> = queries.iter().map(|q| embedder.embed(q)).collect();
     let bare_sql = format!(
         "SELECT id FROM document_chunks WHERE embedding_model = {} ORDER BY embedding::vector({dim}) <=> $1::vector({dim}) LIMIT $2",
@@ -402,4 +302,130 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
         .map(|((name, s), h)| series(name, s, h))
         .collect();
     Ok((load, out))
+}
+
+/// Generates and bulk-loads the corpus, then builds the indexes and the term statistics.
+async fn load(
+    store: &Store,
+    model: &str,
+    dim: u32,
+    embedder: &HashedEmbedder,
+    chunks: usize,
+) -> anyhow::Result<String> {
+    let user = UserId::new();
+    users::create(
+        store,
+        &users::NewUser {
+            email: "bench-search@example.com".into(),
+            id: Some(user),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let pool = store.pool();
+    let index = embedding_models::index_name(&model, dim);
+    // Load without indexes or statistics triggers; build both afterwards.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP INDEX {index}; DROP INDEX document_chunks_search_idx; \
+         ALTER TABLE document_chunks DISABLE TRIGGER document_chunks_search_stats_insert"
+    )))
+    .execute(pool)
+    .await?;
+
+    let started = Instant::now();
+    let mut rng = Rng(0x5EED_0F_5EA7C4);
+    let vocabulary = Vocabulary::new(&mut rng);
+    let documents = chunks.div_ceil(CHUNKS_PER_DOCUMENT);
+    let doc_ids: Vec<Uuid> = (0..documents).map(|_| Uuid::now_v7()).collect();
+    let names: Vec<String> = (0..documents).map(|i| format!("generated-{i:05}.txt")).collect();
+    let hashes: Vec<Vec<u8>> = (0..documents)
+        .map(|i| {
+            use sha2::Digest;
+            sha2::Sha256::digest(format!("bench-search-{i}")).to_vec()
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256, status, progress, chunk_count) \
+         SELECT id, $1, name, 'text/plain', 1, sha, 'ready', 1, $5 FROM UNNEST($2::uuid[], $3::text[], $4::bytea[]) AS u(id, name, sha)",
+    )
+    .bind(user.0)
+    .bind(&doc_ids)
+    .bind(&names)
+    .bind(&hashes)
+    .bind(CHUNKS_PER_DOCUMENT as i32)
+    .execute(pool)
+    .await?;
+    let mut loaded = 0;
+    while loaded < chunks {
+        let n = BATCH.min(chunks - loaded);
+        let mut docs = Vec::with_capacity(n);
+        let mut indexes = Vec::with_capacity(n);
+        let mut contents = Vec::with_capacity(n);
+        let mut vectors = Vec::with_capacity(n);
+        for i in loaded..loaded + n {
+            let text = vocabulary.chunk(&mut rng);
+            vectors.push(pgvector::Vector::from(embedder.embed(&text)));
+            docs.push(doc_ids[i / CHUNKS_PER_DOCUMENT]);
+            indexes.push((i % CHUNKS_PER_DOCUMENT) as i32);
+            contents.push(text);
+        }
+        sqlx::query(
+            "INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, byte_start, byte_end, \
+                                          embedding, embedding_model) \
+             SELECT d, $1, i, c, 400, 0, length(c), v, $6 \
+             FROM UNNEST($2::uuid[], $3::int[], $4::text[], $5::vector[]) AS u(d, i, c, v)",
+        )
+        .bind(user.0)
+        .bind(&docs)
+        .bind(&indexes)
+        .bind(&contents)
+        .bind(&vectors)
+        .bind(&model)
+        .execute(pool)
+        .await?;
+        loaded += n;
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET maintenance_work_mem = '1GB'; \
+         CREATE INDEX {index} ON document_chunks USING hnsw ((embedding::vector({dim})) vector_cosine_ops) \
+             WHERE embedding_model = {};",
+        embedding_models::sql_literal(&model)
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let hnsw_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    sqlx::raw_sql(
+        "CREATE INDEX document_chunks_search_idx ON document_chunks USING gin (search_vector); \
+         INSERT INTO search_term_stats (user_id, lexeme, chunks) \
+             SELECT c.user_id, l.lexeme, count(*) \
+             FROM document_chunks AS c, unnest(tsvector_to_array(c.search_vector)) AS l(lexeme) GROUP BY 1, 2; \
+         INSERT INTO search_corpus_stats (user_id, chunks, tokens) \
+             SELECT user_id, count(*), sum(token_count) FROM document_chunks GROUP BY user_id; \
+         ALTER TABLE document_chunks ENABLE TRIGGER document_chunks_search_stats_insert; \
+         RESET maintenance_work_mem;",
+    )
+    .execute(&mut *conn)
+    .await?;
+    // One statement each: VACUUM cannot run inside the implicit transaction of a batch.
+    for table in [
+        "document_chunks",
+        "search_term_stats",
+        "search_corpus_stats",
+        "documents",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+            .execute(&mut *conn)
+            .await?;
+    }
+    drop(conn);
+    let text_secs = started.elapsed().as_secs_f64();
+    Ok(format!(
+        "{chunks} chunks in {documents} documents: generated and loaded in {load_secs:.1} s, HNSW built in {hnsw_secs:.1} s \
+         (maintenance_work_mem 1GB), GIN + term statistics + VACUUM ANALYZE in {text_secs:.1} s"
+    ))
 }
