@@ -146,3 +146,37 @@ async fn keep_alive_comments_flow_while_the_model_is_silent(options: PgPoolOptio
     assert_eq!(shape(&events), ["message", "context", "delta*", "usage", "done"]);
     system.app.shutdown().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn shutting_the_api_down_ends_open_streams_for_a_reconnect_elsewhere(pool: sqlx::PgPool) {
+    // No agent worker: the answer stays `streaming`, and its stream would never end by itself.
+    let app = ragpipe_tests::app::TestApp::builder(pool).start().await;
+    let alice = app.create_user("alice@example.com").await;
+    let (status, conversation) = ragpipe_tests::app::json_of(
+        app.request(reqwest::Method::POST, &alice.key, "/v1/conversations")
+            .send()
+            .await
+            .expect("POST"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = conversation["id"].as_str().expect("id");
+    let response = app
+        .request(
+            reqwest::Method::POST,
+            &alice.key,
+            &format!("/v1/conversations/{id}/messages"),
+        )
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"content": "Anyone there?"}))
+        .send()
+        .await
+        .expect("POST");
+    let mut sse = SseClient::new(response);
+    assert_eq!(sse.next().await.map(|e| e.event), Some("message".to_owned()));
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.shutdown()).await;
+    assert!(stopped.is_ok(), "the server waited for a stream that could not end");
+    // The stream ended without a terminal event: the client reconnects with its last id.
+    assert_eq!(sse.next_within(Duration::from_secs(5)).await, Ok(None));
+    assert_eq!(sse.last_event_id.as_deref(), Some("message"));
+}

@@ -4,13 +4,13 @@
 //! otherwise `202 Accepted` with the ids and where to follow the answer.
 
 use crate::params::{IdPath, Query};
-use crate::sse::{answer_stream, wants_event_stream};
+use crate::sse::{StreamsClosing, answer_stream, wants_event_stream};
 use crate::{AppState, Auth, Error};
-use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use ragpipe_agent::Cursor;
 use ragpipe_agent::retrieve::SearchMode;
 use ragpipe_core::{ConversationId, MessageId};
@@ -165,6 +165,7 @@ pub async fn ask(
     auth: Auth,
     IdPath(id): IdPath,
     headers: HeaderMap,
+    closing: Option<Extension<StreamsClosing>>,
     body: Result<Json<NewQuestion>, JsonRejection>,
 ) -> Result<Response, Error> {
     let question = json_body(body)?;
@@ -198,7 +199,8 @@ pub async fn ask(
     tracing::info!(conversation_id = %id, message_id = %message, request_id = %asked.request_id, "question asked");
     metrics::counter!("ragpipe_questions_total").increment(1);
     if wants_event_stream(&headers) {
-        return answer_stream(&state, auth.user_id, message, Cursor::Start).await;
+        let closing = closing.map(|Extension(c)| c);
+        return answer_stream(&state, auth.user_id, message, Cursor::Start, closing).await;
     }
     let events_url = format!("/v1/messages/{message}/events");
     Ok((StatusCode::ACCEPTED, Json(AskResponse { asked, events_url })).into_response())

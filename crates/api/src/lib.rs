@@ -165,8 +165,16 @@ pub async fn serve(
             tracing::debug!(error = %e, "setting TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    // Graceful shutdown waits for every response to end; an answer's event stream may not end
+    // for as long as its answer is written (or ever, if no worker is left), so open streams are
+    // told to close when shutdown begins.
+    let closing = sse::StreamsClosing::default();
+    let close_streams = closing.0.clone();
+    axum::serve(listener, router(state).layer(axum::Extension(closing)))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            close_streams.cancel();
+        })
         .await
 }
 

@@ -5,10 +5,13 @@
 //! writes the answer. Every event has an id; a delta's id is the byte offset where it ends in
 //! the message, so `GET /v1/messages/{id}/events` with `Last-Event-ID` resumes with no gap and
 //! no duplicate, during or after the answer. A client that goes away only ends its own stream:
-//! the worker writes the answer whether or not anyone is listening.
+//! the worker writes the answer whether or not anyone is listening. A server that shuts down
+//! ends its open streams ([`StreamsClosing`]): graceful shutdown waits for every response, and
+//! an answer may outlive the process; clients resume elsewhere with `Last-Event-ID`.
 
 use crate::params::IdPath;
 use crate::{AppState, Auth, Error};
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -19,10 +22,16 @@ use ragpipe_agent::{AnswerEvent, Cursor, Follower, MessageFeed};
 use ragpipe_core::{MessageId, UserId};
 use std::convert::Infallible;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// A comment line is sent after this much silence, so that proxies and clients keep the
 /// connection open while the model thinks.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Cancelled when the server begins to shut down ([`crate::serve`] sets it on the router):
+/// open event streams then end without a terminal event, as if the connection dropped.
+#[derive(Clone, Debug, Default)]
+pub struct StreamsClosing(pub CancellationToken);
 
 /// Whether the request asks for an event stream (`Accept: text/event-stream`).
 pub fn wants_event_stream(headers: &HeaderMap) -> bool {
@@ -45,16 +54,21 @@ impl From<FollowError> for Error {
 
 /// The event stream of answer `message` for `user`, from `cursor`. Fails before any byte is
 /// sent (404 for a message that is not the user's answer, 400 for a bad `Last-Event-ID`).
+/// The stream ends early, without a terminal event, when `closing` is cancelled.
 pub async fn answer_stream(
     state: &AppState,
     user: UserId,
     message: MessageId,
     cursor: Cursor,
+    closing: Option<StreamsClosing>,
 ) -> Result<Response, Error> {
     let feed = MessageFeed::shared(&state.store).await?;
     let follower = Follower::open(&state.store, &feed, user, message, cursor).await?;
     metrics::counter!("ragpipe_sse_streams_total").increment(1);
-    Ok(sse_response(follower.into_stream()))
+    let closing = closing.map(|c| c.0).unwrap_or_default();
+    Ok(sse_response(
+        follower.into_stream().take_until(closing.cancelled_owned()),
+    ))
 }
 
 fn sse_response(events: impl Stream<Item = Result<AnswerEvent, FollowError>> + Send + 'static) -> Response {
@@ -101,10 +115,18 @@ pub async fn events(
     auth: Auth,
     IdPath(id): IdPath,
     headers: HeaderMap,
+    closing: Option<Extension<StreamsClosing>>,
 ) -> Result<Response, Error> {
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let cursor = Cursor::after(last).map_err(|e| Error::bad_request(e.to_string()))?;
-    answer_stream(&state, auth.user_id, MessageId(id), cursor).await
+    answer_stream(
+        &state,
+        auth.user_id,
+        MessageId(id),
+        cursor,
+        closing.map(|Extension(c)| c),
+    )
+    .await
 }
 
 #[cfg(test)]
