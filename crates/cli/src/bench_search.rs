@@ -43,6 +43,12 @@ pub struct BenchSearchArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Text leg: postings read per query (default: the built-in `Bm25`).
+    #[arg(long)]
+    pub postings_budget: Option<u32>,
+    /// Text leg: candidates rescored with term frequencies (default: the built-in `Bm25`).
+    #[arg(long)]
+    pub rescored: Option<u32>,
 }
 
 const WORDS_PER_CHUNK: usize = 300;
@@ -157,14 +163,16 @@ pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
     let mut url = url::Url::parse(&config.database_url).context("DATABASE_URL")?;
     let admin = Store::connect(&config).await?;
     let db = args.database.replace('"', "");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-    )))
-    .execute(admin.pool())
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+    if !args.reuse {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+        )))
         .execute(admin.pool())
         .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+            .execute(admin.pool())
+            .await?;
+    }
     url.set_path(&format!("/{db}"));
     let mut config = config;
     config.database_url = url.to_string();
@@ -172,7 +180,7 @@ pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
     store.migrate(&config.embedding).await?;
     let result = measure(&store, &config, &args).await;
     store.pool().close().await;
-    if !args.keep {
+    if !args.keep && !args.reuse {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
         )))
@@ -281,7 +289,12 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
                         document_ids: None,
                         metadata: None,
                         fusion: ragpipe_agent::retrieve::DEFAULT_FUSION,
-                        bm25: Bm25::default(),
+                        bm25: Bm25 {
+                            postings_budget: args.postings_budget.unwrap_or(Bm25::default().postings_budget),
+                            postings_per_term: args.postings_budget.unwrap_or(Bm25::default().postings_per_term),
+                            rescored: args.rescored.unwrap_or(Bm25::default().rescored),
+                            ..Bm25::default()
+                        },
                         highlight: false,
                     };
                     search::search(&mut tx, &query).await?.len()

@@ -115,8 +115,8 @@ pub struct Bm25 {
     pub k1: f64,
     /// Length normalisation, 0..=1 (0.75 is the usual choice).
     pub b: f64,
-    /// Postings read to find candidates: terms join, rarest first, while the postings read so far
-    /// stay under this (the rarest always joins).
+    /// Postings read to find candidates: terms join, rarest first, while their postings together
+    /// stay within this (the rarest always joins, with at most `postings_per_term`).
     pub postings_budget: u32,
     /// Most postings read for any one term.
     pub postings_per_term: u32,

@@ -62,11 +62,13 @@ terms AS (
            ln(1 + (c.n - t.df + 0.5) / (t.df + 0.5)) AS idf,
            -- One lexeme as a tsquery, quoted so that any lexeme ("c++", "it's", "a:b") stays one.
            ('''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || '''')::tsquery AS query,
-           -- Candidates come from the rarest terms, while the postings read so far stay within
-           -- the budget (always at least the rarest). Common terms still count in the score of
-           -- every candidate; they only do not bring in candidates of their own, which at
-           -- 100,000 chunks would mean reading tens of thousands of rows for little idf.
-           sum(t.df) OVER (ORDER BY t.df, t.lexeme) - t.df < $14 AS generates
+           -- Candidates come from the rarest terms, as long as their postings together stay
+           -- within the budget (the rarest always, up to $15 of its postings). Common terms
+           -- still count in the score of every candidate; they only do not bring in candidates
+           -- of their own, which at 100,000 chunks would mean reading tens of thousands of rows
+           -- (a heap fetch each) for little idf.
+           (sum(t.df) OVER (ORDER BY t.df, t.lexeme) <= $14
+            OR row_number() OVER (ORDER BY t.df, t.lexeme) = 1) AS generates
     FROM corpus AS c,
          (SELECT s.lexeme, s.chunks AS df
           FROM search_term_stats AS s
