@@ -233,7 +233,7 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
     );
     // Queries: 3 to 8 consecutive words of chunks spread over the table, so they mix common
     // and rare terms as a person's keywords do.
-    let mut rng = Rng(0x0DD_BA11);
+    let mut rng = Rng(0x00DD_BA11);
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks")
         .fetch_one(store.pool())
         .await?;
@@ -336,7 +336,7 @@ async fn load(
     )
     .await?;
     let pool = store.pool();
-    let index = embedding_models::index_name(&model, dim);
+    let index = embedding_models::index_name(model, dim);
     // Load without indexes or statistics triggers; build both afterwards.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP INDEX {index}; DROP INDEX document_chunks_search_idx; \
@@ -346,7 +346,7 @@ async fn load(
     .await?;
 
     let started = Instant::now();
-    let mut rng = Rng(0x5EED_0F_5EA7C4);
+    let mut rng = Rng(0x5EED_0F5E_A7C4);
     let vocabulary = Vocabulary::new(&mut rng);
     let documents = chunks.div_ceil(CHUNKS_PER_DOCUMENT);
     let doc_ids: Vec<Uuid> = (0..documents).map(|_| Uuid::now_v7()).collect();
@@ -393,7 +393,7 @@ async fn load(
         .bind(&indexes)
         .bind(&contents)
         .bind(&vectors)
-        .bind(&model)
+        .bind(model)
         .execute(pool)
         .await?;
         loaded += n;
@@ -406,7 +406,7 @@ async fn load(
         "SET maintenance_work_mem = '1GB'; \
          CREATE INDEX {index} ON document_chunks USING hnsw ((embedding::vector({dim})) vector_cosine_ops) \
              WHERE embedding_model = {};",
-        embedding_models::sql_literal(&model)
+        embedding_models::sql_literal(model)
     )))
     .execute(&mut *conn)
     .await?;

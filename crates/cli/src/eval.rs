@@ -16,7 +16,7 @@ use ragpipe_ingest_worker::{IngestContext, Outcome, ingest_document};
 use ragpipe_llm::Embedder;
 use ragpipe_store::jobs::IngestJob;
 use ragpipe_store::search::{Fusion, SearchMode};
-use ragpipe_store::{Store, documents};
+use ragpipe_store::{Store, StoreError, documents, users};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -150,21 +150,24 @@ pub fn load_questions(fixtures: &Path) -> anyhow::Result<Vec<EvalQuestion>> {
     eval::parse_questions(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// Creates the eval user when missing. Users are created through their own transaction (row
-/// security applies to administration too), with the fixed id.
+/// Creates the eval user when missing, with its fixed id.
 async fn ensure_eval_user(store: &Store) -> anyhow::Result<()> {
-    let mut tx = store.user_tx(EVAL_USER).await?;
-    sqlx::query("INSERT INTO users (id, email, display_name) VALUES ($1, $2, 'ragpipe eval') ON CONFLICT DO NOTHING")
-        .bind(EVAL_USER.0)
-        .bind(EVAL_EMAIL)
-        .execute(tx.conn())
-        .await
-        .context("creating the eval user")?;
-    tx.commit().await?;
-    ragpipe_store::users::get(store, EVAL_USER)
-        .await
-        .with_context(|| format!("the eval user {EVAL_USER} ({EVAL_EMAIL}) could not be created"))?;
-    Ok(())
+    match users::get(store, EVAL_USER).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::NotFound(_)) => {
+            let new = users::NewUser {
+                id: Some(EVAL_USER),
+                email: EVAL_EMAIL.into(),
+                display_name: Some("ragpipe eval".into()),
+                ..Default::default()
+            };
+            users::create(store, &new)
+                .await
+                .with_context(|| format!("creating the eval user {EVAL_USER} ({EVAL_EMAIL})"))?;
+            Ok(())
+        }
+        Err(e) => Err(e).context("reading the eval user"),
+    }
 }
 
 /// Files of the eval corpus: the fixture documents (not the hostile ones, which exist to fail)
