@@ -33,6 +33,7 @@ pub mod messages;
 pub mod params;
 pub mod prometheus;
 mod requests;
+pub mod search;
 pub mod sse;
 pub mod upload;
 
@@ -99,6 +100,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/conversations/{id}/messages",
             get(conversations::messages).post(conversations::ask),
         )
+        .route("/v1/search", post(search::search))
         .route("/v1/messages/{id}", get(messages::get))
         .route("/v1/messages/{id}/cancel", post(messages::cancel))
         .route("/v1/messages/{id}/events", get(sse::events))

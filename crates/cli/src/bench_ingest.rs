@@ -16,7 +16,7 @@ pub struct BenchIngestArgs {
     #[arg(long, default_value_t = 500)]
     pub docs: usize,
     /// Words per document (about 40 chunks of 512 tokens at the default: generated words are about 5 tokens each).
-    #[arg(long, default_value_t = 4_200)]
+    #[arg(long, default_value_t = 4_400)]
     pub words: usize,
     /// Database created (dropped first) for the run, on the configured server.
     #[arg(long, default_value = "ragpipe_bench")]
@@ -139,13 +139,15 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
 
     eprintln!("generating {} documents of {} words", args.docs, args.words);
     let mut corpus = Corpus::new();
-    let texts: Vec<String> = (0..args.docs).map(|i| corpus.document(i, args.words)).collect();
-    let total_bytes: usize = texts.iter().map(String::len).sum();
-
+    let mut total_bytes = 0usize;
     let rss_before = peak_rss_mib().unwrap_or(0.0);
     let started = Instant::now();
+    // Each document is generated, uploaded and dropped in turn, so the process holds one at a
+    // time and peak memory measures the pipeline, not the corpus.
     let mut tx = store.user_tx(user).await?;
-    for (i, text) in texts.iter().enumerate() {
+    for i in 0..args.docs {
+        let text = corpus.document(i, args.words);
+        total_bytes += text.len();
         let new = documents::NewDocument {
             filename: &format!("doc-{i:04}.md"),
             content_type: "text/markdown",
@@ -156,7 +158,6 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
         documents::create(&mut tx, &new, config.worker.max_attempts).await?;
     }
     tx.commit().await?;
-    drop(texts);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let workers = crate::workers::spawn(&store, &config, shutdown.clone())?;
     loop {

@@ -1,5 +1,6 @@
 //! `ragpipe demo`: the main job end to end on the embedded defaults. Migrates, creates (or
-//! finds) the demo user, ingests the fixture documents with progress, then searches them.
+//! finds) the demo user, ingests the fixture documents with progress, searches them, then asks a question and streams the answer
+//! with its sources.
 //! Running it again is quick: identical uploads return the documents already ingested.
 
 use anyhow::Context;
@@ -53,12 +54,34 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     println!("\n-- ingesting {} --", args.documents.display());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let workers = crate::workers::spawn(&store, &config, shutdown.clone())?;
-    let results = crate::ingest::ingest_paths(&store, &config, user, std::slice::from_ref(&args.documents), true).await;
+    let result = async {
+        let results =
+            crate::ingest::ingest_paths(&store, &config, user, std::slice::from_ref(&args.documents), true).await?;
+        crate::ingest::print_summary(&results);
+
+        println!("\n-- hybrid search: {:?} --", args.question);
+        let embedder = ragpipe_llm::Embedder::new(&config.embedding).context("embedding model")?;
+        let retriever = ragpipe_agent::Retriever::new(store.clone(), embedder);
+        let request = ragpipe_agent::SearchRequest {
+            query: args.question.clone(),
+            mode: ragpipe_agent::SearchMode::Hybrid,
+            k: 5,
+            document_ids: Vec::new(),
+            metadata: None,
+            highlight: true,
+        };
+        let hits = retriever.search(user, &request).await?;
+        crate::search::print_hits(&hits);
+
+        println!("\n-- asking: {:?} --", args.question);
+        let question = crate::ask::Question::new(user, &args.question);
+        crate::ask::ask_and_stream(&store, &config, &question, &mut std::io::stdout()).await?;
+        anyhow::Ok(())
+    }
+    .await;
     shutdown.cancel();
     let _ = workers.await;
-    let results = results?;
-    crate::ingest::print_summary(&results);
-    Ok(())
+    result
 }
 
 async fn demo_user(store: &Store) -> anyhow::Result<UserId> {

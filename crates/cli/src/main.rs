@@ -2,11 +2,15 @@
 //! variables, optional `ragpipe.toml`; see the README's table).
 
 mod admin;
+mod ask;
 mod bench_ingest;
+mod bench_search;
 mod demo;
 mod doctor;
+mod eval;
 mod extract;
 mod ingest;
+mod search;
 mod serve;
 mod shutdown;
 mod workers;
@@ -60,6 +64,12 @@ enum Command {
     },
     /// Upload files and directories, then wait until each document is ready or failed.
     Ingest(ingest::IngestArgs),
+    /// Search a user's documents (hybrid, vector or text).
+    Search(search::SearchArgs),
+    /// Ask a question over a user's documents; the answer streams to the terminal.
+    Ask(ask::AskArgs),
+    /// Retrieval quality on the fixture set: recall@k and MRR@10 per mode.
+    Eval(eval::EvalArgs),
     /// Print a file's extracted text or chunks, without touching the database.
     Extract(extract::ExtractArgs),
     /// Manage users.
@@ -74,6 +84,8 @@ enum Command {
 enum BenchCommand {
     /// Ingestion throughput on a generated corpus against a COPY ceiling.
     Ingest(bench_ingest::BenchIngestArgs),
+    /// Search latency at 100,000 chunks against the bare HNSW query.
+    Search(bench_search::BenchSearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -129,6 +141,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
+        Command::Search(args) => search::run(config, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Ask(args) => ask::run(config, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(config, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Search(args)) => bench_search::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Extract(args) => extract::run(&args, &config).map(|()| ExitCode::SUCCESS),
         Command::Users(cmd) => admin::users(&config, cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Keys(cmd) => admin::keys(&config, cmd).await.map(|()| ExitCode::SUCCESS),

@@ -13,9 +13,12 @@ pub fn spawn(
     config: &Arc<Config>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let ingest = ragpipe_ingest_worker::spawn(store.clone(), Arc::clone(config), shutdown);
+    let ingest = ragpipe_ingest_worker::spawn(store.clone(), Arc::clone(config), shutdown.clone());
+    let agent = ragpipe_agent_worker::spawn(store.clone(), Arc::clone(config), shutdown);
     Ok(tokio::spawn(async move {
-        ingest.await.context("ingest worker task")?.map_err(anyhow::Error::msg)
+        let (i, a) = tokio::join!(ingest, agent);
+        i.context("ingest worker task")?.map_err(anyhow::Error::msg)?;
+        a.context("agent worker task")?.map_err(anyhow::Error::msg)
     }))
 }
 
@@ -45,7 +48,7 @@ pub async fn run(config: Config, concurrency: Option<u32>, metrics_listen: Optio
         None => None,
     };
     eprintln!(
-        "ragpipe worker: consuming the ingest queue with concurrency {}",
+        "ragpipe worker: consuming the ingest and agent queues with concurrency {}",
         config.worker.concurrency
     );
     spawn(&store, &config, shutdown.clone())?
