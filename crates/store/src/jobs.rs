@@ -50,3 +50,14 @@ pub async fn enqueue<T: Serialize>(
             other => StoreError::Conflict(format!("enqueueing jobs: {other}")),
         })
 }
+
+/// A worker name unique to this process and start: apalis uses the name as the worker's id, so
+/// a restarted process must never reuse its predecessor's (it would keep the dead worker's jobs
+/// alive instead of letting them be re-queued).
+pub fn worker_name(kind: &str) -> String {
+    format!(
+        "{kind}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}

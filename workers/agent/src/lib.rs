@@ -94,11 +94,7 @@ pub async fn run(ctx: Arc<AnswerContext>, shutdown: impl Future<Output = ()> + S
         .with_pubsub();
     // Unique per process, so a restarted process never inherits (and keeps alive) the jobs of
     // the one that died.
-    let name = format!(
-        "agent-{}-{}",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let name = ragpipe_store::jobs::worker_name("agent");
     let worker = WorkerBuilder::new(name)
         .backend(backend)
         .data(ctx)

@@ -331,11 +331,7 @@ pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + S
         .with_pubsub();
     // The worker id is its name: unique per process, so a restarted process never inherits (and
     // keeps alive) the jobs of the one that died.
-    let name = format!(
-        "ingest-{}-{}",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let name = ragpipe_store::jobs::worker_name("ingest");
     let worker = WorkerBuilder::new(name)
         .backend(backend)
         .data(ctx)
