@@ -2,7 +2,7 @@
 //! plain `COPY` of the same chunk rows into a table with the same indexes, measured in the same
 //! run (the ratio is what to compare across machines).
 
-use anyhow::Context;
+use crate::bench::{Rng, ScratchDatabase};
 use clap::Args;
 use ragpipe_core::{Config, UserId};
 use ragpipe_store::{Store, documents, users};
@@ -21,21 +21,6 @@ pub struct BenchIngestArgs {
     /// Database created (dropped first) for the run, on the configured server.
     #[arg(long, default_value = "ragpipe_bench")]
     pub database: String,
-}
-
-/// Deterministic pseudo-random numbers (xorshift64*), so every run ingests the same corpus.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// A vocabulary of pronounceable words and a Zipf-like sampler over it: a few words are very
@@ -109,20 +94,8 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
-    let mut url = url::Url::parse(&config.database_url).context("DATABASE_URL")?;
-    let admin = Store::connect(&config).await?;
-    let db = args.database.replace('"', "");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-    )))
-    .execute(admin.pool())
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-        .execute(admin.pool())
-        .await?;
-    url.set_path(&format!("/{db}"));
-    let mut config = config;
-    config.database_url = url.to_string();
+    let scratch = ScratchDatabase::open(config, &args.database, true).await?;
+    let config = scratch.config.clone();
     let config = Arc::new(config);
     let store = Store::connect(&config).await?;
     store.migrate(&config.embedding).await?;
@@ -199,12 +172,8 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
     println!("  ceiling (COPY of the same chunk rows, same indexes): {copy_rate:.0} rows/s");
     println!("  pipeline / ceiling: {:.2}", rate / copy_rate);
     println!("  peak RSS: {peak:.0} MiB (before the run {rss_before:.0} MiB)");
-    drop(store);
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-    )))
-    .execute(admin.pool())
-    .await;
+    store.pool().close().await;
+    let _ = scratch.drop().await;
     Ok(())
 }
 

@@ -11,7 +11,7 @@
 //! random chunks, so they mix common and rare terms. Every search runs as the product runs it:
 //! in a user transaction (role `ragpipe_app`, row-level security); only the statement is timed.
 
-use anyhow::Context;
+use crate::bench::{Rng, ScratchDatabase};
 use clap::Args;
 use ragpipe_core::{Config, UserId};
 use ragpipe_llm::HashedEmbedder;
@@ -54,24 +54,6 @@ pub struct BenchSearchArgs {
 const WORDS_PER_CHUNK: usize = 300;
 const CHUNKS_PER_DOCUMENT: usize = 50;
 const BATCH: usize = 1000;
-
-/// Deterministic pseudo-random numbers (xorshift64*), so every run loads the same corpus.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// 50,000 pronounceable words sampled with Zipf's law (probability ~ 1/rank).
 struct Vocabulary {
@@ -160,32 +142,14 @@ fn series(name: &str, mut samples: Vec<Duration>, hits: usize) -> Series {
 }
 
 pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
-    let mut url = url::Url::parse(&config.database_url).context("DATABASE_URL")?;
-    let admin = Store::connect(&config).await?;
-    let db = args.database.replace('"', "");
-    if !args.reuse {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-        )))
-        .execute(admin.pool())
-        .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-            .execute(admin.pool())
-            .await?;
-    }
-    url.set_path(&format!("/{db}"));
-    let mut config = config;
-    config.database_url = url.to_string();
+    let scratch = ScratchDatabase::open(config, &args.database, !args.reuse).await?;
+    let config = scratch.config.clone();
     let store = Store::connect(&config).await?;
     store.migrate(&config.embedding).await?;
     let result = measure(&store, &config, &args).await;
     store.pool().close().await;
     if !args.keep && !args.reuse {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-        )))
-        .execute(admin.pool())
-        .await?;
+        scratch.drop().await?;
     }
     let (load, out) = result?;
     if args.json {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod ask;
+mod bench;
 mod bench_ingest;
 mod bench_search;
 mod demo;
