@@ -23,7 +23,7 @@ use ragpipe_core::{Config, ConversationId, ErrorKind, MessageId, MessageStatus, 
 use ragpipe_llm::{ChatEvent, ChatModel, ChatRequest, Embedder, LlmError, PriceTable, TokenCounter};
 use ragpipe_store::conversations::{self, AgentJob, AgentRequest, Ending, Written};
 use ragpipe_store::search::SearchMode;
-use ragpipe_store::usage::{NewUsage, UsageKind};
+use ragpipe_store::usage::{NewUsage, UsageKind, UsageOrigin};
 use ragpipe_store::{Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -445,12 +445,14 @@ async fn stream_answer(
         model,
         prompt_tokens,
         completion_tokens,
+        cached_tokens: 0,
         requests,
         cost: ending.cost,
         idempotency_key: usage_key(request.id),
         document_id: None,
         message_id: Some(message.0),
         request_id: Some(request.id),
+        origin: UsageOrigin::User,
     };
     let mut tx = ctx.store.user_tx(user).await?;
     let outcome = match end {
@@ -577,12 +579,14 @@ async fn interrupted(ctx: &AnswerContext, user: UserId, request: &AgentRequest) 
             model,
             prompt_tokens,
             completion_tokens,
+            cached_tokens: 0,
             requests: 1,
             cost: ending.cost,
             idempotency_key: usage_key(request.id),
             document_id: None,
             message_id: Some(request.assistant_message_id),
             request_id: Some(request.id),
+            origin: UsageOrigin::User,
         },
     )
     .await?;

@@ -17,8 +17,8 @@ pub struct EmbeddingModel {
     pub dim: i32,
     /// Name of its partial HNSW index.
     pub index_name: String,
-    /// Whether search uses it.
-    pub active: bool,
+    /// Its OpenAI-compatible endpoint (`None`: the offline hashed embedder).
+    pub base_url: Option<String>,
 }
 
 /// Name of the partial HNSW index of `model` (a hash keeps any model name a valid identifier).
@@ -33,10 +33,10 @@ pub fn sql_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// Records `model` with its dimension and creates its vector index if missing; the first model
-/// recorded becomes the active one. Returns whether the index was created. Fails when the model
-/// is already recorded with another dimension.
-pub async fn ensure(store: &Store, model: &str, dim: u32) -> Result<bool, StoreError> {
+/// Records `model` with its dimension and endpoint and creates its vector index if missing.
+/// Returns whether the index was created. Fails when the model is already recorded with another
+/// dimension. The endpoint is updated when it changed (a model moved to another server).
+pub async fn ensure(store: &Store, model: &str, dim: u32, base_url: Option<&str>) -> Result<bool, StoreError> {
     if dim == 0 || dim > 2000 {
         return Err(StoreError::Config(format!(
             "embedding dimension {dim} is outside 1..=2000"
@@ -64,13 +64,14 @@ pub async fn ensure(store: &Store, model: &str, dim: u32) -> Result<bool, StoreE
         .map_err(StoreError::db("looking for the embedding index"))?;
     let mut tx = pool.begin().await.map_err(StoreError::db("beginning"))?;
     sqlx::query(
-        "INSERT INTO embedding_models (model, dim, index_name, active) \
-         VALUES ($1, $2, $3, NOT EXISTS (SELECT 1 FROM embedding_models WHERE active)) \
-         ON CONFLICT (model) DO NOTHING",
+        "INSERT INTO embedding_models (model, dim, index_name, base_url) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (model) DO UPDATE SET base_url = EXCLUDED.base_url \
+         WHERE embedding_models.base_url IS DISTINCT FROM EXCLUDED.base_url",
     )
     .bind(model)
     .bind(dim as i32)
     .bind(&name)
+    .bind(base_url)
     .execute(&mut *tx)
     .await
     .map_err(StoreError::db("recording the embedding model"))?;
@@ -94,8 +95,30 @@ pub async fn ensure(store: &Store, model: &str, dim: u32) -> Result<bool, StoreE
 
 /// Every recorded model.
 pub async fn list(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
-    sqlx::query_as("SELECT model, dim, index_name, active FROM embedding_models ORDER BY created_at")
+    sqlx::query_as("SELECT model, dim, index_name, base_url FROM embedding_models ORDER BY created_at")
         .fetch_all(store.pool())
         .await
         .map_err(StoreError::db("listing embedding models"))
+}
+
+/// The recorded models that have at least one chunk (of any user): during a migration from one
+/// model to another, both. Answered from the `embedding_model` index, not by scanning chunks.
+pub async fn with_chunks(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
+    sqlx::query_as(
+        "SELECT m.model, m.dim, m.index_name, m.base_url FROM embedding_models AS m \
+         WHERE EXISTS (SELECT 1 FROM document_chunks AS c WHERE c.embedding_model = m.model) \
+         ORDER BY m.created_at, m.model",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(StoreError::db("listing embedding models in use"))
+}
+
+/// One recorded model.
+pub async fn get(store: &Store, model: &str) -> Result<Option<EmbeddingModel>, StoreError> {
+    sqlx::query_as("SELECT model, dim, index_name, base_url FROM embedding_models WHERE model = $1")
+        .bind(model)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(StoreError::db("reading an embedding model"))
 }

@@ -57,7 +57,8 @@ impl Store {
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
         let after = applied_versions(self).await?;
-        let created_embedding_index = embedding_models::ensure(self, &embedding.model, embedding.dim).await?;
+        let created_embedding_index =
+            embedding_models::ensure(self, &embedding.model, embedding.dim, embedding.base_url.as_deref()).await?;
         Ok(MigrationReport {
             applied: after.iter().copied().filter(|v| !before.contains(v)).collect(),
             current: after.iter().copied().max(),

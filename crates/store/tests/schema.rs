@@ -394,14 +394,14 @@ async fn emails_are_unique_case_insensitively(pool: PgPool) {
 async fn models_of_different_dimensions_coexist(pool: PgPool) {
     let store = migrated(pool.clone()).await;
     assert!(
-        embedding_models::ensure(&store, "text-embedding-3-small", 1536)
+        embedding_models::ensure(&store, "text-embedding-3-small", 1536, Some("http://127.0.0.1:9/v1"))
             .await
             .expect("1536")
     );
     let models = embedding_models::list(&store).await.expect("list");
     assert_eq!(models.iter().map(|m| m.dim).collect::<Vec<_>>(), vec![384, 1536]);
-    assert_eq!(models.iter().filter(|m| m.active).count(), 1);
-    let err = embedding_models::ensure(&store, "text-embedding-3-small", 384)
+    assert_eq!(models[1].base_url.as_deref(), Some("http://127.0.0.1:9/v1"));
+    let err = embedding_models::ensure(&store, "text-embedding-3-small", 384, None)
         .await
         .expect_err("dim change");
     assert!(err.to_string().contains("dimension 1536"), "{err}");

@@ -14,7 +14,7 @@ use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits};
 use ragpipe_llm::{Embedder, PriceTable};
 use ragpipe_store::chunks::{ChunkSetInfo, NewChunk};
 use ragpipe_store::jobs::{INGEST_QUEUE, IngestJob};
-use ragpipe_store::usage::{NewUsage, UsageKind};
+use ragpipe_store::usage::{NewUsage, UsageKind, UsageOrigin};
 use ragpipe_store::{Store, StoreError, documents};
 use std::future::Future;
 use std::sync::Arc;
@@ -224,12 +224,14 @@ pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str)
             model,
             prompt_tokens,
             completion_tokens: 0,
+            cached_tokens: 0,
             requests,
             cost: ctx.prices.cost(model, prompt_tokens, 0),
             idempotency_key: format!("ingest:{job_key}"),
             document_id: Some(doc_id.0),
             message_id: None,
             request_id: None,
+            origin: UsageOrigin::User,
         },
     )
     .await?;
@@ -320,9 +322,14 @@ pub fn queue_config(config: &Config) -> apalis_postgres::Config {
 /// ones in flight and returns.
 pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     // Chunks reference their model, and a model keeps its dimension: check both before taking jobs.
-    ragpipe_store::embedding_models::ensure(&ctx.store, ctx.embedder.model(), ctx.embedder.dim() as u32)
-        .await
-        .map_err(|e| format!("embedding model {}: {e}", ctx.embedder.model()))?;
+    ragpipe_store::embedding_models::ensure(
+        &ctx.store,
+        ctx.embedder.model(),
+        ctx.embedder.dim() as u32,
+        ctx.config.embedding.base_url.as_deref(),
+    )
+    .await
+    .map_err(|e| format!("embedding model {}: {e}", ctx.embedder.model()))?;
     let concurrency = ctx.config.worker.concurrency.max(1) as usize;
     // LISTEN/NOTIFY wakes the worker the moment a job is committed; polling alone backs off
     // while idle, so an upload after a quiet spell would wait seconds.
