@@ -15,6 +15,7 @@
 //! | `GET /v1/messages/{id}` | one message |
 //! | `POST /v1/messages/{id}/cancel` | stop an answer being written |
 //! | `GET /v1/messages/{id}/events` | an answer's events (SSE), resumable with `Last-Event-ID` |
+//! | `GET /v1/usage?from=&to=&group_by=day\|model\|kind` | the caller's tokens and cost over `[from, to)`, grouped, and their quota status |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (database reachable, schema current) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /openapi.json` | OpenAPI 3.1 description of all of the above (`crates/api/openapi.json`) |
@@ -36,6 +37,7 @@ mod requests;
 pub mod search;
 pub mod sse;
 pub mod upload;
+pub mod usage;
 
 pub use auth::Auth;
 pub use error::Error;
@@ -101,6 +103,7 @@ pub fn router(state: AppState) -> Router {
             get(conversations::messages).post(conversations::ask),
         )
         .route("/v1/search", post(search::search))
+        .route("/v1/usage", get(usage::usage))
         .route("/v1/messages/{id}", get(messages::get))
         .route("/v1/messages/{id}/cancel", post(messages::cancel))
         .route("/v1/messages/{id}/events", get(sse::events))
@@ -183,34 +186,99 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::OPENAPI_JSON;
+    use std::collections::BTreeSet;
+
+    /// `METHOD /path` of every route `router` registers, read from its source: axum keeps its
+    /// route table private, and reading the registrations themselves (rather than a list kept
+    /// by hand) means a route added without its OpenAPI entry fails the test below.
+    fn routed_operations() -> BTreeSet<String> {
+        let source = include_str!("lib.rs");
+        let body = source
+            .split_once("pub fn router(")
+            .and_then(|(_, rest)| rest.split_once(".fallback("))
+            .map(|(body, _)| body)
+            .expect("router() registers its routes before its fallback");
+        assert!(
+            !body.contains(".nest("),
+            "router() nests a router: teach routed_operations to read it"
+        );
+        let mut routes = BTreeSet::new();
+        for registration in body.split(".route(").skip(1) {
+            let path = registration
+                .split('"')
+                .nth(1)
+                .expect("a route's path is a string literal");
+            // The method routers called in the registration: `get(h)`, `get(h).post(h)`,
+            // `get(h).merge(post(h).layer(..))`. Handler paths (`documents::delete`) are not
+            // followed by `(`, so they do not count.
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let called = registration
+                    .match_indices(&format!("{method}("))
+                    .any(|(i, _)| !registration[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':'));
+                if called {
+                    routes.insert(format!("{} {path}", method.to_uppercase()));
+                }
+            }
+        }
+        routes
+    }
 
     #[test]
     fn the_openapi_document_parses_and_lists_every_route() {
         let spec: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
-        let mut paths: Vec<&str> = spec["paths"]
-            .as_object()
-            .expect("paths")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        paths.sort_unstable();
-        assert_eq!(
-            paths,
-            [
-                "/healthz",
-                "/metrics",
-                "/openapi.json",
-                "/readyz",
-                "/v1/documents",
-                "/v1/documents/{id}",
-                "/v1/documents/{id}/chunks"
-            ]
+        let mut operations = BTreeSet::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for method in ["get", "post", "put", "patch", "delete"] {
+                if let Some(operation) = item.get(method) {
+                    assert!(
+                        operation["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                        "{method} {path} has no responses"
+                    );
+                    operations.insert(format!("{} {path}", method.to_uppercase()));
+                }
+            }
+        }
+        let routed = routed_operations();
+        // The reader found the registrations (a sample, so that a broken reader cannot pass by
+        // finding nothing).
+        for route in [
+            "GET /v1/documents",
+            "POST /v1/documents",
+            "DELETE /v1/documents/{id}",
+            "GET /healthz",
+        ] {
+            assert!(
+                routed.contains(route),
+                "router source not read: {route} missing from {routed:?}"
+            );
+        }
+        let undescribed: Vec<_> = routed.difference(&operations).collect();
+        assert!(
+            undescribed.is_empty(),
+            "routes without an OpenAPI operation: {undescribed:?}"
         );
+        let unrouted: Vec<_> = operations.difference(&routed).collect();
+        assert!(
+            unrouted.is_empty(),
+            "OpenAPI operations that router() does not register: {unrouted:?}"
+        );
+
         // Every reference points at something defined.
-        let text = OPENAPI_JSON;
-        for reference in text.split("\"$ref\": \"#/").skip(1) {
+        for reference in OPENAPI_JSON.split("\"$ref\": \"#/").skip(1) {
             let pointer = format!("/{}", reference.split('"').next().unwrap_or_default());
             assert!(spec.pointer(&pointer).is_some(), "dangling $ref {pointer}");
+        }
+        // Every /v1 operation requires the bearer key (the document's default); only the
+        // operations routes opt out.
+        assert_eq!(spec["security"], serde_json::json!([{ "apiKey": [] }]));
+        for route in &operations {
+            let (method, path) = route.split_once(' ').expect("METHOD path");
+            let security = &spec["paths"][path][method.to_lowercase()]["security"];
+            assert_eq!(
+                path.starts_with("/v1/"),
+                security.is_null(),
+                "{route}: security {security}"
+            );
         }
     }
 }
