@@ -13,6 +13,7 @@ pub mod embedding_models;
 mod error;
 pub mod jobs;
 pub mod migrate;
+pub mod quotas;
 pub mod search;
 pub mod stats;
 pub mod usage;

@@ -1,6 +1,8 @@
-//! Usage events: append-only, idempotent by key.
+//! Usage events: append-only, idempotent by key; and the usage report (grouped totals over a
+//! period), for one user through their transaction or for all users as the operator.
 
-use crate::{StoreError, UserTx};
+use crate::{APP_ROLE, Store, StoreError, UserTx};
+use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, Utc};
 use uuid::Uuid;
 
 /// Kind of model call.
@@ -97,4 +99,304 @@ pub async fn record(tx: &mut UserTx, e: &NewUsage<'_>) -> Result<bool, StoreErro
     .map_err(StoreError::db("recording usage"))?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// What a usage report groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// The UTC day the event was recorded (`2026-11-23`).
+    #[default]
+    Day,
+    /// The model.
+    Model,
+    /// `embedding` or `chat`.
+    Kind,
+}
+
+impl GroupBy {
+    /// The name in `group_by=` and `--by`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Day => "day",
+            GroupBy::Model => "model",
+            GroupBy::Kind => "kind",
+        }
+    }
+}
+
+impl std::str::FromStr for GroupBy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<GroupBy, String> {
+        match s {
+            "day" => Ok(GroupBy::Day),
+            "model" => Ok(GroupBy::Model),
+            "kind" => Ok(GroupBy::Kind),
+            other => Err(format!("cannot group usage by {other:?}: use day, model or kind")),
+        }
+    }
+}
+
+/// The half-open interval `[from, to)` a report covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Period {
+    /// First instant counted.
+    pub from: DateTime<Utc>,
+    /// First instant not counted.
+    pub to: DateTime<Utc>,
+}
+
+impl Period {
+    /// `[from, to)`, refused unless `from` is before `to`.
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Period, String> {
+        if from < to {
+            Ok(Period { from, to })
+        } else {
+            Err(format!("`from` ({from}) must be before `to` ({to})"))
+        }
+    }
+
+    /// The calendar month (UTC) that holds `at`, the period quotas count tokens over.
+    pub fn month_of(at: DateTime<Utc>) -> Period {
+        let date = at.date_naive();
+        let first = date.with_day(1).unwrap_or(date);
+        let next = first.checked_add_months(Months::new(1)).unwrap_or(NaiveDate::MAX);
+        Period {
+            from: first.and_time(NaiveTime::MIN).and_utc(),
+            to: next.and_time(NaiveTime::MIN).and_utc(),
+        }
+    }
+
+    /// The period from optional bounds (see [`parse_instant`]), each defaulting to that of the
+    /// calendar month (UTC) holding now.
+    pub fn from_bounds_now(from: Option<&str>, to: Option<&str>) -> Result<Period, String> {
+        Period::from_bounds(from, to, Utc::now())
+    }
+
+    /// The period from optional bounds, each defaulting to that of the month holding `now`.
+    pub fn from_bounds(from: Option<&str>, to: Option<&str>, now: DateTime<Utc>) -> Result<Period, String> {
+        let month = Period::month_of(now);
+        let from = from.map(parse_instant).transpose()?.unwrap_or(month.from);
+        let to = to.map(parse_instant).transpose()?.unwrap_or(month.to);
+        Period::new(from, to)
+    }
+}
+
+/// A report bound: a date (`2026-11-01`, midnight UTC) or an RFC 3339 instant
+/// (`2026-11-01T12:00:00Z`, `2026-11-01T13:00:00+01:00`).
+pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(date) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(date.and_time(NaiveTime::MIN).and_utc());
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is neither a date (2026-11-01) nor an RFC 3339 time (2026-11-01T12:00:00Z): {e}"))
+}
+
+/// Sums over a set of usage events.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct UsageTotals {
+    /// Usage events.
+    pub events: i64,
+    /// Model requests made.
+    pub requests: i64,
+    /// Input tokens sent to models.
+    pub prompt_tokens: i64,
+    /// Output tokens.
+    pub completion_tokens: i64,
+    /// Input tokens served from the embedding cache (not sent, not charged).
+    pub cached_tokens: i64,
+    /// `prompt_tokens + completion_tokens`.
+    pub total_tokens: i64,
+    /// The part of `total_tokens` that counts against quotas (origin `user`; reprocessing runs
+    /// are reported but not charged).
+    pub charged_tokens: i64,
+    /// Cost from the price table in force when each event was recorded.
+    pub cost: f64,
+}
+
+/// The totals of one group.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UsageGroup {
+    /// The day (`2026-11-23`), model or kind.
+    pub key: String,
+    /// Its sums.
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// Usage over a period, grouped, with the grand total.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UsageReport {
+    /// First instant counted.
+    pub from: DateTime<Utc>,
+    /// First instant not counted.
+    pub to: DateTime<Utc>,
+    /// What the groups are.
+    pub group_by: GroupBy,
+    /// Groups with at least one event, by key.
+    pub groups: Vec<UsageGroup>,
+    /// All events of the period (zeros when none).
+    pub total: UsageTotals,
+}
+
+/// The acting user's events over `period`, as per-day rows of the same shape as
+/// `ragpipe_usage_by_day()` (the all-users report), so both reports group identically.
+const USER_EVENTS_BY_DAY: &str = "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, model, kind, origin, \
+            count(*) AS events, sum(requests)::bigint AS requests, sum(prompt_tokens)::bigint AS prompt_tokens, \
+            sum(completion_tokens)::bigint AS completion_tokens, sum(cached_tokens)::bigint AS cached_tokens, \
+            sum(cost) AS cost \
+     FROM usage_events WHERE user_id = $4 AND created_at >= $1 AND created_at < $2 GROUP BY 1, 2, 3, 4";
+
+/// Every user's events over `period`, per day (aggregates only; refuses in a user transaction).
+const ALL_EVENTS_BY_DAY: &str = "SELECT * FROM ragpipe_usage_by_day($1, $2)";
+
+/// Groups the per-day rows by `$3` with a grand total (the empty grouping set) in one pass.
+/// Costs are summed as `numeric` and converted once, so the total is the exact sum.
+fn report_sql(by_day: &str) -> String {
+    format!(
+        "WITH by_day AS ({by_day}), \
+              keyed AS (SELECT CASE $3 WHEN 'day' THEN to_char(day::timestamp, 'YYYY-MM-DD') WHEN 'model' THEN model ELSE kind END AS key, * \
+                        FROM by_day) \
+         SELECT key, grouping(key) = 1 AS is_total, \
+                coalesce(sum(events), 0)::bigint AS events, coalesce(sum(requests), 0)::bigint AS requests, \
+                coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens, \
+                coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens, \
+                coalesce(sum(cached_tokens), 0)::bigint AS cached_tokens, \
+                coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint AS total_tokens, \
+                coalesce(sum(prompt_tokens + completion_tokens) FILTER (WHERE origin = 'user'), 0)::bigint AS charged_tokens, \
+                coalesce(sum(cost), 0)::float8 AS cost \
+         FROM keyed GROUP BY GROUPING SETS ((key), ()) ORDER BY is_total, key"
+    )
+}
+
+#[derive(sqlx::FromRow)]
+struct ReportRow {
+    key: Option<String>,
+    is_total: bool,
+    #[sqlx(flatten)]
+    totals: UsageTotals,
+}
+
+fn assemble(period: Period, group_by: GroupBy, rows: Vec<ReportRow>) -> UsageReport {
+    let mut groups = Vec::with_capacity(rows.len());
+    let mut total = None;
+    for row in rows {
+        match (row.is_total, row.key) {
+            (false, Some(key)) => groups.push(UsageGroup {
+                key,
+                totals: row.totals,
+            }),
+            _ => total = Some(row.totals),
+        }
+    }
+    UsageReport {
+        from: period.from,
+        to: period.to,
+        group_by,
+        groups,
+        // The empty grouping set always yields a row; zeros stand in should it not.
+        total: total.unwrap_or(UsageTotals {
+            events: 0,
+            requests: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            total_tokens: 0,
+            charged_tokens: 0,
+            cost: 0.0,
+        }),
+    }
+}
+
+/// The acting user's usage over `period`, grouped by `group_by`.
+pub async fn report(tx: &mut UserTx, period: Period, group_by: GroupBy) -> Result<UsageReport, StoreError> {
+    let rows: Vec<ReportRow> = sqlx::query_as(sqlx::AssertSqlSafe(report_sql(USER_EVENTS_BY_DAY)))
+        .bind(period.from)
+        .bind(period.to)
+        .bind(group_by.as_str())
+        .bind(tx.user_id().0)
+        .fetch_all(tx.conn())
+        .await
+        .map_err(StoreError::db("reading the usage report"))?;
+    Ok(assemble(period, group_by, rows))
+}
+
+/// Every user's usage over `period`, grouped by `group_by`: the operator's report.
+///
+/// Runs as the application role with no acting user, like the monitoring reads
+/// ([`crate::stats`]): `usage_events` is user data under forced row-level security, so the rows
+/// come from `ragpipe_usage_by_day()`, which sees every event and returns per-day aggregates
+/// only.
+pub async fn report_all(store: &Store, period: Period, group_by: GroupBy) -> Result<UsageReport, StoreError> {
+    let mut tx = store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::db("beginning the all-users usage report"))?;
+    sqlx::query("SELECT set_config('role', $1, true)")
+        .bind(APP_ROLE)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("switching to the application role"))?;
+    let rows: Vec<ReportRow> = sqlx::query_as(sqlx::AssertSqlSafe(report_sql(ALL_EVENTS_BY_DAY)))
+        .bind(period.from)
+        .bind(period.to)
+        .bind(group_by.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::db("reading the all-users usage report"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::db("ending the all-users usage report"))?;
+    Ok(assemble(period, group_by, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc(y: i32, m: u32, d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, h, 0, 0)
+            .single()
+            .expect("a valid instant")
+    }
+
+    #[test]
+    fn bounds_are_dates_or_rfc3339_instants() {
+        assert_eq!(parse_instant("2026-11-01"), Ok(utc(2026, 11, 1, 0)));
+        assert_eq!(parse_instant("2026-11-01T12:00:00Z"), Ok(utc(2026, 11, 1, 12)));
+        assert_eq!(parse_instant("2026-11-01T13:00:00+01:00"), Ok(utc(2026, 11, 1, 12)));
+        assert!(parse_instant("yesterday").is_err());
+        assert!(parse_instant("2026-13-01").is_err());
+    }
+
+    #[test]
+    fn the_default_period_is_the_current_utc_month_and_bounds_must_be_ordered() {
+        let now = utc(2026, 12, 31, 23);
+        assert_eq!(
+            Period::from_bounds(None, None, now),
+            Ok(Period {
+                from: utc(2026, 12, 1, 0),
+                to: utc(2027, 1, 1, 0)
+            })
+        );
+        assert_eq!(
+            Period::from_bounds(Some("2026-11-05"), None, now).map(|p| (p.from, p.to)),
+            Ok((utc(2026, 11, 5, 0), utc(2027, 1, 1, 0)))
+        );
+        assert!(Period::from_bounds(Some("2026-11-05"), Some("2026-11-05"), now).is_err());
+        assert!(Period::from_bounds(Some("2026-11-06"), Some("2026-11-05"), now).is_err());
+    }
+
+    #[test]
+    fn group_names_round_trip() {
+        for g in [GroupBy::Day, GroupBy::Model, GroupBy::Kind] {
+            assert_eq!(g.as_str().parse::<GroupBy>(), Ok(g));
+        }
+        assert!("user".parse::<GroupBy>().is_err());
+    }
 }
