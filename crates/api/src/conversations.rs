@@ -15,6 +15,7 @@ use ragpipe_agent::Cursor;
 use ragpipe_agent::retrieve::SearchMode;
 use ragpipe_core::{ConversationId, MessageId};
 use ragpipe_store::conversations::{self, AskSettings, Asked, Conversation, Message};
+use ragpipe_store::quotas;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -194,6 +195,9 @@ pub async fn ask(
     };
     let mut tx = state.store.user_tx(auth.user_id).await?;
     let asked = conversations::ask(&mut tx, ConversationId(id), &question.content, &settings).await?;
+    // Checked after the question is written, so that another user's or a missing conversation
+    // is still a 404; when the month's tokens are used up the transaction rolls back (429).
+    quotas::check_question(&mut tx).await.map_err(crate::usage::refused)?;
     tx.commit().await?;
     let message = MessageId(asked.assistant_message.id);
     tracing::info!(conversation_id = %id, message_id = %message, request_id = %asked.request_id, "question asked");

@@ -46,6 +46,7 @@ pub async fn upload(
 
     // All files of the request, or none: rows, bytes and ingest jobs commit together.
     let mut tx = state.store.user_tx(auth.user_id).await?;
+    upload::check_quotas(&mut tx, files.iter().map(|(f, i)| (f.bytes.len() as u64, i.sha256))).await?;
     let mut stored = Vec::with_capacity(files.len());
     for (file, inspected) in &files {
         let metadata = file

@@ -11,6 +11,7 @@ use axum::extract::Multipart;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::http::StatusCode;
 use ragpipe_core::config::Limits;
+use ragpipe_store::{UserTx, quotas};
 use serde_json::Value;
 
 /// Most files in one request.
@@ -115,6 +116,18 @@ where
         return Err(Error::bad_request("no `file` part in the upload"));
     }
     Ok(files)
+}
+
+/// Refuses an upload of `files` (size and sha256 of each) that the caller's quotas do not
+/// allow: 429 once the month's tokens are used up (ingesting costs embedding tokens), 413 when
+/// its new bytes would take storage over the budget; each message names the budget and the
+/// use. Bytes the caller already has do not count (the upload returns that document).
+///
+/// Call it in the transaction that stores the files, before storing them: it holds the
+/// caller's quota lock until that transaction ends, so concurrent uploads are checked in turn.
+pub async fn check_quotas(tx: &mut UserTx, files: impl IntoIterator<Item = (u64, [u8; 32])>) -> Result<(), Error> {
+    quotas::check_upload(tx, files).await.map_err(crate::usage::refused)?;
+    Ok(())
 }
 
 async fn read_file(
