@@ -14,6 +14,7 @@ mod ingest;
 mod search;
 mod serve;
 mod shutdown;
+mod usage;
 mod workers;
 
 use anyhow::Context;
@@ -79,6 +80,11 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// Tokens and cost per day, model or kind (one user's, or every user's).
+    Usage(usage::UsageArgs),
+    /// Plans and their monthly token and storage budgets.
+    #[command(subcommand)]
+    Plans(admin::PlansCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +155,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Extract(args) => extract::run(&args, &config).map(|()| ExitCode::SUCCESS),
         Command::Users(cmd) => admin::users(&config, cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Keys(cmd) => admin::keys(&config, cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Usage(args) => usage::run(config, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Plans(cmd) => admin::plans(&config, cmd).await.map(|()| ExitCode::SUCCESS),
     }
 }
 

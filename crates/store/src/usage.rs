@@ -219,7 +219,7 @@ pub struct UsageTotals {
 
 /// The totals of one group.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct UsageGroup {
+pub struct UsageRow {
     /// The day (`2026-11-23`), model or kind.
     pub key: String,
     /// Its sums.
@@ -236,8 +236,8 @@ pub struct UsageReport {
     pub to: DateTime<Utc>,
     /// What the groups are.
     pub group_by: GroupBy,
-    /// Groups with at least one event, by key.
-    pub groups: Vec<UsageGroup>,
+    /// One row per group with at least one event, by key.
+    pub rows: Vec<UsageRow>,
     /// All events of the period (zeros when none).
     pub total: UsageTotals,
 }
@@ -272,31 +272,34 @@ fn report_sql(by_day: &str) -> String {
     )
 }
 
+/// A row of `report_sql`: a group, or (`is_total`) the grand total.
 #[derive(sqlx::FromRow)]
-struct ReportRow {
+struct GroupedRow {
     key: Option<String>,
     is_total: bool,
     #[sqlx(flatten)]
     totals: UsageTotals,
 }
 
-fn assemble(period: Period, group_by: GroupBy, rows: Vec<ReportRow>) -> UsageReport {
-    let mut groups = Vec::with_capacity(rows.len());
+fn assemble(period: Period, group_by: GroupBy, grouped: Vec<GroupedRow>) -> UsageReport {
+    let mut rows = Vec::with_capacity(grouped.len());
     let mut total = None;
-    for row in rows {
-        match (row.is_total, row.key) {
-            (false, Some(key)) => groups.push(UsageGroup {
-                key,
+    for row in grouped {
+        if row.is_total {
+            total = Some(row.totals);
+        } else {
+            rows.push(UsageRow {
+                // Days, models and kinds are never NULL.
+                key: row.key.unwrap_or_default(),
                 totals: row.totals,
-            }),
-            _ => total = Some(row.totals),
+            });
         }
     }
     UsageReport {
         from: period.from,
         to: period.to,
         group_by,
-        groups,
+        rows,
         // The empty grouping set always yields a row; zeros stand in should it not.
         total: total.unwrap_or(UsageTotals {
             events: 0,
@@ -313,7 +316,7 @@ fn assemble(period: Period, group_by: GroupBy, rows: Vec<ReportRow>) -> UsageRep
 
 /// The acting user's usage over `period`, grouped by `group_by`.
 pub async fn report(tx: &mut UserTx, period: Period, group_by: GroupBy) -> Result<UsageReport, StoreError> {
-    let rows: Vec<ReportRow> = sqlx::query_as(sqlx::AssertSqlSafe(report_sql(USER_EVENTS_BY_DAY)))
+    let grouped: Vec<GroupedRow> = sqlx::query_as(sqlx::AssertSqlSafe(report_sql(USER_EVENTS_BY_DAY)))
         .bind(period.from)
         .bind(period.to)
         .bind(group_by.as_str())
@@ -321,7 +324,7 @@ pub async fn report(tx: &mut UserTx, period: Period, group_by: GroupBy) -> Resul
         .fetch_all(tx.conn())
         .await
         .map_err(StoreError::db("reading the usage report"))?;
-    Ok(assemble(period, group_by, rows))
+    Ok(assemble(period, group_by, grouped))
 }
 
 /// Every user's usage over `period`, grouped by `group_by`: the operator's report.
@@ -341,7 +344,7 @@ pub async fn report_all(store: &Store, period: Period, group_by: GroupBy) -> Res
         .execute(&mut *tx)
         .await
         .map_err(StoreError::db("switching to the application role"))?;
-    let rows: Vec<ReportRow> = sqlx::query_as(sqlx::AssertSqlSafe(report_sql(ALL_EVENTS_BY_DAY)))
+    let grouped: Vec<GroupedRow> = sqlx::query_as(sqlx::AssertSqlSafe(report_sql(ALL_EVENTS_BY_DAY)))
         .bind(period.from)
         .bind(period.to)
         .bind(group_by.as_str())
@@ -351,7 +354,7 @@ pub async fn report_all(store: &Store, period: Period, group_by: GroupBy) -> Res
     tx.commit()
         .await
         .map_err(StoreError::db("ending the all-users usage report"))?;
-    Ok(assemble(period, group_by, rows))
+    Ok(assemble(period, group_by, grouped))
 }
 
 #[cfg(test)]
