@@ -5,9 +5,13 @@
 -- run wants (stage, chunk settings, embedding model, the run it belongs to) is kept on the
 -- document, written in the same transaction as the job, so an interrupted `ragpipe reprocess`
 -- knows on its next run which documents are still in the queue and enqueues them no second time.
-ALTER TABLE documents ADD COLUMN reprocess jsonb;
+-- The run that last completed on the document is kept too: re-running the same command skips it.
+ALTER TABLE documents
+    ADD COLUMN reprocess jsonb,
+    ADD COLUMN last_reprocess_run text;
 COMMENT ON COLUMN documents.reprocess IS
-    'Pending background reprocessing of a ready document ({"run", "stage", "chunk_max_tokens", ...}); NULL when none. Cleared when the new chunk set replaces the old one or the run fails (then "error" says why).';
+    'Pending reprocessing ({"run", "stage", "chunk_max_tokens", "chunk_overlap_tokens", "embedding_model"}); NULL when none. Cleared when the new chunk set replaces the old one; when the run fails, "error" says why and the old chunk set is kept.';
+COMMENT ON COLUMN documents.last_reprocess_run IS 'The reprocessing run that last completed on this document.';
 CREATE INDEX documents_reprocess_run_idx ON documents ((reprocess ->> 'run')) WHERE reprocess IS NOT NULL;
 
 -- Models are served from their recorded endpoint, so any process can embed a query (or a chunk)

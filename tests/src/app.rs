@@ -148,7 +148,7 @@ impl TestAppBuilder {
             .await
             .expect("binding a local port");
         let addr = listener.local_addr().expect("the listener's address");
-        let state = AppState::new(store.clone(), config.clone());
+        let state = AppState::new(store.clone(), config.clone()).expect("application state");
         let server = tokio::spawn(ragpipe_api::serve(state, listener, shutdown.clone().cancelled_owned()));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))

@@ -162,11 +162,8 @@ async fn running_a_job_twice_leaves_one_chunk_set_and_one_usage_event(pool: PgPo
     )
     .await
     .expect("upload");
-    let job = IngestJob {
-        user_id: user,
-        document_id: id,
-    };
-    let first = ragpipe_ingest_worker::ingest_document(&ctx, job, "job-1")
+    let job = IngestJob::upload(user, id);
+    let first = ragpipe_ingest_worker::ingest_document(&ctx, &job, "job-1")
         .await
         .expect("first run");
     // At-least-once delivery: the same job again, as after a crash between commit and ack.
@@ -175,7 +172,7 @@ async fn running_a_job_twice_leaves_one_chunk_set_and_one_usage_event(pool: PgPo
         .await
         .expect("requeue");
     tx.commit().await.expect("commit");
-    let second = ragpipe_ingest_worker::ingest_document(&ctx, job, "job-1")
+    let second = ragpipe_ingest_worker::ingest_document(&ctx, &job, "job-1")
         .await
         .expect("second run");
     assert_eq!(first, second);
@@ -194,15 +191,8 @@ async fn a_document_deleted_mid_ingest_is_skipped_cleanly(pool: PgPool) {
     let mut tx = store.user_tx(user).await.expect("tx");
     documents::delete(&mut tx, id).await.expect("delete");
     tx.commit().await.expect("commit");
-    let outcome = ragpipe_ingest_worker::ingest_document(
-        &ctx,
-        IngestJob {
-            user_id: user,
-            document_id: id,
-        },
-        "j",
-    )
-    .await
-    .expect("run");
+    let outcome = ragpipe_ingest_worker::ingest_document(&ctx, &IngestJob::upload(user, id), "j")
+        .await
+        .expect("run");
     assert_eq!(outcome, ragpipe_ingest_worker::Outcome::Skipped);
 }

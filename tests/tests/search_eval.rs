@@ -8,7 +8,7 @@ mod search_support;
 use ragpipe_agent::eval::{self, Floor, ModeReport};
 use ragpipe_agent::{Retriever, SearchMode};
 use ragpipe_core::Config;
-use ragpipe_llm::Embedder;
+use ragpipe_llm::Embedders;
 use ragpipe_store::search::Fusion;
 use search_support::*;
 use sqlx::PgPool;
@@ -59,7 +59,7 @@ async fn hybrid_recall_stays_above_the_recorded_floor_and_beats_both_legs(pool: 
     }
     let floor = floor();
     assert_eq!(floor.mode, SearchMode::Hybrid);
-    let retriever = Retriever::new(store, Embedder::new(&config.embedding).expect("embedder"));
+    let retriever = Retriever::new(store, Embedders::new(&config.embedding).expect("embedder"));
     let reports = reports(&retriever, user, floor.k).await;
     let by_mode = |m: SearchMode| reports.iter().find(|r| r.mode == m).expect("mode");
     let (hybrid, vector, text) = (
@@ -97,7 +97,7 @@ async fn sweep_fusion_settings(pool: PgPool) {
     let user = new_user(&store, "eval@example.com").await;
     ingest(&store, &config, user, &eval_corpus(), no_metadata).await;
     let questions = questions();
-    let base = Retriever::new(store, Embedder::new(&config.embedding).expect("embedder"));
+    let base = Retriever::new(store, Embedders::new(&config.embedding).expect("embedder"));
     for mode in [SearchMode::Vector, SearchMode::Text] {
         let r = eval::evaluate(&base, user, &questions, mode, 5)
             .await

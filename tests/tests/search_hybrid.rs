@@ -7,7 +7,7 @@ mod search_support;
 use ragpipe_agent::retrieve::{DEFAULT_FUSION, fused_score};
 use ragpipe_agent::{Retriever, SearchHit, SearchMode, SearchRequest};
 use ragpipe_core::{Config, UserId};
-use ragpipe_llm::Embedder;
+use ragpipe_llm::Embedders;
 use ragpipe_store::Store;
 use ragpipe_tests::openai_server::OpenAiServer;
 use search_support::*;
@@ -28,7 +28,7 @@ async fn corpus(pool: PgPool, config: &Config) -> (Store, UserId, Retriever) {
     let user = new_user(&store, "a@example.com").await;
     let ready = ingest(&store, config, user, &eval_documents(), team).await;
     assert_eq!(ready.len(), eval_documents().len());
-    let retriever = Retriever::new(store.clone(), Embedder::new(&config.embedding).expect("embedder"));
+    let retriever = Retriever::new(store.clone(), Embedders::new(&config.embedding).expect("embedder"));
     (store, user, retriever)
 }
 

@@ -20,7 +20,7 @@ use crate::retrieve::{Retriever, SearchHit, SearchRequest};
 use crate::sources::{Source, citations};
 use futures::StreamExt;
 use ragpipe_core::{Config, ConversationId, ErrorKind, MessageId, MessageStatus, RequestStatus, UserId};
-use ragpipe_llm::{ChatEvent, ChatModel, ChatRequest, Embedder, LlmError, PriceTable, TokenCounter};
+use ragpipe_llm::{ChatEvent, ChatModel, ChatRequest, Embedders, LlmError, PriceTable, TokenCounter};
 use ragpipe_store::conversations::{self, AgentJob, AgentRequest, Ending, Written};
 use ragpipe_store::search::SearchMode;
 use ragpipe_store::usage::{NewUsage, UsageKind, UsageOrigin};
@@ -137,8 +137,8 @@ impl AnswerContext {
     /// Builds the models, loads the prompt templates and starts listening for cancellations.
     pub async fn new(store: Store, config: Arc<Config>) -> Result<AnswerContext, String> {
         let chat = ChatModel::new(&config.chat).map_err(|e| format!("chat model: {e}"))?;
-        let embedder = Embedder::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
-        let retriever = Retriever::new(store.clone(), embedder);
+        let embedders = Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
+        let retriever = Retriever::new(store.clone(), embedders);
         let prompts = Prompts::from_config(&config).map_err(|e| e.to_string())?;
         if !prompts.overridden().is_empty() {
             tracing::info!(overridden = ?prompts.overridden(), "prompt templates overridden");

@@ -3,11 +3,17 @@
 //! measurement with `ragpipe eval` over `fixtures/eval/` (see [`DEFAULT_FUSION`]).
 
 use ragpipe_core::{ErrorKind, UserId};
-use ragpipe_llm::{Embedder, LlmError};
-use ragpipe_store::search::{self, Bm25, Fusion, MAX_DEPTH, MAX_K, SearchQuery};
+use ragpipe_llm::{Embedder, Embedders, LlmError};
+use ragpipe_store::embedding_models::{self, EmbeddingModel};
+use ragpipe_store::search::{self, Bm25, Fusion, MAX_DEPTH, MAX_K, MAX_MODELS, QueryVector, SearchQuery};
 use ragpipe_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// How long the list of embedding models with chunks is reused before it is read again.
+pub const MODELS_REFRESH: Duration = Duration::from_secs(5);
 
 pub use ragpipe_store::search::{SearchHit, SearchMode};
 
@@ -155,30 +161,44 @@ impl RetrieveError {
 }
 
 /// Searches users' chunks. Cheap to clone; share one per process.
+///
+/// The vector leg ranks the chunks of the configured embedding model and of any other model
+/// that still has chunks (while a reprocessing run moves documents from one model to another,
+/// both, each with the query embedded by that model), so no document drops out of search
+/// during a migration.
 #[derive(Clone, Debug)]
 pub struct Retriever {
     store: Store,
-    embedder: Embedder,
+    embedders: Embedders,
     fusion: Fusion,
     bm25: Bm25,
+    refresh: Duration,
+    models: Arc<Mutex<Option<(Instant, Vec<EmbeddingModel>)>>>,
 }
 
 impl Retriever {
-    /// A retriever with the measured defaults ([`DEFAULT_FUSION`], [`Bm25::default`]). The
-    /// embedder must be the one the chunks were embedded with (the configured model): its model
-    /// name selects the vector index searched.
-    pub fn new(store: Store, embedder: Embedder) -> Retriever {
+    /// A retriever with the measured defaults ([`DEFAULT_FUSION`], [`Bm25::default`]) over
+    /// `embedders` (their configured model is always searched).
+    pub fn new(store: Store, embedders: Embedders) -> Retriever {
         Retriever {
             store,
-            embedder,
+            embedders,
             fusion: DEFAULT_FUSION,
             bm25: Bm25::default(),
+            refresh: MODELS_REFRESH,
+            models: Arc::default(),
         }
     }
 
     /// The same retriever with other fusion weights (for `ragpipe eval` and experiments).
     pub fn with_fusion(mut self, fusion: Fusion) -> Retriever {
         self.fusion = fusion;
+        self
+    }
+
+    /// The same retriever re-reading which models have chunks after `refresh` (tests use zero).
+    pub fn with_models_refresh(mut self, refresh: Duration) -> Retriever {
+        self.refresh = refresh;
         self
     }
 
@@ -192,21 +212,66 @@ impl Retriever {
         &self.store
     }
 
+    /// The configured embedder.
+    pub fn embedder(&self) -> &Embedder {
+        self.embedders.configured()
+    }
+
+    /// The models searched: the configured one first, then every other model with chunks.
+    async fn models(&self) -> Result<Vec<Embedder>, RetrieveError> {
+        let cached = self.models.lock().ok().and_then(|m| {
+            m.as_ref()
+                .filter(|(at, _)| at.elapsed() < self.refresh)
+                .map(|(_, v)| v.clone())
+        });
+        let recorded = match cached {
+            Some(v) => v,
+            None => {
+                let v = embedding_models::with_chunks(&self.store).await?;
+                if let Ok(mut m) = self.models.lock() {
+                    *m = Some((Instant::now(), v.clone()));
+                }
+                v
+            }
+        };
+        let configured = self.embedders.configured();
+        let mut out = vec![configured.clone()];
+        for m in recorded.iter().filter(|m| m.model != configured.model()) {
+            if out.len() == MAX_MODELS {
+                tracing::warn!(model = %m.model, "more embedding models with chunks than search ranks");
+                break;
+            }
+            out.push(self.embedders.get(&m.model, m.dim as u32, m.base_url.as_deref())?);
+        }
+        Ok(out)
+    }
+
     /// The `request.k` best chunks of `user` for the request, best first. Text mode does not
     /// embed the query.
     pub async fn search(&self, user: UserId, request: &SearchRequest) -> Result<Vec<SearchHit>, RetrieveError> {
         request.validate()?;
-        let embedding = if request.mode.uses_vector() {
-            let embedded = self.embedder.embed(std::slice::from_ref(&request.query)).await?;
-            embedded.vectors.into_iter().next()
-        } else {
-            None
-        };
+        let mut embedded: Vec<(Embedder, Vec<f32>)> = Vec::new();
+        if request.mode.uses_vector() {
+            let models = self.models().await?;
+            let query = std::slice::from_ref(&request.query);
+            let results = futures::future::join_all(models.iter().map(|m| m.embed(query))).await;
+            for (model, result) in models.into_iter().zip(results) {
+                if let Some(vector) = result?.vectors.into_iter().next() {
+                    embedded.push((model, vector));
+                }
+            }
+        }
+        let vectors: Vec<QueryVector<'_>> = embedded
+            .iter()
+            .map(|(m, v)| QueryVector {
+                model: m.model(),
+                dim: m.dim() as u32,
+                embedding: v,
+            })
+            .collect();
         let query = SearchQuery {
             text: &request.query,
-            embedding: embedding.as_deref(),
-            embedding_model: self.embedder.model(),
-            dim: self.embedder.dim() as u32,
+            vectors: &vectors,
             mode: request.mode,
             k: request.k,
             depth: candidate_depth(request.k),

@@ -61,17 +61,21 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The process-wide Prometheus recorder's handle ([`prometheus::install_recorder`]).
     pub metrics: PrometheusHandle,
+    /// Search, shared so that the embedding endpoint's clients and concurrency limit are too.
+    pub retriever: ragpipe_agent::Retriever,
 }
 
 impl AppState {
     /// State for `store` and `config`, installing the process's metrics recorder if that has
-    /// not happened yet.
-    pub fn new(store: Store, config: Arc<Config>) -> AppState {
-        AppState {
+    /// not happened yet. Fails when the embedding model is misconfigured.
+    pub fn new(store: Store, config: Arc<Config>) -> Result<AppState, String> {
+        let embedders = ragpipe_llm::Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
+        Ok(AppState {
+            retriever: ragpipe_agent::Retriever::new(store.clone(), embedders),
             store,
             config,
             metrics: prometheus::install_recorder(),
-        }
+        })
     }
 }
 

@@ -9,9 +9,8 @@ use crate::{AppState, Auth, Error};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use ragpipe_agent::{RetrieveError, Retriever, SearchHit, SearchMode, SearchRequest};
+use ragpipe_agent::{RetrieveError, SearchHit, SearchMode, SearchRequest};
 use ragpipe_core::ErrorKind;
-use ragpipe_llm::Embedder;
 use serde::Serialize;
 
 /// What a search returns.
@@ -32,11 +31,7 @@ pub async fn search(
     body: Result<Json<SearchRequest>, JsonRejection>,
 ) -> Result<Json<SearchResponse>, Error> {
     let Json(request) = body.map_err(|e| Error::bad_request(e.body_text()))?;
-    // The offline embedder costs nothing to build; an API embedder is a client per request,
-    // which a shared Retriever in AppState would avoid (and would share its concurrency limit).
-    let embedder = Embedder::new(&state.config.embedding).map_err(Error::internal)?;
-    let retriever = Retriever::new(state.store.clone(), embedder);
-    let hits = retriever.search(auth.user_id, &request).await.map_err(to_error)?;
+    let hits = state.retriever.search(auth.user_id, &request).await.map_err(to_error)?;
     Ok(Json(SearchResponse {
         mode: request.mode,
         k: request.k,

@@ -15,7 +15,7 @@ use crate::bench::{Rng, ScratchDatabase};
 use clap::Args;
 use ragpipe_core::{Config, UserId};
 use ragpipe_llm::HashedEmbedder;
-use ragpipe_store::search::{self, Bm25, SearchMode, SearchQuery};
+use ragpipe_store::search::{self, Bm25, QueryVector, SearchMode, SearchQuery};
 use ragpipe_store::{Store, embedding_models, users};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -242,11 +242,14 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
                         .len()
                 } else {
                     let mode: SearchMode = name.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                    let vectors = [QueryVector {
+                        model: &model,
+                        dim,
+                        embedding: v,
+                    }];
                     let query = SearchQuery {
                         text: q,
-                        embedding: Some(v),
-                        embedding_model: &model,
-                        dim,
+                        vectors: &vectors,
                         mode,
                         k: args.k,
                         depth: ragpipe_agent::retrieve::candidate_depth(args.k),

@@ -60,8 +60,8 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         crate::ingest::print_summary(&results);
 
         println!("\n-- hybrid search: {:?} --", args.question);
-        let embedder = ragpipe_llm::Embedder::new(&config.embedding).context("embedding model")?;
-        let retriever = ragpipe_agent::Retriever::new(store.clone(), embedder);
+        let embedders = ragpipe_llm::Embedders::new(&config.embedding).context("embedding model")?;
+        let retriever = ragpipe_agent::Retriever::new(store.clone(), embedders);
         let request = ragpipe_agent::SearchRequest {
             query: args.question.clone(),
             mode: ragpipe_agent::SearchMode::Hybrid,

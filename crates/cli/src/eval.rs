@@ -13,7 +13,7 @@ use ragpipe_agent::Retriever;
 use ragpipe_agent::eval::{self, EvalQuestion, ModeReport};
 use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_ingest_worker::{IngestContext, Outcome, ingest_document};
-use ragpipe_llm::Embedder;
+use ragpipe_llm::Embedders;
 use ragpipe_store::jobs::IngestJob;
 use ragpipe_store::search::{Fusion, SearchMode};
 use ragpipe_store::{Store, StoreError, documents, users};
@@ -74,8 +74,8 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
         text_weight: args.text_weight.unwrap_or(defaults.text_weight),
         text_k: args.text_k.unwrap_or(defaults.text_k),
     };
-    let embedder = Embedder::new(&config.embedding).context("embedding model")?;
-    let retriever = Retriever::new(store, embedder).with_fusion(fusion);
+    let embedders = Embedders::new(&config.embedding).context("embedding model")?;
+    let retriever = Retriever::new(store, embedders).with_fusion(fusion);
     let modes = if args.modes.is_empty() {
         SearchMode::ALL.to_vec()
     } else {
@@ -223,11 +223,8 @@ pub async fn ingest_corpus(
         } else {
             // The upload also queued a job; a worker that picks it up later finds the document
             // done and skips it.
-            let job = IngestJob {
-                user_id: user,
-                document_id: id,
-            };
-            match ingest_document(&ctx, job, &format!("eval-{id}")).await {
+            let job = IngestJob::upload(user, id);
+            match ingest_document(&ctx, &job, &format!("eval-{id}")).await {
                 Ok(Outcome::Ready { .. } | Outcome::Skipped) => "ready".to_owned(),
                 Ok(Outcome::Failed(reason)) => {
                     tracing::warn!(file = %name, %reason, "eval document failed");

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Args;
 use ragpipe_agent::{Retriever, SearchHit, SearchMode, SearchRequest};
 use ragpipe_core::{Config, UserId};
-use ragpipe_llm::Embedder;
+use ragpipe_llm::Embedders;
 use ragpipe_store::Store;
 use uuid::Uuid;
 
@@ -50,8 +50,8 @@ pub async fn run(config: Config, args: SearchArgs) -> anyhow::Result<()> {
         highlight: !args.json,
     };
     let store = Store::connect(&config).await?;
-    let embedder = Embedder::new(&config.embedding).context("embedding model")?;
-    let retriever = Retriever::new(store, embedder);
+    let embedders = Embedders::new(&config.embedding).context("embedding model")?;
+    let retriever = Retriever::new(store, embedders);
     let hits = retriever.search(args.user, &request).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&hits)?);

@@ -50,7 +50,7 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
             " with workers"
         }
     );
-    let state = ragpipe_api::AppState::new(store, Arc::clone(&config));
+    let state = ragpipe_api::AppState::new(store, Arc::clone(&config)).map_err(anyhow::Error::msg)?;
     let stop = shutdown.clone();
     ragpipe_api::serve(state, listener, async move { stop.cancelled().await })
         .await

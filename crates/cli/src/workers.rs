@@ -36,7 +36,8 @@ pub async fn run(config: Config, concurrency: Option<u32>, metrics_listen: Optio
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
-            let router = ragpipe_api::ops_router(ragpipe_api::AppState::new(store.clone(), Arc::clone(&config)));
+            let state = ragpipe_api::AppState::new(store.clone(), Arc::clone(&config)).map_err(anyhow::Error::msg)?;
+            let router = ragpipe_api::ops_router(state);
             let stop = shutdown.clone();
             eprintln!("ragpipe worker: metrics on http://{addr}/metrics");
             Some(tokio::spawn(async move {

@@ -464,3 +464,60 @@ pub(crate) mod tests {
         assert!(Embedder::new(&ep).map(|e| e.is_offline()).unwrap_or(false));
     }
 }
+
+/// Embedders by model, built on demand from one configured endpoint: the configured model
+/// itself, and any other model recorded with its own dimension and base URL (during a move from
+/// one embedding model to another, both are served). Other settings (key, batching, timeouts)
+/// are the configured endpoint's. Cheap to clone; share one per process so that each model's
+/// concurrency limit is shared too.
+#[derive(Clone, Debug)]
+pub struct Embedders {
+    configured: Embedder,
+    endpoint: ModelEndpoint,
+    others: Arc<std::sync::Mutex<std::collections::HashMap<String, Embedder>>>,
+}
+
+impl Embedders {
+    /// The registry around the configured embedding endpoint.
+    pub fn new(endpoint: &ModelEndpoint) -> Result<Embedders, LlmError> {
+        Ok(Embedders::from_configured(Embedder::new(endpoint)?, endpoint))
+    }
+
+    /// The registry around an embedder already built for `endpoint`.
+    pub fn from_configured(configured: Embedder, endpoint: &ModelEndpoint) -> Embedders {
+        Embedders {
+            configured,
+            endpoint: endpoint.clone(),
+            others: Arc::default(),
+        }
+    }
+
+    /// The configured model's embedder (new chunks are embedded with it).
+    pub fn configured(&self) -> &Embedder {
+        &self.configured
+    }
+
+    /// The embedder of `model` at `dim` served at `base_url` (`None`: offline hashed). The
+    /// configured model is returned as configured; another is built once and kept.
+    pub fn get(&self, model: &str, dim: u32, base_url: Option<&str>) -> Result<Embedder, LlmError> {
+        if model == self.configured.model() && dim as usize == self.configured.dim() {
+            return Ok(self.configured.clone());
+        }
+        let mut others = self.others.lock().map_err(|_| LlmError::InvalidConfig {
+            setting: "embedding",
+            message: "embedder registry poisoned".into(),
+        })?;
+        if let Some(e) = others.get(model).filter(|e| e.dim() == dim as usize) {
+            return Ok(e.clone());
+        }
+        let endpoint = ModelEndpoint {
+            model: model.to_owned(),
+            dim,
+            base_url: base_url.map(str::to_owned),
+            ..self.endpoint.clone()
+        };
+        let embedder = Embedder::new(&endpoint)?;
+        others.insert(model.to_owned(), embedder.clone());
+        Ok(embedder)
+    }
+}

@@ -29,7 +29,7 @@ pub use batching::plan_batches;
 pub use chat::{
     ChatEvent, ChatMessage, ChatModel, ChatRequest, ChatStream, FinishReason, Role, SourcePassage, count_prompt_tokens,
 };
-pub use embed::{ClientOptions, Embedded, Embedder};
+pub use embed::{ClientOptions, Embedded, Embedder, Embedders};
 pub use error::LlmError;
 pub use extractive::NO_MODEL_NOTICE;
 pub use hashed::{HashedEmbedder, cosine};

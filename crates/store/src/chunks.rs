@@ -50,6 +50,9 @@ pub struct ChunkSetInfo<'a> {
     pub page_count: Option<u32>,
     /// Pages that failed, as JSON.
     pub failed_pages: serde_json::Value,
+    /// The reprocessing run that produced the set, if one did: its pending mark is cleared and
+    /// it is recorded as the document's last completed run.
+    pub run: Option<&'a str>,
 }
 
 /// Replaces the document's chunks with `chunks` (one bulk insert) and marks it ready, all in the
@@ -113,7 +116,9 @@ pub async fn replace(
     sqlx::query(
         "UPDATE documents SET status = 'ready', progress = 1, error = NULL, chunk_count = $2, embedding_model = $3, \
          chunk_max_tokens = $4, chunk_overlap_tokens = $5, tokenizer = $6, extractor_version = $7, title = $8, \
-         language = $9, page_count = $10, failed_pages = $11, updated_at = now(), ready_at = now() WHERE id = $1",
+         language = $9, page_count = $10, failed_pages = $11, updated_at = now(), ready_at = now(), \
+         reprocess = CASE WHEN reprocess ->> 'run' = $12 THEN NULL ELSE reprocess END, \
+         last_reprocess_run = coalesce($12, last_reprocess_run) WHERE id = $1",
     )
     .bind(document.0)
     .bind(n as i32)
@@ -126,9 +131,80 @@ pub async fn replace(
     .bind(info.language)
     .bind(info.page_count.map(|p| p as i32))
     .bind(&info.failed_pages)
+    .bind(info.run)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("marking the document ready"))?;
+    Ok(())
+}
+
+/// A chunk's text as stored, for embedding it again.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChunkText {
+    /// Chunk id.
+    pub id: i64,
+    /// The text.
+    pub content: String,
+    /// Its tokens.
+    pub token_count: i32,
+}
+
+/// The document's chunks, in order ([`reembed`] later checks the set is still the same).
+pub async fn texts(tx: &mut UserTx, document: DocumentId) -> Result<Vec<ChunkText>, StoreError> {
+    sqlx::query_as("SELECT id, content, token_count FROM document_chunks WHERE document_id = $1 ORDER BY chunk_index")
+        .bind(document.0)
+        .fetch_all(tx.conn())
+        .await
+        .map_err(StoreError::db("reading a document's chunks"))
+}
+
+/// Replaces the vectors of the document's chunks (`vectors[i]` for chunk `ids[i]`) with ones by
+/// `model`, in the caller's transaction, and records the model on the document; the chunks'
+/// text is untouched, so search statistics do not change. Fails when the chunk set is no longer
+/// the one `ids` came from.
+pub async fn reembed(
+    tx: &mut UserTx,
+    document: DocumentId,
+    ids: &[i64],
+    vectors: &[Vec<f32>],
+    model: &str,
+    run: Option<&str>,
+) -> Result<(), StoreError> {
+    let embedding: Vec<Vector> = vectors.iter().map(|v| Vector::from(v.clone())).collect();
+    let updated = sqlx::query(
+        "UPDATE document_chunks AS c SET embedding = u.v, embedding_model = $3 \
+         FROM UNNEST($2::int8[], $4::vector[]) AS u(id, v) WHERE c.id = u.id AND c.document_id = $1",
+    )
+    .bind(document.0)
+    .bind(ids)
+    .bind(model)
+    .bind(&embedding)
+    .execute(tx.conn())
+    .await
+    .map_err(StoreError::db("replacing a document's vectors"))?
+    .rows_affected();
+    let current: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks WHERE document_id = $1")
+        .bind(document.0)
+        .fetch_one(tx.conn())
+        .await
+        .map_err(StoreError::db("counting a document's chunks"))?;
+    if updated != ids.len() as u64 || current != ids.len() as i64 {
+        return Err(StoreError::Conflict(format!(
+            "the chunk set changed while it was re-embedded ({updated} of {} chunks updated, {current} now)",
+            ids.len()
+        )));
+    }
+    sqlx::query(
+        "UPDATE documents SET embedding_model = $2, updated_at = now(), \
+         reprocess = CASE WHEN reprocess ->> 'run' = $3 THEN NULL ELSE reprocess END, \
+         last_reprocess_run = coalesce($3, last_reprocess_run) WHERE id = $1",
+    )
+    .bind(document.0)
+    .bind(model)
+    .bind(run)
+    .execute(tx.conn())
+    .await
+    .map_err(StoreError::db("recording a document's embedding model"))?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 const DOCUMENT_COLUMNS: &str = "id, user_id, filename, content_type, byte_size, encode(sha256, 'hex') AS sha256, status, \
      progress, error, title, language, page_count, chunk_count, failed_pages, metadata, embedding_model, \
-     chunk_max_tokens, chunk_overlap_tokens, tokenizer, extractor_version, created_at, updated_at, ready_at";
+     chunk_max_tokens, chunk_overlap_tokens, tokenizer, extractor_version, reprocess, created_at, updated_at, ready_at";
 
 /// A document as its owner sees it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -54,6 +54,9 @@ pub struct Document {
     pub tokenizer: Option<String>,
     /// Extractor that produced the current chunks.
     pub extractor_version: Option<String>,
+    /// Pending reprocessing (`{"run", "stage", ...}`; with `"error"` when it failed and the
+    /// current chunk set was kept), or `None`.
+    pub reprocess: Option<serde_json::Value>,
     /// Upload time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -134,16 +137,7 @@ pub async fn create(tx: &mut UserTx, new: &NewDocument<'_>, max_attempts: u32) -
         .execute(tx.conn())
         .await
         .map_err(StoreError::db("storing the document's bytes"))?;
-    enqueue(
-        tx,
-        INGEST_QUEUE,
-        &[IngestJob {
-            user_id: user,
-            document_id: id,
-        }],
-        max_attempts,
-    )
-    .await?;
+    enqueue(tx, INGEST_QUEUE, &[IngestJob::upload(user, id)], max_attempts).await?;
     Ok(Stored {
         document,
         created: true,
@@ -230,11 +224,15 @@ pub async fn set_stage(
 
 /// Marks a document failed with a readable reason. Its previous chunk set, if any, is kept.
 pub async fn fail(tx: &mut UserTx, id: DocumentId, error: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE documents SET status = 'failed', error = $2, updated_at = now() WHERE id = $1")
-        .bind(id.0)
-        .bind(error)
-        .execute(tx.conn())
-        .await
-        .map_err(StoreError::db("marking a document failed"))?;
+    // A ready document is never failed: a reprocessing that fails keeps its chunk set (the run
+    // records why, reprocess::fail).
+    sqlx::query(
+        "UPDATE documents SET status = 'failed', error = $2, updated_at = now() WHERE id = $1 AND status <> 'ready'",
+    )
+    .bind(id.0)
+    .bind(error)
+    .execute(tx.conn())
+    .await
+    .map_err(StoreError::db("marking a document failed"))?;
     Ok(())
 }

@@ -13,12 +13,28 @@ pub const INGEST_QUEUE: &str = "ragpipe.ingest";
 pub const AGENT_QUEUE: &str = "ragpipe.agent";
 
 /// Ingest one document: extract, chunk, embed, store. Everything else is read from its row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestJob {
     /// Owner, to act as.
     pub user_id: UserId,
     /// The document.
     pub document_id: DocumentId,
+    /// The reprocessing run this job belongs to (its target is on the document's `reprocess`
+    /// column); `None` for an upload's first ingest. A job whose run is no longer the
+    /// document's pending one does nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprocess: Option<String>,
+}
+
+impl IngestJob {
+    /// The first ingest of an uploaded document.
+    pub fn upload(user_id: UserId, document_id: DocumentId) -> IngestJob {
+        IngestJob {
+            user_id,
+            document_id,
+            reprocess: None,
+        }
+    }
 }
 
 /// Adds jobs to `queue` inside the caller's transaction.

@@ -21,8 +21,15 @@ use pgvector::Vector;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The statement, with `{dim}` and `{model}` placeholders.
+/// The statement, with a `{vector_legs}` placeholder.
 const HYBRID_SQL: &str = include_str!("search/hybrid.sql");
+/// One vector leg, with `{model}`, `{dim}` and `{leg}` placeholders.
+const VECTOR_LEG_SQL: &str = include_str!("search/vector_leg.sql");
+/// The vector leg when no model is searched (text mode).
+const NO_VECTOR_LEG_SQL: &str = "    SELECT NULL::int8 AS id, NULL::float8 AS distance, NULL::int8 AS rank WHERE false";
+
+/// Most embedding models one search ranks (one leg each).
+pub const MAX_MODELS: usize = 4;
 
 /// Most results one search returns.
 pub const MAX_K: u32 = 100;
@@ -140,17 +147,25 @@ impl Default for Bm25 {
     }
 }
 
+/// The query embedded by one model, whose chunks a vector leg of their own ranks.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryVector<'a> {
+    /// Model whose vectors are searched; its partial index is used.
+    pub model: &'a str,
+    /// Its dimension.
+    pub dim: u32,
+    /// The query's embedding by that model.
+    pub embedding: &'a [f32],
+}
+
 /// One search.
 #[derive(Debug, Clone)]
 pub struct SearchQuery<'a> {
     /// The question or keywords as typed.
     pub text: &'a str,
-    /// The query's embedding by `embedding_model` (needed unless the mode is `Text`).
-    pub embedding: Option<&'a [f32]>,
-    /// Model whose vectors are searched; its partial index is used.
-    pub embedding_model: &'a str,
-    /// Its dimension.
-    pub dim: u32,
+    /// The query embedded by each model whose chunks are searched (at least one unless the mode
+    /// is `Text`; two while chunks move from one model to another).
+    pub vectors: &'a [QueryVector<'a>],
     /// Which legs run.
     pub mode: SearchMode,
     /// Results wanted (1..=[`MAX_K`]).
@@ -213,36 +228,52 @@ fn invalid(message: String) -> StoreError {
 pub async fn search(tx: &mut UserTx, query: &SearchQuery<'_>) -> Result<Vec<SearchHit>, StoreError> {
     let k = query.k.clamp(1, MAX_K);
     let depth = query.depth.clamp(k, MAX_DEPTH);
-    let embedding = match (query.mode.uses_vector(), query.embedding) {
-        (false, _) => None,
-        (true, None) => return Err(invalid(format!("{} search needs the query's embedding", query.mode))),
-        (true, Some(v)) if v.len() != query.dim as usize => {
-            return Err(invalid(format!(
-                "query embedding has {} dimensions, model {} has {}",
-                v.len(),
-                query.embedding_model,
-                query.dim
-            )));
-        }
-        (true, Some(v)) => Some(Vector::from(v.to_vec())),
-    };
-    if query.dim == 0 || query.dim > 2000 {
+    let vectors: &[QueryVector<'_>] = if query.mode.uses_vector() { query.vectors } else { &[] };
+    if query.mode.uses_vector() && vectors.is_empty() {
+        return Err(invalid(format!("{} search needs the query's embedding", query.mode)));
+    }
+    if vectors.len() > MAX_MODELS {
         return Err(invalid(format!(
-            "embedding dimension {} is outside 1..=2000",
-            query.dim
+            "{} embedding models to search; at most {MAX_MODELS}",
+            vectors.len()
         )));
     }
+    let mut legs = Vec::with_capacity(vectors.len());
+    let mut embeddings = Vec::with_capacity(vectors.len());
+    for (i, v) in vectors.iter().enumerate() {
+        if v.dim == 0 || v.dim > 2000 {
+            return Err(invalid(format!("embedding dimension {} is outside 1..=2000", v.dim)));
+        }
+        if v.embedding.len() != v.dim as usize {
+            return Err(invalid(format!(
+                "query embedding has {} dimensions, model {} has {}",
+                v.embedding.len(),
+                v.model,
+                v.dim
+            )));
+        }
+        // Audited: the dimension and the leg are integers and the model a quoted literal.
+        legs.push(
+            VECTOR_LEG_SQL
+                .replace("{dim}", &v.dim.to_string())
+                .replace("{leg}", &(i + 1).to_string())
+                .replace("{model}", &sql_literal(v.model)),
+        );
+        embeddings.push(Vector::from(v.embedding.to_vec()));
+    }
+    let legs = if legs.is_empty() {
+        NO_VECTOR_LEG_SQL.to_owned()
+    } else {
+        legs.join("    UNION ALL\n")
+    };
     let vector_depth = if query.mode.uses_vector() { depth } else { 0 };
     let text_depth = if query.mode.uses_text() { depth } else { 0 };
     let bm25 = &query.bm25;
-    // Audited: the dimension is an integer and the model a quoted literal.
-    let sql = HYBRID_SQL
-        .replace("{dim}", &query.dim.to_string())
-        .replace("{model}", &sql_literal(query.embedding_model));
+    let sql = HYBRID_SQL.replace("{vector_legs}", &legs);
     let ef_search = vector_depth.max(40);
     sqlx::query_as::<_, SearchHit>(sqlx::AssertSqlSafe(sql))
         .bind(query.text)
-        .bind(embedding)
+        .bind(&embeddings)
         .bind(k as i32)
         .bind(vector_depth as i32)
         .bind(text_depth as i32)
@@ -281,7 +312,10 @@ mod tests {
 
     #[test]
     fn the_statement_has_every_placeholder_and_parameter() {
-        assert!(HYBRID_SQL.contains("{dim}") && HYBRID_SQL.contains("{model}"));
+        assert!(HYBRID_SQL.contains("{vector_legs}"));
+        for placeholder in ["{dim}", "{model}", "{leg}"] {
+            assert!(VECTOR_LEG_SQL.contains(placeholder), "{placeholder}");
+        }
         for n in 1..=18 {
             assert!(HYBRID_SQL.contains(&format!("${n}")), "${n} unused");
         }

@@ -99,11 +99,8 @@ pub async fn ingest(
         .expect("upload");
         tx.commit().await.expect("commit");
         let id = DocumentId(stored.document.id);
-        let job = IngestJob {
-            user_id: user,
-            document_id: id,
-        };
-        match ingest_document(&ctx, job, &format!("test-{id}")).await {
+        let job = IngestJob::upload(user, id);
+        match ingest_document(&ctx, &job, &format!("test-{id}")).await {
             Ok(Outcome::Ready { .. }) => ready.push((filename, id)),
             Ok(other) => eprintln!("{filename}: {other:?}"),
             Err(e) => panic!("ingesting {filename}: {e}"),

@@ -11,11 +11,14 @@ use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use ragpipe_core::{Config, DocumentStatus, ErrorKind};
 use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits};
-use ragpipe_llm::{Embedder, PriceTable};
+use ragpipe_llm::{Embedder, Embedders, PriceTable};
 use ragpipe_store::chunks::{ChunkSetInfo, NewChunk};
+use ragpipe_store::documents::Document;
 use ragpipe_store::jobs::{INGEST_QUEUE, IngestJob};
+use ragpipe_store::reprocess::{Pending, Stage};
 use ragpipe_store::usage::{NewUsage, UsageKind, UsageOrigin};
-use ragpipe_store::{Store, StoreError, documents};
+use ragpipe_store::{Store, StoreError, documents, embedding_cache, embedding_models};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +31,10 @@ const EMBED_SLICE: usize = 256;
 pub struct IngestContext {
     store: Store,
     config: Arc<Config>,
-    embedder: Embedder,
+    embedders: Embedders,
     chunker: Arc<Chunker>,
+    /// Chunkers for other settings (reprocessing runs), built once each.
+    chunkers: std::sync::Mutex<HashMap<(u32, u32), Arc<Chunker>>>,
     limits: Limits,
     prices: PriceTable,
 }
@@ -79,7 +84,7 @@ pub enum Outcome {
 impl IngestContext {
     /// Builds the models and the chunker from the configuration.
     pub fn new(store: Store, config: Arc<Config>) -> Result<IngestContext, String> {
-        let embedder = Embedder::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
+        let embedders = Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
         let chunker =
             Chunker::new(ChunkSettings::from_config(&config.chunking)).map_err(|e| format!("chunker: {e}"))?;
         let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
@@ -87,10 +92,52 @@ impl IngestContext {
             store,
             limits: Limits::from_config(&config.limits),
             config,
-            embedder,
+            embedders,
             chunker: Arc::new(chunker),
+            chunkers: Default::default(),
             prices,
         })
+    }
+
+    /// The embedder of `model`: the configured one, or another recorded model (with its own
+    /// dimension and endpoint) that a reprocessing run moves documents to.
+    async fn embedder_for(&self, model: &str) -> Result<Embedder, JobError> {
+        if model == self.embedders.configured().model() {
+            return Ok(self.embedders.configured().clone());
+        }
+        let recorded = embedding_models::get(&self.store, model).await?.ok_or_else(|| {
+            JobError::permanent(format!(
+                "embedding model {model:?} is not recorded: configure it (RAGPIPE_EMBEDDING_MODEL, _DIM, \
+                 _BASE_URL) and run `ragpipe migrate` before reprocessing to it"
+            ))
+        })?;
+        self.embedders
+            .get(&recorded.model, recorded.dim as u32, recorded.base_url.as_deref())
+            .map_err(|e| JobError::permanent(format!("embedding model {model}: {e}")))
+    }
+
+    /// The chunker for `max_tokens`/`overlap_tokens` with the configured tokenizer.
+    fn chunker_for(&self, max_tokens: u32, overlap_tokens: u32) -> Result<Arc<Chunker>, JobError> {
+        let configured = self.chunker.settings();
+        if (configured.max_tokens, configured.overlap_tokens) == (max_tokens, overlap_tokens) {
+            return Ok(Arc::clone(&self.chunker));
+        }
+        let mut chunkers = self
+            .chunkers
+            .lock()
+            .map_err(|_| JobError::permanent("chunker registry poisoned"))?;
+        if let Some(c) = chunkers.get(&(max_tokens, overlap_tokens)) {
+            return Ok(Arc::clone(c));
+        }
+        let chunker = Chunker::new(ChunkSettings {
+            max_tokens,
+            overlap_tokens,
+            tokenizer: configured.tokenizer.clone(),
+        })
+        .map_err(|e| JobError::permanent(format!("chunk settings {max_tokens}/{overlap_tokens}: {e}")))?;
+        let chunker = Arc::new(chunker);
+        chunkers.insert((max_tokens, overlap_tokens), Arc::clone(&chunker));
+        Ok(chunker)
     }
 
     /// The store.
@@ -99,9 +146,15 @@ impl IngestContext {
     }
 }
 
-/// Runs the whole pipeline for one document. `job_key` identifies the job across retries (its
-/// usage event's idempotency key is derived from it).
-pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str) -> Result<Outcome, JobError> {
+/// Runs the pipeline for one document. `job_key` identifies the job across retries (its usage
+/// event's idempotency key is derived from it).
+///
+/// A first ingest runs every stage, with the document's status following them. A reprocessing
+/// job (`job.reprocess`) does what its run asks on the document's `reprocess` column: a ready
+/// document keeps its status and its current chunk set, which stays searchable, until the new
+/// set (or, for the `embed` stage, the new vectors of the same chunks) replaces it in one
+/// transaction; a failed document goes through every stage again.
+pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str) -> Result<Outcome, JobError> {
     let store = &ctx.store;
     let doc_id = job.document_id;
     let mut tx = store.user_tx(job.user_id).await?;
@@ -110,10 +163,29 @@ pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str)
         Err(StoreError::NotFound(_)) => return Ok(Outcome::Skipped),
         Err(e) => return Err(e.into()),
     };
-    if document.status().is_terminal() {
-        return Ok(Outcome::Skipped);
+    let pending = match &job.reprocess {
+        None if document.status().is_terminal() => return Ok(Outcome::Skipped),
+        None => None,
+        Some(run) => match Pending::from_column(document.reprocess.as_ref()) {
+            Some(p) if &p.run == run && p.in_flight() => Some(p),
+            // Done, failed, or superseded by another run.
+            _ => return Ok(Outcome::Skipped),
+        },
+    };
+    // A ready document is redone in the background: no status changes, old chunks searchable.
+    let background = pending.is_some() && document.status() == DocumentStatus::Ready;
+    let run = pending.as_ref().map(|p| p.run.as_str());
+    let embedder = match &pending {
+        Some(p) => ctx.embedder_for(&p.embedding_model).await?,
+        None => ctx.embedders.configured().clone(),
+    };
+    if background && pending.as_ref().is_some_and(|p| p.stage == Stage::Embed) {
+        tx.commit().await?;
+        return reembed(ctx, job, &document, &embedder, run, job_key).await;
     }
-    documents::set_stage(&mut tx, doc_id, DocumentStatus::Extracting, 0.05).await?;
+    if !background {
+        documents::set_stage(&mut tx, doc_id, DocumentStatus::Extracting, 0.05).await?;
+    }
     let bytes = documents::bytes(&mut tx, doc_id).await?;
     tx.commit().await?;
 
@@ -129,11 +201,17 @@ pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str)
         Err(e) => return fail(ctx, job, &e.to_string()).await,
     };
 
-    set_stage(ctx, job, DocumentStatus::Chunking, 0.25).await?;
+    if !background {
+        set_stage(ctx, job, DocumentStatus::Chunking, 0.25).await?;
+    }
     let started = Instant::now();
-    let chunker = Arc::clone(&ctx.chunker);
+    let chunker = match &pending {
+        Some(p) => ctx.chunker_for(p.chunk_max_tokens, p.chunk_overlap_tokens)?,
+        None => Arc::clone(&ctx.chunker),
+    };
+    let chunking = Arc::clone(&chunker);
     let (extracted, chunks) = tokio::task::spawn_blocking(move || {
-        let chunks = chunker.chunk(&extracted);
+        let chunks = chunking.chunk(&extracted);
         (extracted, chunks)
     })
     .instrument(info_span!("chunk"))
@@ -144,36 +222,13 @@ pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str)
         return fail(ctx, job, "no extractable text").await;
     }
 
-    set_stage(ctx, job, DocumentStatus::Embedding, 0.3).await?;
-    let started = Instant::now();
-    let mut vectors = Vec::with_capacity(chunks.len());
-    let (mut prompt_tokens, mut requests) = (0u64, 0u32);
-    for (i, slice) in chunks.chunks(EMBED_SLICE).enumerate() {
-        let inputs: Vec<String> = slice.iter().map(|c| c.content.clone()).collect();
-        let embedded = ctx
-            .embedder
-            .embed(&inputs)
-            .instrument(info_span!("embed", inputs = inputs.len()))
-            .await
-            .map_err(|e| {
-                metrics::counter!("ragpipe_embedding_errors_total").increment(1);
-                JobError {
-                    kind: e.kind(),
-                    message: format!("embedding {}: {e}", document.filename),
-                }
-            })?;
-        metrics::counter!("ragpipe_embedding_requests_total").increment(u64::from(embedded.requests));
-        metrics::counter!("ragpipe_embedding_retries_total").increment(u64::from(embedded.retries));
-        metrics::counter!("ragpipe_embedding_rate_limited_total").increment(u64::from(embedded.rate_limited));
-        metrics::counter!("ragpipe_embedding_tokens_total").increment(embedded.prompt_tokens);
-        prompt_tokens += embedded.prompt_tokens;
-        requests += embedded.requests;
-        vectors.extend(embedded.vectors);
-        let done = ((i + 1) * EMBED_SLICE).min(chunks.len()) as f32 / chunks.len() as f32;
-        if (i + 1) * EMBED_SLICE < chunks.len() {
-            set_stage(ctx, job, DocumentStatus::Embedding, 0.3 + 0.65 * done).await?;
-        }
+    if !background {
+        set_stage(ctx, job, DocumentStatus::Embedding, 0.3).await?;
     }
+    let started = Instant::now();
+    let texts: Vec<(&str, u32)> = chunks.iter().map(|c| (c.content.as_str(), c.token_count)).collect();
+    let (vectors, spent) =
+        embed_cached(ctx, &embedder, &texts, &document.filename, (!background).then_some(job)).await?;
     stage_seconds("embed", started);
 
     let started = Instant::now();
@@ -192,13 +247,19 @@ pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str)
         })
         .collect();
     let failed_pages = serde_json::to_value(&extracted.failed_pages).unwrap_or_default();
-    let settings = ctx.chunker.settings();
-    let model = ctx.embedder.model();
+    let settings = chunker.settings();
+    let model = embedder.model();
     let mut tx = store.user_tx(job.user_id).await?;
     // The document may have been deleted while it was being embedded: then there is nothing to
     // store (and the chunk insert would violate its foreign key).
-    if matches!(documents::get(&mut tx, doc_id).await, Err(StoreError::NotFound(_))) {
-        return Ok(Outcome::Skipped);
+    match documents::get(&mut tx, doc_id).await {
+        Err(StoreError::NotFound(_)) => return Ok(Outcome::Skipped),
+        Err(e) => return Err(e.into()),
+        // Another run took the document over while this one worked: leave it to that run.
+        Ok(now) if run.is_some() && Pending::from_column(now.reprocess.as_ref()).map(|p| p.run).as_deref() != run => {
+            return Ok(Outcome::Skipped);
+        }
+        Ok(_) => {}
     }
     ragpipe_store::chunks::replace(
         &mut tx,
@@ -214,42 +275,189 @@ pub async fn ingest_document(ctx: &IngestContext, job: IngestJob, job_key: &str)
             language: extracted.language.as_deref(),
             page_count: Some(extracted.pages.len() as u32).filter(|n| *n > 0),
             failed_pages,
+            run,
         },
     )
     .await?;
-    ragpipe_store::usage::record(
-        &mut tx,
-        &NewUsage {
-            kind: UsageKind::Embedding,
-            model,
-            prompt_tokens,
-            completion_tokens: 0,
-            cached_tokens: 0,
-            requests,
-            cost: ctx.prices.cost(model, prompt_tokens, 0),
-            idempotency_key: format!("ingest:{job_key}"),
-            document_id: Some(doc_id.0),
-            message_id: None,
-            request_id: None,
-            origin: UsageOrigin::User,
-        },
-    )
-    .await?;
+    record_usage(ctx, &mut tx, job, model, &spent, job_key).await?;
     tx.commit().await?;
     stage_seconds("store", started);
     Ok(Outcome::Ready { chunks: rows.len() })
 }
 
-async fn set_stage(ctx: &IngestContext, job: IngestJob, status: DocumentStatus, progress: f32) -> Result<(), JobError> {
+/// The `embed` stage alone: the document's chunks, as stored, get vectors by `embedder`'s model
+/// in one update; their text, and so the text search, do not change.
+async fn reembed(
+    ctx: &IngestContext,
+    job: &IngestJob,
+    document: &Document,
+    embedder: &Embedder,
+    run: Option<&str>,
+    job_key: &str,
+) -> Result<Outcome, JobError> {
+    let doc_id = job.document_id;
+    let mut tx = ctx.store.user_tx(job.user_id).await?;
+    let chunks = ragpipe_store::chunks::texts(&mut tx, doc_id).await?;
+    tx.commit().await?;
+    if chunks.is_empty() {
+        return fail(ctx, job, "no chunks to re-embed").await;
+    }
+    let started = Instant::now();
+    let texts: Vec<(&str, u32)> = chunks
+        .iter()
+        .map(|c| (c.content.as_str(), c.token_count as u32))
+        .collect();
+    let (vectors, spent) = embed_cached(ctx, embedder, &texts, &document.filename, None).await?;
+    stage_seconds("embed", started);
+    let started = Instant::now();
+    let ids: Vec<i64> = chunks.iter().map(|c| c.id).collect();
+    let mut tx = ctx.store.user_tx(job.user_id).await?;
+    match documents::get(&mut tx, doc_id).await {
+        Err(StoreError::NotFound(_)) => return Ok(Outcome::Skipped),
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    ragpipe_store::chunks::reembed(&mut tx, doc_id, &ids, &vectors, embedder.model(), run).await?;
+    record_usage(ctx, &mut tx, job, embedder.model(), &spent, job_key).await?;
+    tx.commit().await?;
+    stage_seconds("store", started);
+    Ok(Outcome::Ready { chunks: ids.len() })
+}
+
+/// What embedding a chunk set cost.
+#[derive(Debug, Default, Clone, Copy)]
+struct Spent {
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    requests: u32,
+}
+
+/// Vectors for `texts` (text, token count) by `embedder`: from the embedding cache where it has
+/// them, from the model for the rest (each distinct text once), which are then cached at once,
+/// so a retried job does not pay for them again. With `progress_of`, the document's progress
+/// moves through the embedding stage.
+async fn embed_cached(
+    ctx: &IngestContext,
+    embedder: &Embedder,
+    texts: &[(&str, u32)],
+    filename: &str,
+    progress_of: Option<&IngestJob>,
+) -> Result<(Vec<Vec<f32>>, Spent), JobError> {
+    let (model, dim) = (embedder.model(), embedder.dim() as u32);
+    let hashes: Vec<[u8; 32]> = texts.iter().map(|(t, _)| embedding_cache::text_hash(t)).collect();
+    let mut known = embedding_cache::lookup(&ctx.store, model, dim, &hashes).await?;
+    let mut spent = Spent::default();
+    let mut seen = std::collections::HashSet::new();
+    let misses: Vec<usize> = (0..texts.len())
+        .filter(|&i| !known.contains_key(&hashes[i]) && seen.insert(hashes[i]))
+        .collect();
+    for (i, slice) in misses.chunks(EMBED_SLICE).enumerate() {
+        let inputs: Vec<String> = slice.iter().map(|&j| texts[j].0.to_owned()).collect();
+        let embedded = embedder
+            .embed(&inputs)
+            .instrument(info_span!("embed", inputs = inputs.len()))
+            .await
+            .map_err(|e| {
+                metrics::counter!("ragpipe_embedding_errors_total").increment(1);
+                JobError {
+                    kind: e.kind(),
+                    message: format!("embedding {filename}: {e}"),
+                }
+            })?;
+        metrics::counter!("ragpipe_embedding_requests_total").increment(u64::from(embedded.requests));
+        metrics::counter!("ragpipe_embedding_retries_total").increment(u64::from(embedded.retries));
+        metrics::counter!("ragpipe_embedding_rate_limited_total").increment(u64::from(embedded.rate_limited));
+        metrics::counter!("ragpipe_embedding_tokens_total").increment(embedded.prompt_tokens);
+        spent.prompt_tokens += embedded.prompt_tokens;
+        spent.requests += embedded.requests;
+        let entries: Vec<([u8; 32], &[f32])> = slice
+            .iter()
+            .zip(&embedded.vectors)
+            .map(|(&j, v)| (hashes[j], v.as_slice()))
+            .collect();
+        embedding_cache::insert(&ctx.store, model, dim, &entries).await?;
+        for (&j, vector) in slice.iter().zip(embedded.vectors) {
+            known.insert(hashes[j], vector);
+        }
+        if let Some(job) = progress_of
+            && (i + 1) * EMBED_SLICE < misses.len()
+        {
+            let done = ((i + 1) * EMBED_SLICE) as f32 / misses.len() as f32;
+            set_stage(ctx, job, DocumentStatus::Embedding, 0.3 + 0.65 * done).await?;
+        }
+    }
+    let sent: std::collections::HashSet<usize> = misses.into_iter().collect();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for (i, hash) in hashes.iter().enumerate() {
+        if !sent.contains(&i) {
+            spent.cached_tokens += u64::from(texts[i].1);
+        }
+        let vector = known
+            .get(hash)
+            .cloned()
+            .ok_or_else(|| JobError::permanent(format!("embedding {filename}: no vector for chunk {i}")))?;
+        vectors.push(vector);
+    }
+    metrics::counter!("ragpipe_embedding_cached_tokens_total").increment(spent.cached_tokens);
+    Ok((vectors, spent))
+}
+
+/// The one usage event of a job (keyed by the job, so a retry records nothing new); a
+/// reprocessing run's is marked as such, so quotas do not charge it to the user.
+async fn record_usage(
+    ctx: &IngestContext,
+    tx: &mut ragpipe_store::UserTx,
+    job: &IngestJob,
+    model: &str,
+    spent: &Spent,
+    job_key: &str,
+) -> Result<(), JobError> {
+    ragpipe_store::usage::record(
+        tx,
+        &NewUsage {
+            kind: UsageKind::Embedding,
+            model,
+            prompt_tokens: spent.prompt_tokens,
+            completion_tokens: 0,
+            cached_tokens: spent.cached_tokens,
+            requests: spent.requests,
+            cost: ctx.prices.cost(model, spent.prompt_tokens, 0),
+            idempotency_key: format!("ingest:{job_key}"),
+            document_id: Some(job.document_id.0),
+            message_id: None,
+            request_id: None,
+            origin: if job.reprocess.is_some() {
+                UsageOrigin::Reprocess
+            } else {
+                UsageOrigin::User
+            },
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_stage(
+    ctx: &IngestContext,
+    job: &IngestJob,
+    status: DocumentStatus,
+    progress: f32,
+) -> Result<(), JobError> {
     let mut tx = ctx.store.user_tx(job.user_id).await?;
     documents::set_stage(&mut tx, job.document_id, status, progress).await?;
     tx.commit().await?;
     Ok(())
 }
 
-async fn fail(ctx: &IngestContext, job: IngestJob, reason: &str) -> Result<Outcome, JobError> {
+/// Fails the job's document for good: a first ingest (or a failed document's reprocessing)
+/// marks it failed with the reason; a ready document's reprocessing keeps its chunk set and
+/// records the reason with the run.
+async fn fail(ctx: &IngestContext, job: &IngestJob, reason: &str) -> Result<Outcome, JobError> {
     let mut tx = ctx.store.user_tx(job.user_id).await?;
     documents::fail(&mut tx, job.document_id, reason).await?;
+    if let Some(run) = &job.reprocess {
+        ragpipe_store::reprocess::fail(&mut tx, job.document_id, run, reason).await?;
+    }
     tx.commit().await?;
     Ok(Outcome::Failed(reason.to_owned()))
 }
@@ -274,7 +482,7 @@ async fn handle(
     let span = info_span!("ingest", document_id = %job.document_id, user_id = %job.user_id, job_id = %task_id, attempt = attempt.current());
     async move {
         let max_attempts = ctx.config.worker.max_attempts.max(1) as usize;
-        match ingest_document(&ctx, job, &task_id.to_string()).await {
+        match ingest_document(&ctx, &job, &task_id.to_string()).await {
             Ok(outcome) => {
                 let label = match &outcome {
                     Outcome::Ready { .. } => "ready",
@@ -300,7 +508,7 @@ async fn handle(
                 };
                 warn!(error = %reason, "ingest failed permanently");
                 metrics::counter!("ragpipe_ingest_documents_total", "outcome" => "failed").increment(1);
-                let _ = fail(&ctx, job, &reason).await;
+                let _ = fail(&ctx, &job, &reason).await;
                 Ok(())
             }
         }
@@ -322,14 +530,15 @@ pub fn queue_config(config: &Config) -> apalis_postgres::Config {
 /// ones in flight and returns.
 pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     // Chunks reference their model, and a model keeps its dimension: check both before taking jobs.
-    ragpipe_store::embedding_models::ensure(
+    let configured = ctx.embedders.configured();
+    embedding_models::ensure(
         &ctx.store,
-        ctx.embedder.model(),
-        ctx.embedder.dim() as u32,
+        configured.model(),
+        configured.dim() as u32,
         ctx.config.embedding.base_url.as_deref(),
     )
     .await
-    .map_err(|e| format!("embedding model {}: {e}", ctx.embedder.model()))?;
+    .map_err(|e| format!("embedding model {}: {e}", configured.model()))?;
     let concurrency = ctx.config.worker.concurrency.max(1) as usize;
     // LISTEN/NOTIFY wakes the worker the moment a job is committed; polling alone backs off
     // while idle, so an upload after a quiet spell would wait seconds.

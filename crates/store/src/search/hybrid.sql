@@ -2,11 +2,13 @@
 -- statistics), fused with weighted Reciprocal Rank Fusion. Runs as ragpipe_app in a UserTx, so
 -- row-level security scopes every read of user data to the acting user.
 --
--- {dim} and {model} are replaced before the statement is prepared (store::search): the partial
--- HNSW index of a model is used only when the query repeats its expression and predicate
--- exactly, with the model as a literal.
+-- The placeholder in vector_leg below is replaced before the statement is prepared
+-- (store::search) by one leg per embedding model searched (vector_leg.sql; two while chunks
+-- move from one model to another, each ranked by its own model): the partial HNSW index of a
+-- model is used only when the query repeats its expression and predicate exactly, with the
+-- model as a literal.
 --
---  $1 query text            $2 query vector (NULL: no vector leg)    $3 k
+--  $1 query text            $2 query vectors, one per leg, in leg order    $3 k
 --  $4 vector leg depth      $5 text leg depth (0 turns a leg off)
 --  $6 document ids (NULL: all)                 $7 metadata containment (NULL: any)
 --  $8 vector weight  $9 vector RRF k  $10 text weight  $11 text RRF k
@@ -23,9 +25,9 @@ scope AS (
            END AS ids
 ),
 
--- The query vector. It is read through a scalar subquery (an InitPlan), which PostgreSQL
+-- The query vectors. Each is read through a scalar subquery (an InitPlan), which PostgreSQL
 -- evaluates when the index scan computes its ORDER BY argument, before pgvector reads its
--- settings at the first tuple: so the settings below apply to this statement's scan without a
+-- settings at the first tuple: so the settings below apply to this statement's scans without a
 -- round trip of their own, and end with the transaction (set_config(..., true)).
 --   hnsw.iterative_scan: row-level security and the document filters drop rows after the index
 --   returns them; without an iterative scan a user owning 1% of the chunks would get ~1% of
@@ -33,20 +35,12 @@ scope AS (
 --   leg is re-sorted by distance below.
 --   hnsw.ef_search: at least the leg's depth, or the index cannot return that many.
 probe AS MATERIALIZED (
-    SELECT $2::vector({dim}) AS v,
+    SELECT $2::vector[] AS v,
            set_config('hnsw.iterative_scan', 'relaxed_order', true) AS iterative_scan,
            set_config('hnsw.ef_search', $17::text, true) AS ef_search
 ),
 vector_leg AS (
-    SELECT n.id, n.distance, row_number() OVER (ORDER BY n.distance, n.id) AS rank
-    FROM (
-        SELECT c.id, c.embedding::vector({dim}) <=> (SELECT v FROM probe) AS distance
-        FROM document_chunks AS c
-        WHERE c.embedding_model = {model}
-          AND ((SELECT ids FROM scope) IS NULL OR c.document_id = ANY ((SELECT ids FROM scope)::uuid[]))
-        ORDER BY c.embedding::vector({dim}) <=> (SELECT v FROM probe)
-        LIMIT $4
-    ) AS n
+{vector_legs}
 ),
 
 -- The text leg. Any query term may match (natural questions rarely contain every term), and
