@@ -173,8 +173,11 @@ pub struct Retriever {
     fusion: Fusion,
     bm25: Bm25,
     refresh: Duration,
-    models: Arc<Mutex<Option<(Instant, Vec<EmbeddingModel>)>>>,
+    models: Arc<Mutex<Option<ModelsRead>>>,
 }
+
+/// The embedding models with chunks, and when that was read.
+type ModelsRead = (Instant, Vec<EmbeddingModel>);
 
 impl Retriever {
     /// A retriever with the measured defaults ([`DEFAULT_FUSION`], [`Bm25::default`]) over

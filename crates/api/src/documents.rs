@@ -1,4 +1,4 @@
-//! `/v1/documents`: upload, list, read, chunks, delete. Every handler acts through the caller's
+//! `/v1/documents`: upload, list, read, chunks, delete, reprocess. Every handler acts through the caller's
 //! [`ragpipe_store::UserTx`], so row-level security decides what it can see: another user's id
 //! is simply not there (404, never 403).
 
@@ -13,6 +13,7 @@ use ragpipe_core::{DocumentId, DocumentStatus};
 use ragpipe_ingest::{ExtractError, Format};
 use ragpipe_store::chunks::{self, StoredChunk};
 use ragpipe_store::documents::{self, Document, NewDocument, Stored};
+use ragpipe_store::reprocess::{Plan, Stage, Target};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -237,4 +238,109 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, IdPath(id): IdPat
     tx.commit().await?;
     tracing::info!(document_id = %id, "document deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST /v1/documents/{id}/reprocess`; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReprocessRequest {
+    /// Redo from this stage (`extract`, `chunk`, `embed`); default: the earliest stage whose
+    /// settings differ from the target, or `extract` when none does.
+    pub stage: Option<Stage>,
+    /// Chunk size for the new set (default: the configured one).
+    pub chunk_max_tokens: Option<u32>,
+    /// Chunk overlap for the new set (default: the configured one).
+    pub chunk_overlap_tokens: Option<u32>,
+    /// Embedding model for the new vectors (default: the configured one); must be recorded.
+    pub embedding_model: Option<String>,
+}
+
+/// `POST /v1/documents/{id}/reprocess`: 202 with the document, whose `reprocess` field shows
+/// the pending run; a ready document stays ready and searchable until the new chunk set
+/// replaces the old one. 409 while a reprocessing of it is in flight, 422 for a bad setting.
+pub async fn reprocess(
+    State(state): State<AppState>,
+    auth: Auth,
+    IdPath(id): IdPath,
+    body: Option<Json<ReprocessRequest>>,
+) -> Result<(StatusCode, Json<Document>), Error> {
+    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let config = &state.config;
+    let target = Target {
+        chunk_max_tokens: request.chunk_max_tokens.unwrap_or(config.chunking.max_tokens),
+        chunk_overlap_tokens: request.chunk_overlap_tokens.unwrap_or(config.chunking.overlap_tokens),
+        embedding_model: request
+            .embedding_model
+            .clone()
+            .unwrap_or_else(|| config.embedding.model.clone()),
+        extractor_version: ragpipe_ingest::EXTRACTOR_VERSION.to_owned(),
+        stage: request.stage,
+    };
+    let unprocessable = |message: String| Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_setting", message);
+    if target.chunk_max_tokens == 0 || target.chunk_max_tokens > 8192 {
+        return Err(unprocessable(format!(
+            "chunk_max_tokens is {}; it must be 1..=8192",
+            target.chunk_max_tokens
+        )));
+    }
+    if target.chunk_overlap_tokens >= target.chunk_max_tokens {
+        return Err(unprocessable(format!(
+            "chunk_overlap_tokens ({}) must be smaller than chunk_max_tokens ({})",
+            target.chunk_overlap_tokens, target.chunk_max_tokens
+        )));
+    }
+    if target.embedding_model != config.embedding.model
+        && ragpipe_store::embedding_models::get(&state.store, &target.embedding_model)
+            .await?
+            .is_none()
+    {
+        return Err(unprocessable(format!(
+            "embedding model {:?} is not served here",
+            target.embedding_model
+        )));
+    }
+    let document = DocumentId(id);
+    let mut tx = state.store.user_tx(auth.user_id).await?;
+    let candidate = ragpipe_store::reprocess::candidate(&mut tx, document).await?;
+    // A request of its own: one run per call.
+    let run = format!("api-{}", Uuid::new_v4().simple());
+    let stage = match candidate.plan(&run, &target) {
+        Plan::InFlight => {
+            return Err(Error::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the document is already being reprocessed",
+            ));
+        }
+        Plan::Busy => {
+            return Err(Error::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("the document is still being ingested ({})", candidate.status),
+            ));
+        }
+        Plan::Redo(stage) => stage,
+        // Nothing differs: the caller still asked, so everything is redone.
+        Plan::Done => Stage::Extract,
+    };
+    // The owner asked: the model calls are theirs, within their budget.
+    ragpipe_store::quotas::check_question(&mut tx)
+        .await
+        .map_err(crate::usage::refused)?;
+    let pending = ragpipe_store::reprocess::Pending {
+        by_owner: true,
+        ..target.pending(&run, stage)
+    };
+    let marked = ragpipe_store::reprocess::mark(&mut tx, document, &pending, config.worker.max_attempts).await?;
+    if !marked {
+        return Err(Error::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the document changed while its reprocessing was requested; try again",
+        ));
+    }
+    let document = documents::get(&mut tx, document).await?;
+    tx.commit().await?;
+    tracing::info!(document_id = %id, %run, stage = stage.as_str(), "reprocessing requested");
+    Ok((StatusCode::ACCEPTED, Json(document)))
 }

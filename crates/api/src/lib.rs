@@ -9,6 +9,7 @@
 //! | `GET /v1/documents/{id}` | one document: status, progress, error, counts |
 //! | `GET /v1/documents/{id}/chunks?offset=&limit=` | its chunks, in order |
 //! | `DELETE /v1/documents/{id}` | delete it with its bytes and chunks |
+//! | `POST /v1/documents/{id}/reprocess` | redo it (`{stage?, chunk_max_tokens?, chunk_overlap_tokens?, embedding_model?}`): 202; its chunks stay searchable meanwhile |
 //! | `POST /v1/conversations`, `GET /v1/conversations?limit=&before=` | create one; the caller's, most recently active first |
 //! | `GET /v1/conversations/{id}/messages?limit=&after=` | its messages, oldest first |
 //! | `POST /v1/conversations/{id}/messages` | ask (`{content, mode?, k?}`): 202 with ids, or with `Accept: text/event-stream` the answer's events |
@@ -98,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/documents/{id}", get(documents::get).delete(documents::delete))
         .route("/v1/documents/{id}/chunks", get(documents::chunks))
+        .route("/v1/documents/{id}/reprocess", post(documents::reprocess))
         .route(
             "/v1/conversations",
             get(conversations::list).post(conversations::create),

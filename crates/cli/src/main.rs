@@ -11,6 +11,7 @@ mod doctor;
 mod eval;
 mod extract;
 mod ingest;
+mod reprocess;
 mod search;
 mod serve;
 mod shutdown;
@@ -66,6 +67,9 @@ enum Command {
     },
     /// Upload files and directories, then wait until each document is ready or failed.
     Ingest(ingest::IngestArgs),
+    /// Redo documents from the stage that needs it (new chunk settings, embedding model or
+    /// extractor), through the job queue, resumably.
+    Reprocess(reprocess::ReprocessArgs),
     /// Search a user's documents (hybrid, vector or text).
     Search(search::SearchArgs),
     /// Ask a question over a user's documents; the answer streams to the terminal.
@@ -144,6 +148,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Ingest(args) => Ok(if ingest::run(config, args).await? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Command::Reprocess(args) => Ok(if reprocess::run(config, args).await? {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

@@ -100,6 +100,21 @@ pub fn run_key(selection: &Selection, target: &Target) -> String {
     hex::encode(&Sha256::digest(text.as_bytes())[..8])
 }
 
+impl Target {
+    /// What run `run` asks of a document it redoes from `stage`.
+    pub fn pending(&self, run: &str, stage: Stage) -> Pending {
+        Pending {
+            run: run.to_owned(),
+            stage,
+            chunk_max_tokens: self.chunk_max_tokens,
+            chunk_overlap_tokens: self.chunk_overlap_tokens,
+            embedding_model: self.embedding_model.clone(),
+            by_owner: false,
+            error: None,
+        }
+    }
+}
+
 /// What a pending reprocessing asks of one document (`documents.reprocess`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
@@ -113,6 +128,10 @@ pub struct Pending {
     pub chunk_overlap_tokens: u32,
     /// Model for the new vectors.
     pub embedding_model: String,
+    /// Whether the document's owner asked for it (`POST /v1/documents/{id}/reprocess`): then
+    /// its model calls count against their quota; an operator's batch run's do not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_owner: bool,
     /// Why the run failed on this document (its chunk set was kept), if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -234,32 +253,47 @@ pub async fn check_admin(store: &Store) -> Result<(), StoreError> {
     }
 }
 
+const CANDIDATE_SQL: &str = "SELECT d.id, d.user_id, d.status, d.chunk_count, d.byte_size, d.embedding_model, \
+            d.chunk_max_tokens, d.chunk_overlap_tokens, d.extractor_version, d.reprocess, d.last_reprocess_run, \
+            coalesce((SELECT sum(c.token_count) FROM document_chunks AS c WHERE c.document_id = d.id), 0)::int8 \
+                AS chunk_tokens \
+     FROM documents AS d \
+     WHERE (cardinality($1::uuid[]) = 0 OR d.user_id = ANY ($1)) \
+       AND (cardinality($2::uuid[]) = 0 OR d.id = ANY ($2)) \
+       AND ($3::text IS NULL OR d.status = $3) \
+       AND ($4::timestamptz IS NULL OR d.created_at >= $4) \
+       AND ($5::text IS NULL OR d.embedding_model = $5) \
+       AND ($6::text IS NULL OR d.extractor_version = $6) \
+     ORDER BY d.created_at, d.id";
+
 /// The documents `selection` picks, with what a run needs to plan them, oldest first. Reads
 /// across users: the store must connect as an admin role ([`check_admin`]).
 pub async fn candidates(store: &Store, selection: &Selection) -> Result<Vec<Candidate>, StoreError> {
-    sqlx::query_as(
-        "SELECT d.id, d.user_id, d.status, d.chunk_count, d.byte_size, d.embedding_model, d.chunk_max_tokens, \
-                d.chunk_overlap_tokens, d.extractor_version, d.reprocess, d.last_reprocess_run, \
-                coalesce((SELECT sum(c.token_count) FROM document_chunks AS c WHERE c.document_id = d.id), 0)::int8 \
-                    AS chunk_tokens \
-         FROM documents AS d \
-         WHERE (cardinality($1::uuid[]) = 0 OR d.user_id = ANY ($1)) \
-           AND (cardinality($2::uuid[]) = 0 OR d.id = ANY ($2)) \
-           AND ($3::text IS NULL OR d.status = $3) \
-           AND ($4::timestamptz IS NULL OR d.created_at >= $4) \
-           AND ($5::text IS NULL OR d.embedding_model = $5) \
-           AND ($6::text IS NULL OR d.extractor_version = $6) \
-         ORDER BY d.created_at, d.id",
-    )
-    .bind(&selection.users)
-    .bind(&selection.documents)
-    .bind(selection.status.map(|s| s.as_str()))
-    .bind(selection.since)
-    .bind(selection.embedding_model.as_deref())
-    .bind(selection.extractor_version.as_deref())
-    .fetch_all(store.pool())
-    .await
-    .map_err(StoreError::db("selecting documents to reprocess"))
+    sqlx::query_as(CANDIDATE_SQL)
+        .bind(&selection.users)
+        .bind(&selection.documents)
+        .bind(selection.status.map(|s| s.as_str()))
+        .bind(selection.since)
+        .bind(selection.embedding_model.as_deref())
+        .bind(selection.extractor_version.as_deref())
+        .fetch_all(store.pool())
+        .await
+        .map_err(StoreError::db("selecting documents to reprocess"))
+}
+
+/// One document of the transaction's user, as a run sees it.
+pub async fn candidate(tx: &mut UserTx, document: DocumentId) -> Result<Candidate, StoreError> {
+    sqlx::query_as(CANDIDATE_SQL)
+        .bind(Vec::<Uuid>::new())
+        .bind(vec![document.0])
+        .bind(None::<&str>)
+        .bind(None::<DateTime<Utc>>)
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(StoreError::db("reading a document to reprocess"))?
+        .ok_or(StoreError::NotFound("document"))
 }
 
 /// Marks one document of the transaction's user with `pending` and enqueues its job, in the
@@ -452,6 +486,7 @@ mod tests {
             chunk_max_tokens: 1,
             chunk_overlap_tokens: 0,
             embedding_model: "m".into(),
+            by_owner: false,
             error: None,
         };
         let queued = Candidate {

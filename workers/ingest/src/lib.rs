@@ -179,9 +179,9 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
         Some(p) => ctx.embedder_for(&p.embedding_model).await?,
         None => ctx.embedders.configured().clone(),
     };
-    if background && pending.as_ref().is_some_and(|p| p.stage == Stage::Embed) {
+    if background && let Some(p) = pending.as_ref().filter(|p| p.stage == Stage::Embed) {
         tx.commit().await?;
-        return reembed(ctx, job, &document, &embedder, run, job_key).await;
+        return reembed(ctx, job, &document, p, &embedder, job_key).await;
     }
     if !background {
         documents::set_stage(&mut tx, doc_id, DocumentStatus::Extracting, 0.05).await?;
@@ -279,7 +279,7 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
         },
     )
     .await?;
-    record_usage(ctx, &mut tx, job, model, &spent, job_key).await?;
+    record_usage(ctx, &mut tx, job, pending.as_ref(), model, &spent, job_key).await?;
     tx.commit().await?;
     stage_seconds("store", started);
     Ok(Outcome::Ready { chunks: rows.len() })
@@ -291,8 +291,8 @@ async fn reembed(
     ctx: &IngestContext,
     job: &IngestJob,
     document: &Document,
+    pending: &Pending,
     embedder: &Embedder,
-    run: Option<&str>,
     job_key: &str,
 ) -> Result<Outcome, JobError> {
     let doc_id = job.document_id;
@@ -317,8 +317,8 @@ async fn reembed(
         Err(e) => return Err(e.into()),
         Ok(_) => {}
     }
-    ragpipe_store::chunks::reembed(&mut tx, doc_id, &ids, &vectors, embedder.model(), run).await?;
-    record_usage(ctx, &mut tx, job, embedder.model(), &spent, job_key).await?;
+    ragpipe_store::chunks::reembed(&mut tx, doc_id, &ids, &vectors, embedder.model(), Some(&pending.run)).await?;
+    record_usage(ctx, &mut tx, job, Some(pending), embedder.model(), &spent, job_key).await?;
     tx.commit().await?;
     stage_seconds("store", started);
     Ok(Outcome::Ready { chunks: ids.len() })
@@ -402,12 +402,13 @@ async fn embed_cached(
     Ok((vectors, spent))
 }
 
-/// The one usage event of a job (keyed by the job, so a retry records nothing new); a
-/// reprocessing run's is marked as such, so quotas do not charge it to the user.
+/// The one usage event of a job (keyed by the job, so a retry records nothing new); an
+/// operator's reprocessing run's is marked as such, so quotas do not charge it to the user.
 async fn record_usage(
     ctx: &IngestContext,
     tx: &mut ragpipe_store::UserTx,
     job: &IngestJob,
+    pending: Option<&Pending>,
     model: &str,
     spent: &Spent,
     job_key: &str,
@@ -426,10 +427,9 @@ async fn record_usage(
             document_id: Some(job.document_id.0),
             message_id: None,
             request_id: None,
-            origin: if job.reprocess.is_some() {
-                UsageOrigin::Reprocess
-            } else {
-                UsageOrigin::User
+            origin: match pending {
+                Some(p) if !p.by_owner => UsageOrigin::Reprocess,
+                _ => UsageOrigin::User,
             },
         },
     )
