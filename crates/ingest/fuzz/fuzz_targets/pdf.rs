@@ -5,8 +5,10 @@
 //! ```text
 //! cd crates/ingest/fuzz
 //! mkdir -p corpus/pdf && cp ../../../fixtures/documents/*.pdf corpus/pdf/
-//! cargo +nightly fuzz run pdf corpus/pdf -- -max_total_time=600 -rss_limit_mb=1024
+//! RUSTC_BOOTSTRAP=1 cargo fuzz run pdf corpus/pdf -- -max_total_time=1200 -rss_limit_mb=2048 -timeout=10
 //! ```
+//!
+//! The runs so far and what they found: `README.md` beside this crate.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
