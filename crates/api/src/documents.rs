@@ -262,9 +262,14 @@ pub async fn reprocess(
     State(state): State<AppState>,
     auth: Auth,
     IdPath(id): IdPath,
-    body: Option<Json<ReprocessRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Document>), Error> {
-    let request = body.map(|Json(b)| b).unwrap_or_default();
+    // No body: every default.
+    let request: ReprocessRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReprocessRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Error::bad_request(format!("invalid request body: {e}")))?
+    };
     let config = &state.config;
     let target = Target {
         chunk_max_tokens: request.chunk_max_tokens.unwrap_or(config.chunking.max_tokens),
