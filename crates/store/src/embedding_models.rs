@@ -102,16 +102,23 @@ pub async fn list(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
 }
 
 /// The recorded models that have at least one chunk (of any user): during a migration from one
-/// model to another, both. Answered from the `embedding_model` index, not by scanning chunks.
+/// model to another, both. Runs as the application role with no acting user, whatever role the
+/// pool connects as; the names come from `ragpipe_embedding_models_in_use()` (migration
+/// `..._embedding_models_in_use.sql`), which sees every chunk's model and returns only names.
 pub async fn with_chunks(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
-    sqlx::query_as(
+    let mut tx = crate::stats::begin(store).await?;
+    let models = sqlx::query_as(
         "SELECT m.model, m.dim, m.index_name, m.base_url FROM embedding_models AS m \
-         WHERE EXISTS (SELECT 1 FROM document_chunks AS c WHERE c.embedding_model = m.model) \
+         WHERE m.model IN (SELECT u.model FROM ragpipe_embedding_models_in_use() AS u) \
          ORDER BY m.created_at, m.model",
     )
-    .fetch_all(store.pool())
+    .fetch_all(&mut *tx)
     .await
-    .map_err(StoreError::db("listing embedding models in use"))
+    .map_err(StoreError::db("listing embedding models in use"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::db("ending the embedding model read"))?;
+    Ok(models)
 }
 
 /// One recorded model.

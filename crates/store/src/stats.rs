@@ -70,7 +70,7 @@ pub async fn snapshot(store: &Store) -> Result<Snapshot, StoreError> {
     Ok(Snapshot { queues, documents })
 }
 
-async fn begin(store: &Store) -> Result<Transaction<'static, Postgres>, StoreError> {
+pub(crate) async fn begin(store: &Store) -> Result<Transaction<'static, Postgres>, StoreError> {
     let mut tx = store
         .pool()
         .begin()

@@ -433,4 +433,32 @@ async fn models_of_different_dimensions_coexist(pool: PgPool) {
     .await
     .expect_err("wrong dimension");
     assert!(err.to_string().contains("dimensions"), "{err}");
+    drop(tx);
+
+    // Which models have chunks is answered across users whatever the pool's role, though
+    // outside a user's transaction row-level security hides every chunk.
+    let in_use = |store: Store| async move {
+        embedding_models::with_chunks(&store)
+            .await
+            .expect("models in use")
+            .into_iter()
+            .map(|m| m.model)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(in_use(store.clone()).await, vec![Config::defaults().embedding.model]);
+    let b = new_user(&store, "b@example.com").await;
+    seed(&store, b).await;
+    let mut tx = store.user_tx(b).await.expect("tx");
+    sqlx::query(
+        "UPDATE document_chunks SET embedding = array_fill(0.1, ARRAY[1536])::vector, \
+                embedding_model = 'text-embedding-3-small' WHERE chunk_index = 0",
+    )
+    .execute(tx.conn())
+    .await
+    .expect("move one chunk of b's to the 1536-d model");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        in_use(store.clone()).await,
+        vec![Config::defaults().embedding.model, "text-embedding-3-small".to_owned()]
+    );
 }
