@@ -8,8 +8,10 @@
 //! CMaps decode as UTF-16.
 
 use super::lexer::{Lexer, Operand};
+use super::std14;
 use lopdf::{Dictionary, Document, Object};
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// Resolves references (bounded, so a reference cycle ends).
 pub(crate) fn deref<'a>(doc: &'a Document, mut o: &'a Object) -> Option<&'a Object> {
@@ -469,12 +471,39 @@ impl Font {
                     500.0
                 }
             });
+        let std14 = if widths.iter().any(|w| *w > 0.0) {
+            None
+        } else {
+            Std14::from_base_font(base_font)
+        };
         let mut font = Self::simple_from(
             base,
             &diffs,
             to_unicode.as_ref(),
             Widths::Simple { first, widths, missing },
         );
+        // A font named without widths (the standard 14, allowed to omit them, and old
+        // producers' Arial or Times New Roman): the reader's built-in metrics, as every viewer
+        // does. With a flat average, word gaps come out wrong: "DVIPDFM x" for "DVIPDFMx".
+        if let Some(std14) = std14
+            && let Codes::Simple(table) = &font.codes
+        {
+            let widths = (0..=255usize)
+                .map(|code| {
+                    table[code]
+                        .as_deref()
+                        .and_then(|s| s.chars().next())
+                        .and_then(|c| std14.width(c))
+                        .unwrap_or(0.0)
+                })
+                .collect();
+            let missing = std14.width(' ').unwrap_or(missing);
+            font.widths = Widths::Simple {
+                first: 0,
+                widths,
+                missing,
+            };
+        }
         if subtype == b"Type3"
             && let Some(Object::Array(m)) = dict_get(doc, d, b"FontMatrix")
         {
@@ -609,6 +638,74 @@ impl Font {
     }
 }
 
+/// One of the standard 14 fonts (or a common alias of one), whose widths a reader knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Std14 {
+    Courier,
+    Metrics(&'static [(&'static str, u16)], usize),
+}
+
+impl Std14 {
+    /// The standard font a `/BaseFont` name means, ignoring a subset tag (`ABCDEF+`).
+    fn from_base_font(name: &[u8]) -> Option<Std14> {
+        let name = String::from_utf8_lossy(name);
+        let name = match name.split_once('+') {
+            Some((tag, rest)) if tag.len() == 6 && tag.bytes().all(|b| b.is_ascii_uppercase()) => rest,
+            _ => &name,
+        };
+        let compact: String = name.chars().filter(|c| *c != ' ' && *c != '-' && *c != ',').collect();
+        let lower = compact.to_ascii_lowercase();
+        let bold = lower.contains("bold");
+        let slanted = lower.contains("italic") || lower.contains("oblique");
+        let style = usize::from(bold) * 2 + usize::from(slanted);
+        if lower.starts_with("courier") {
+            Some(Std14::Courier)
+        } else if lower.starts_with("helvetica") || lower.starts_with("arial") {
+            const FAMILY: [&[(&str, u16)]; 4] = [
+                std14::HELVETICA,
+                std14::HELVETICA_OBLIQUE,
+                std14::HELVETICA_BOLD,
+                std14::HELVETICA_BOLD_OBLIQUE,
+            ];
+            Some(Std14::Metrics(FAMILY[style], style))
+        } else if lower.starts_with("times") {
+            const FAMILY: [&[(&str, u16)]; 4] = [
+                std14::TIMES_ROMAN,
+                std14::TIMES_ITALIC,
+                std14::TIMES_BOLD,
+                std14::TIMES_BOLD_ITALIC,
+            ];
+            Some(Std14::Metrics(FAMILY[style], 4 + style))
+        } else if lower == "symbol" {
+            Some(Std14::Metrics(std14::SYMBOL, 8))
+        } else {
+            None
+        }
+    }
+
+    /// Width of the glyph for `c`, in glyph space units (1/1000 em).
+    fn width(self, c: char) -> Option<f32> {
+        match self {
+            Std14::Courier => Some(600.0),
+            Std14::Metrics(table, slot) => {
+                static BY_CHAR: [OnceLock<HashMap<char, u16>>; 9] = [const { OnceLock::new() }; 9];
+                let map = BY_CHAR.get(slot)?.get_or_init(|| {
+                    table
+                        .iter()
+                        .filter_map(|(name, w)| {
+                            let s = glyph_str(name)?;
+                            let mut chars = s.chars();
+                            let c = chars.next()?;
+                            chars.next().is_none().then_some((c, *w))
+                        })
+                        .collect()
+                });
+                map.get(&c).map(|w| f32::from(*w))
+            }
+        }
+    }
+}
+
 /// The `/Encoding` of a Type 1 font program: `dup <code> /<name> put` entries in its clear
 /// text part; `None` for `StandardEncoding` or when there is none.
 fn builtin_type1_encoding(program: &[u8]) -> Option<Vec<(u8, String)>> {
@@ -677,6 +774,21 @@ mod tests {
         assert_eq!(glyph_str("a.sc").as_deref(), Some("a"));
         assert_eq!(glyph_str("f_f_i").as_deref(), Some("ffi"));
         assert_eq!(glyph_str("g123"), None);
+    }
+
+    #[test]
+    fn standard_fonts_without_widths_get_their_metrics() {
+        assert_eq!(Std14::from_base_font(b"Courier-Bold"), Some(Std14::Courier));
+        let helvetica = Std14::from_base_font(b"Helvetica").expect("Helvetica is standard");
+        assert_eq!(helvetica.width('M'), Some(833.0));
+        assert_eq!(helvetica.width('i'), Some(222.0));
+        assert_eq!(helvetica.width(' '), Some(278.0));
+        let bold = Std14::from_base_font(b"ABCDEF+Arial,Bold").expect("Arial is Helvetica");
+        assert_eq!(bold.width('i'), Some(278.0));
+        let times = Std14::from_base_font(b"TimesNewRomanPS-ItalicMT").expect("Times");
+        assert_eq!(times.width('a'), Some(500.0));
+        assert_eq!(Std14::from_base_font(b"Symbol").and_then(|s| s.width('α')), Some(631.0));
+        assert_eq!(Std14::from_base_font(b"CMR10"), None);
     }
 
     #[test]

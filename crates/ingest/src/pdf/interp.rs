@@ -373,10 +373,8 @@ impl<'a> PageRun<'a> {
 
     /// Lays the collected text out as lines.
     pub(crate) fn lines(self) -> Vec<Line> {
-        let mut lines: Vec<Line> = Vec::new();
-        let mut cur = String::new();
-        let mut cur_para = false;
-        let mut cur_size = 0.0f32;
+        let mut lines: Vec<RawLine> = Vec::new();
+        let mut cur = RawLine::default();
         // Geometry of the current line: baseline, start x, end x, size of its first item.
         let mut geo: Option<(f32, f32, f32, f32)> = None;
         for it in &self.items {
@@ -387,62 +385,177 @@ impl<'a> PageRun<'a> {
             }
             match geo {
                 None => {
-                    cur.push_str(text.trim_start());
-                    cur_size = it.size;
+                    cur.push(it, text.trim_start(), false);
                     geo = Some((it.y, it.x, it.x_end, it.size));
                 }
                 Some((y, x_start, x_end, size)) => {
                     let tall = size.max(it.size);
                     let same_line = (it.y - y).abs() < 0.5 * tall.min(size.max(1.0) * 2.0) && it.x > x_start - tall;
-                    if same_line {
-                        let gap = it.x - x_end;
+                    let gap = it.x - x_end;
+                    // A short piece off the baseline drawn back over the line: a label's
+                    // subscript drawn after the other labels of a figure. It goes on a line
+                    // of its own, and `attach_fragments` puts it after the text it touches.
+                    let stray = same_line
+                        && gap < -0.5 * tall
+                        && (it.y - y).abs() > 0.15 * tall
+                        && is_fragment(text)
+                        && !cur.text.ends_with(text);
+                    if same_line && !stray {
                         // Overprinted duplicates (fake bold, shadows) draw the same text again
                         // in about the same place.
-                        if gap < -0.5 * tall && !blank && cur.ends_with(text) {
+                        if gap < -0.5 * tall && !blank && cur.text.ends_with(text) {
                             continue;
                         }
-                        if gap > 0.15 * tall && !cur.ends_with(' ') && !text.starts_with(' ') {
-                            cur.push(' ');
-                        }
-                        cur.push_str(text);
-                        if !blank {
-                            cur_size = cur_size.max(it.size);
-                        }
+                        let space = gap > 0.15 * tall && !cur.text.ends_with(' ') && !text.starts_with(' ');
+                        cur.push(it, text, space);
                         geo = Some((y, x_start.min(it.x), x_end.max(it.x_end), size));
-                    } else {
-                        if !blank {
-                            if !cur.trim().is_empty() {
-                                lines.push(Line {
-                                    text: tidy(&cur),
-                                    para_before: cur_para,
-                                    size: cur_size,
-                                });
-                            }
-                            // A paragraph break: more than a blank line's worth of vertical
-                            // space, a jump back up the page (next column or block), or a
-                            // first-line indent.
-                            let dy = y - it.y;
-                            let indent = it.x - x_start;
-                            cur_para = dy > 1.9 * tall
-                                || dy < -tall
-                                || (dy > 0.0 && indent > 0.8 * tall && indent < 8.0 * tall);
-                            cur.clear();
-                            cur.push_str(text.trim_start());
-                            cur_size = it.size;
-                            geo = Some((it.y, it.x, it.x_end, it.size));
-                        }
+                    } else if !blank {
+                        // A paragraph break: more than a blank line's worth of vertical
+                        // space, a jump back up the page (next column or block), or a
+                        // first-line indent.
+                        let dy = y - it.y;
+                        let indent = it.x - x_start;
+                        let para =
+                            dy > 1.9 * tall || dy < -tall || (dy > 0.0 && indent > 0.8 * tall && indent < 8.0 * tall);
+                        lines.push(std::mem::take(&mut cur));
+                        cur.para_before = para;
+                        cur.push(it, text.trim_start(), false);
+                        geo = Some((it.y, it.x, it.x_end, it.size));
                     }
                 }
             }
         }
-        if !cur.trim().is_empty() {
-            lines.push(Line {
-                text: tidy(&cur),
-                para_before: cur_para,
-                size: cur_size,
-            });
-        }
+        lines.push(cur);
+        attach_fragments(&mut lines);
         lines
+            .into_iter()
+            .filter(|l| !l.text.trim().is_empty())
+            .map(|l| Line {
+                text: tidy(&l.text),
+                para_before: l.para_before,
+                size: l.size,
+            })
+            .collect()
+    }
+}
+
+/// A line being laid out: its text so far and where each piece of it was drawn.
+#[derive(Default)]
+struct RawLine {
+    text: String,
+    pieces: Vec<Piece>,
+    para_before: bool,
+    /// Largest font size of its non-blank pieces.
+    size: f32,
+}
+
+/// Where one drawn item sits in a [`RawLine`]'s text and on the page.
+struct Piece {
+    range: std::ops::Range<usize>,
+    x: f32,
+    x_end: f32,
+    y: f32,
+    size: f32,
+}
+
+impl RawLine {
+    fn push(&mut self, it: &Item, text: &str, space_before: bool) {
+        if space_before {
+            self.text.push(' ');
+        }
+        let start = self.text.len();
+        self.text.push_str(text);
+        if !text.trim().is_empty() {
+            self.size = self.size.max(it.size);
+        }
+        self.pieces.push(Piece {
+            range: start..self.text.len(),
+            x: it.x,
+            x_end: it.x_end,
+            y: it.y,
+            size: it.size,
+        });
+    }
+}
+
+/// Whether drawn text is short enough to be a sub- or superscript or a label's index (`a` of
+/// R<sub>a</sub>): one to three characters, no space inside.
+fn is_fragment(text: &str) -> bool {
+    let t = text.trim();
+    (1..=3).contains(&t.chars().count()) && !t.contains(char::is_whitespace)
+}
+
+/// How many earlier lines a fragment looks back through for the text it belongs to.
+const ATTACH_LOOKBACK: usize = 64;
+
+/// Moves the pieces of lines made only of fragments to the earlier line whose text they touch:
+/// starting within a fifth of their size after that text's end (or slightly over it), at most
+/// three quarters of their size above or below its baseline. Figures drawn label by label and
+/// then index by index (`R`, `R`, ..., then `a`, `c`) read `Ra Rc` instead of `R R` and stray
+/// letters. A fragment that touches nothing stays where it was.
+fn attach_fragments(lines: &mut [RawLine]) {
+    for i in 1..lines.len() {
+        let (before, rest) = lines.split_at_mut(i);
+        let line = &mut rest[0];
+        if line.pieces.is_empty()
+            || line.pieces.len() > 4
+            || !line.pieces.iter().all(|p| is_fragment(&line.text[p.range.clone()]))
+        {
+            continue;
+        }
+        // Where each piece goes: (lines back from this one, piece index there).
+        let targets: Vec<Option<(usize, usize)>> = line
+            .pieces
+            .iter()
+            .map(|p| {
+                before
+                    .iter()
+                    .rev()
+                    .take(ATTACH_LOOKBACK)
+                    .enumerate()
+                    .find_map(|(back, l)| {
+                        let k = l.pieces.iter().position(|q| {
+                            let s = p.size.max(q.size);
+                            let gap = p.x - q.x_end;
+                            p.x > q.x && (-0.3 * s..=0.2 * s).contains(&gap) && (p.y - q.y).abs() < 0.75 * s
+                        })?;
+                        Some((back, k))
+                    })
+            })
+            .collect();
+        if targets.iter().all(Option::is_none) {
+            continue;
+        }
+        let mut kept = RawLine {
+            para_before: line.para_before,
+            ..RawLine::default()
+        };
+        for (p, target) in line.pieces.drain(..).zip(targets) {
+            let text = line.text[p.range.clone()].trim();
+            let Some((back, k)) = target else {
+                kept.text.push_str(if kept.text.is_empty() { "" } else { " " });
+                let start = kept.text.len();
+                kept.text.push_str(text);
+                kept.size = kept.size.max(p.size);
+                kept.pieces.push(Piece {
+                    range: start..kept.text.len(),
+                    ..p
+                });
+                continue;
+            };
+            let l = &mut before[before.len() - 1 - back];
+            let at = l.pieces[k].range.end;
+            l.text.insert_str(at, text);
+            for q in &mut l.pieces {
+                if q.range.start >= at {
+                    q.range.start += text.len();
+                    q.range.end += text.len();
+                }
+            }
+            l.pieces[k].range.end += text.len();
+            l.pieces[k].x_end = l.pieces[k].x_end.max(p.x_end);
+        }
+        *line = kept;
     }
 }
 

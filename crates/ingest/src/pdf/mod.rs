@@ -10,6 +10,7 @@
 mod font;
 mod interp;
 mod lexer;
+mod std14;
 
 use crate::{Deadline, ExtractError, Extracted, Format, Heading, Limits, PageFailure, PageSpan};
 use font::{deref, get_dict};
@@ -189,12 +190,26 @@ const EDGE_LINES: usize = 2;
 
 /// Drops lines that recur at the top or bottom of many pages: running headers, footers and
 /// page numbers, which would otherwise be repeated into every chunk.
+///
+/// A line set larger than the body text is a heading, and a heading that recurs is usually a
+/// section continued over several pages (a slide deck repeats a slide's title on each of its
+/// continuation slides): such a line goes only when it is on two pages in three, as a big
+/// running title would be. Otherwise the section's title would be lost on every page.
 fn drop_running_lines(pages: &mut [Vec<Line>]) {
     let with_text = pages.iter().filter(|p| !p.is_empty()).count();
     if with_text < 3 {
         return;
     }
     let threshold = with_text.div_ceil(3).max(2);
+    let heading_threshold = (with_text * 2).div_ceil(3).max(threshold);
+    let body = body_size_key(pages);
+    let threshold_of = |l: &Line| {
+        if body.is_some_and(|b| is_heading_size(size_key(l.size), b)) {
+            heading_threshold
+        } else {
+            threshold
+        }
+    };
     let mut top: HashMap<String, usize> = HashMap::new();
     let mut bottom: HashMap<String, usize> = HashMap::new();
     for p in pages.iter() {
@@ -223,6 +238,7 @@ fn drop_running_lines(pages: &mut [Vec<Line>]) {
             if k.len() > 200 {
                 continue;
             }
+            let threshold = threshold_of(l);
             if i < EDGE_LINES && top.get(&k).is_some_and(|&c| c >= threshold)
                 || i + EDGE_LINES >= n && bottom.get(&k).is_some_and(|&c| c >= threshold)
             {
@@ -284,22 +300,30 @@ fn size_key(size: f32) -> i32 {
     (size * 2.0).round() as i32
 }
 
+/// The size of the body text: the size (key) that sets the most bytes.
+fn body_size_key(pages: &[Vec<Line>]) -> Option<i32> {
+    let mut hist: HashMap<i32, usize> = HashMap::new();
+    for l in pages.iter().flatten() {
+        *hist.entry(size_key(l.size)).or_default() += l.text.len();
+    }
+    hist.into_iter().max_by_key(|(k, n)| (*n, -*k)).map(|(k, _)| k)
+}
+
+/// Whether text of size `key` is set large enough over the body's to be a heading.
+fn is_heading_size(key: i32, body: i32) -> bool {
+    key as f32 >= body as f32 * 1.15
+}
+
 /// Headings and a title told by font size, for PDFs without an outline: lines set larger
 /// than the body text, short, with letters, are headings; the larger, the higher. The title
 /// is the largest text on the first page.
 fn size_headings(pages: &[Vec<Line>], offsets: &[Vec<usize>]) -> (Vec<Heading>, Option<String>) {
-    let mut hist: HashMap<i32, usize> = HashMap::new();
-    let mut total_lines = 0usize;
-    for l in pages.iter().flatten() {
-        *hist.entry(size_key(l.size)).or_default() += l.text.len();
-        total_lines += 1;
-    }
-    let Some((&body, _)) = hist.iter().max_by_key(|(k, n)| (**n, -**k)) else {
+    let total_lines = pages.iter().map(Vec::len).sum::<usize>();
+    let Some(body) = body_size_key(pages) else {
         return (Vec::new(), None);
     };
     let is_heading = |l: &Line| {
-        let k = size_key(l.size);
-        k as f32 >= body as f32 * 1.15
+        is_heading_size(size_key(l.size), body)
             && (2..=120).contains(&l.text.chars().count())
             && l.text.chars().any(char::is_alphabetic)
     };
@@ -418,6 +442,42 @@ mod tests {
         assert_eq!(text, "an example of text\n\nNext page");
         assert_eq!(&text[spans[1].range.clone()], "Next page");
         assert_eq!(hyphen_join("well-", "Known"), None);
+    }
+
+    #[test]
+    fn a_heading_repeated_on_some_pages_stays() {
+        // Six slides: a small running footer on each, and a large slide title continued over
+        // the first three ("(cont.)" slides in other decks).
+        let mut pages: Vec<Vec<Line>> = (1..=6)
+            .map(|i| {
+                let title = if i <= 3 {
+                    "New Features".to_owned()
+                } else {
+                    format!("Topic {i}")
+                };
+                vec![
+                    Line {
+                        size: 24.0,
+                        ..line(&title)
+                    },
+                    line(&["alpha", "beta", "gamma", "delta", "epsilon", "zeta"][i - 1].repeat(8)),
+                    Line {
+                        size: 8.0,
+                        ..line(&format!("TUG 2003 conference, slide {i}"))
+                    },
+                ]
+            })
+            .collect();
+        drop_running_lines(&mut pages);
+        let texts: Vec<Vec<&str>> = pages
+            .iter()
+            .map(|p| p.iter().map(|l| l.text.as_str()).collect())
+            .collect();
+        for (i, p) in texts.iter().enumerate() {
+            assert_eq!(p.len(), 2, "slide {}: {p:?}", i + 1);
+            assert!(!p[1].starts_with("TUG"), "slide {}: {p:?}", i + 1);
+        }
+        assert_eq!(texts[2][0], "New Features");
     }
 
     #[test]
