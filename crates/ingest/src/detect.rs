@@ -11,9 +11,7 @@ pub fn detect(bytes: &[u8]) -> Result<Format, ExtractError> {
     if bytes.is_empty() {
         return Err(ExtractError::Empty);
     }
-    let head = &bytes[..bytes.len().min(1024)];
-    // PDF readers accept junk before the header; so do we, within the first KiB.
-    if memfind(head, b"%PDF-").is_some() {
+    if is_pdf(bytes) {
         return Ok(Format::Pdf);
     }
     if let Some(name) = binary_magic(bytes) {
@@ -27,6 +25,28 @@ pub fn detect(bytes: &[u8]) -> Result<Format, ExtractError> {
     }
     let sample = text::decode_prefix(bytes, 16 * 1024);
     Ok(classify_text(&sample))
+}
+
+/// Whether the bytes are a PDF: `%PDF-` at the start, or within the first KiB after junk, as
+/// readers accept (a mail or HTTP header saved with the file, a MacBinary header). Junk is only
+/// taken for junk when the header starts a line or follows binary bytes, and the file ends
+/// like a PDF (`%%EOF` in its last KiB, where readers look for it): a text file that quotes a
+/// PDF header (a generator script's `b"%PDF-1.4"`, a Markdown page about PDF syntax) is text.
+fn is_pdf(bytes: &[u8]) -> bool {
+    if bytes.starts_with(b"%PDF-") {
+        return true;
+    }
+    let head = &bytes[..bytes.len().min(1024)];
+    let Some(at) = memfind(head, b"%PDF-") else {
+        return false;
+    };
+    let junk = &bytes[..at];
+    let line_start = matches!(junk.last(), Some(b'\n' | b'\r'));
+    let binary_junk = junk
+        .iter()
+        .any(|&b| b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t' | 0x0c));
+    let tail = &bytes[bytes.len().saturating_sub(1024)..];
+    (line_start || binary_junk) && memfind(tail, b"%%EOF").is_some()
 }
 
 fn unsupported(what: &str) -> ExtractError {
@@ -124,9 +144,14 @@ pub(crate) fn classify_text(sample: &str) -> Format {
     Format::Text
 }
 
-/// Counts Markdown constructs that plain text rarely has.
+/// Counts Markdown constructs that plain text rarely has. YAML front matter (Jekyll, Hugo,
+/// MkDocs pages) counts as much as a heading.
 fn markdown_score(sample: &str) -> u32 {
-    let mut score = 0;
+    let mut score = if crate::markdown::split_front_matter(sample).0.is_some() {
+        2
+    } else {
+        0
+    };
     let mut prev_nonempty = false;
     for line in sample.lines().take(400) {
         let t = line.trim_end();
@@ -176,7 +201,11 @@ mod tests {
     #[test]
     fn formats_are_told_from_bytes() {
         assert_eq!(detect(b"%PDF-1.4\n"), Ok(Format::Pdf));
-        assert_eq!(detect(b"junk\n%PDF-1.7\n"), Ok(Format::Pdf));
+        assert_eq!(
+            detect(b"junk\n%PDF-1.7\n1 0 obj\n<<>>\nendobj\n%%EOF\n"),
+            Ok(Format::Pdf)
+        );
+        assert_eq!(detect(b"\x00\x11MacBinary%PDF-1.3\n%%EOF"), Ok(Format::Pdf));
         assert_eq!(detect(b"hello world\n"), Ok(Format::Text));
         assert_eq!(
             detect(b"# Title\n\nSome *text* and [a link](http://x).\n"),
@@ -186,6 +215,17 @@ mod tests {
             detect(b"<!DOCTYPE html><html><body><p>x</p></body></html>"),
             Ok(Format::Html)
         );
+        assert_eq!(
+            detect(b"---\ntitle: Notes\n---\n\nPlain words, nothing else.\n"),
+            Ok(Format::Markdown)
+        );
+        // Text that quotes a PDF header is text (`fixtures/documents/_source/gen_hostile.py`).
+        assert_eq!(
+            detect(b"def pdf():\n    out = bytearray(b\"%PDF-1.4\\n\")\n    out += b\"%%%%EOF\"\n"),
+            Ok(Format::Text)
+        );
+        let md = b"# PDF syntax\n\nA file starts with:\n\n```\n%PDF-1.7\n```\n\nand more.\n";
+        assert_eq!(detect(md), Ok(Format::Markdown));
         assert_eq!(detect(b""), Err(ExtractError::Empty));
         assert!(
             matches!(detect(b"\x89PNG\r\n\x1a\n...."), Err(ExtractError::Unsupported { detected }) if detected == "PNG image")

@@ -3,11 +3,59 @@
 
 use crate::{Extracted, Format, Heading};
 
-/// Extracts a Markdown document from its decoded text.
+/// Extracts a Markdown document from its decoded text. YAML front matter is metadata, not
+/// text: its `title` is the document's title, and the block itself is left out of the text
+/// (read as Markdown it would be a setext heading "title: ...").
 pub(crate) fn extract(text: &str) -> Extracted {
-    let headings = headings(text);
-    let title = front_matter_title(text).or_else(|| headings.iter().find(|h| h.level == 1).map(|h| h.text.clone()));
-    crate::unpaged(Format::Markdown, text.to_owned(), title, headings)
+    let (front, body) = split_front_matter(text);
+    let headings = headings(body);
+    let title = front
+        .and_then(front_matter_title)
+        .or_else(|| headings.iter().find(|h| h.level == 1).map(|h| h.text.clone()));
+    crate::unpaged(Format::Markdown, body.to_owned(), title, headings)
+}
+
+/// Longest front matter block read, in bytes; a longer one is not front matter.
+const MAX_FRONT_MATTER: usize = 64 * 1024;
+
+/// Splits YAML front matter off the start of a Markdown text: a `---` line, YAML whose first
+/// line is a `key:` or a comment, and a closing `---` or `...` line. Returns the block's
+/// content and the text after it; `(None, text)` when the text has none.
+pub(crate) fn split_front_matter(text: &str) -> (Option<&str>, &str) {
+    let Some(rest) = text.strip_prefix("---\n") else {
+        return (None, text);
+    };
+    let mut offset = 0;
+    for line in rest.split_inclusive('\n') {
+        let t = line.trim_end();
+        if t == "---" || t == "..." {
+            let block = &rest[..offset];
+            let looks_like_yaml = block
+                .lines()
+                .map(str::trim_end)
+                .find(|l| !l.is_empty())
+                .is_none_or(|first| first.starts_with('#') || is_yaml_key_line(first));
+            if !looks_like_yaml {
+                break;
+            }
+            return (Some(block), rest[offset + line.len()..].trim_start_matches('\n'));
+        }
+        offset += line.len();
+        if offset > MAX_FRONT_MATTER {
+            break;
+        }
+    }
+    (None, text)
+}
+
+/// `key:` or `key: value` at the start of a line, with a plain YAML key.
+fn is_yaml_key_line(line: &str) -> bool {
+    let Some((key, rest)) = line.split_once(':') else {
+        return false;
+    };
+    !key.is_empty()
+        && key.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && (rest.is_empty() || rest.starts_with([' ', '\t']))
 }
 
 /// ATX (`## x`) and setext (`x` over `===`/`---`) headings outside fenced code blocks.
@@ -88,13 +136,16 @@ fn inline_text(s: &str) -> String {
     out.trim().to_owned()
 }
 
-/// `title:` in YAML front matter.
-fn front_matter_title(text: &str) -> Option<String> {
-    let rest = text.strip_prefix("---\n")?;
-    let end = rest.find("\n---")?;
-    rest[..end].lines().find_map(|l| {
-        let v = l.strip_prefix("title:")?.trim().trim_matches(['"', '\'']);
-        (!v.is_empty()).then(|| v.to_owned())
+/// The top-level `title:` of a front matter block, unquoted; `None` when it is absent, empty
+/// or a block scalar (`|`, `>`) this reader does not unfold.
+fn front_matter_title(block: &str) -> Option<String> {
+    block.lines().find_map(|l| {
+        let v = l.strip_prefix("title:")?.trim();
+        let v = match (v.chars().next(), v.chars().last()) {
+            (Some(q @ ('"' | '\'')), Some(e)) if e == q && v.len() >= 2 => &v[1..v.len() - 1],
+            _ => v.split(" #").next().unwrap_or(v).trim_end(),
+        };
+        (!v.is_empty() && !v.starts_with(['|', '>'])).then(|| v.to_owned())
     })
 }
 
@@ -109,5 +160,32 @@ mod tests {
         let got: Vec<(u8, &str)> = h.iter().map(|h| (h.level, h.text.as_str())).collect();
         assert_eq!(got, vec![(1, "Top"), (2, "Sub"), (3, "Deep link")]);
         assert_eq!(&md[h[1].offset..h[1].offset + 3], "Sub");
+    }
+
+    #[test]
+    fn front_matter_gives_the_title_and_stays_out_of_the_text() {
+        let md = "---\ntitle: \"Install guide\"\ntags: [setup]\n---\n\nIntro text.\n\n## Steps\n\nRun it.\n";
+        let doc = extract(md);
+        assert_eq!(doc.title.as_deref(), Some("Install guide"));
+        assert_eq!(doc.text, "Intro text.\n\n## Steps\n\nRun it.\n");
+        let got: Vec<(u8, &str)> = doc.headings.iter().map(|h| (h.level, h.text.as_str())).collect();
+        assert_eq!(got, vec![(2, "Steps")]);
+        assert_eq!(&doc.text[doc.headings[0].offset..][..8], "## Steps");
+
+        // Without a title key the first H1 is the title; YAML's "..." also closes the block.
+        let doc = extract("---\nauthor: me # a comment\n...\n# Real title\n\nBody.\n");
+        assert_eq!(doc.title.as_deref(), Some("Real title"));
+        assert!(doc.text.starts_with("# Real title"));
+        assert_eq!(
+            front_matter_title("title: Plain words # note\n").as_deref(),
+            Some("Plain words")
+        );
+        assert_eq!(front_matter_title("title: >-\n  folded\n"), None);
+
+        // A thematic break followed by prose is not front matter.
+        let md = "---\nJust a paragraph after a rule.\n---\n";
+        assert_eq!(split_front_matter(md), (None, md));
+        // Nor is an unclosed block.
+        assert_eq!(split_front_matter("---\ntitle: x\nno end\n").0, None);
     }
 }

@@ -229,3 +229,13 @@ fn pdf_text_is_faithful() {
             .contains("Document ingestion begins")
     );
 }
+
+#[test]
+fn generator_scripts_quoting_a_pdf_header_are_text() {
+    // gen_hostile.py writes `b"%PDF-1.4\n..."` within its first KiB and `%%EOF` further on; it
+    // is a Python script, and `ragpipe demo` used to list it as a malformed PDF.
+    let bytes = std::fs::read(root().join("documents/_source/gen_hostile.py")).expect("generator readable");
+    assert_eq!(ragpipe_ingest::detect(&bytes), Ok(ragpipe_ingest::Format::Text));
+    let doc = extract(&bytes, &limits()).expect("a script extracts as text");
+    assert!(doc.text.contains("%PDF-1.4"));
+}
