@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use ragpipe_core::{Config, UserId};
 use ragpipe_store::{Store, StoreError, users};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The demo account's id: fixed, so every run finds the same user and documents.
@@ -55,8 +55,8 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let workers = crate::workers::spawn(&store, &config, shutdown.clone())?;
     let result = async {
-        let results =
-            crate::ingest::ingest_paths(&store, &config, user, std::slice::from_ref(&args.documents), true).await?;
+        let paths = demo_paths(&args.documents)?;
+        let results = crate::ingest::ingest_paths(&store, &config, user, &paths, true).await?;
         crate::ingest::print_summary(&results);
 
         println!("\n-- hybrid search: {:?} --", args.question);
@@ -82,6 +82,24 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = workers.await;
     result
+}
+
+/// What the demo uploads from `documents`: everything in it but hidden entries and entries
+/// named `_...`, which hold what made the documents rather than documents
+/// (`fixtures/documents/_source/`: the generator scripts, one of which quotes a PDF header).
+fn demo_paths(documents: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !documents.is_dir() {
+        return Ok(vec![documents.to_path_buf()]);
+    }
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(documents).with_context(|| format!("reading {}", documents.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", documents.display()))?;
+        if !entry.file_name().to_string_lossy().starts_with(['_', '.']) {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort();
+    Ok(paths)
 }
 
 async fn demo_user(store: &Store) -> anyhow::Result<UserId> {
