@@ -74,3 +74,16 @@ fn a_short_line_below_other_text_is_not_pulled_into_it() {
     );
     assert_eq!(text_of(&pdf), "a first line of ordinary prose\nit.");
 }
+
+#[test]
+fn accents_drawn_over_letters_compose_with_them() {
+    // TeX's OT1 fonts have no accented letters: `H\`an` is H, a grave kerned forward, and "an"
+    // kerned back under it; `caf\'e` puts the acute after the e, kerned back over it.
+    let pdf = one_page_pdf(
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Times-Roman /Encoding /WinAnsiEncoding >>",
+        "BT /F1 10 Tf 20 100 Td [(H) -83 (\\140) 415 (an and caf) (e) 400 (\\264)] TJ ET \
+         BT /F1 10 Tf 20 88 Td [(say) (\\140) (hi)] TJ ET",
+    );
+    // An accent that overprints nothing (a backtick in running text) stays.
+    assert_eq!(text_of(&pdf), "Hàn and café\nsay`hi");
+}

@@ -427,6 +427,9 @@ impl<'a> PageRun<'a> {
         }
         lines.push(cur);
         attach_fragments(&mut lines);
+        for l in &mut lines {
+            compose_accents(l);
+        }
         lines
             .into_iter()
             .filter(|l| !l.text.trim().is_empty())
@@ -557,6 +560,114 @@ fn attach_fragments(lines: &mut [RawLine]) {
         }
         *line = kept;
     }
+}
+
+/// Spacing accents as TeX's OT1 fonts (and others without precomposed letters) draw them: a
+/// glyph of its own, kerned over the letter. Each with the letters it composes with, as pairs
+/// of base letter and precomposed letter (generated with Python's `unicodedata.normalize`).
+const ACCENTS: &[(char, &str)] = &[
+    ('`', "AÀEÈIÌNǸOÒUÙWẀYỲaàeèiìnǹoòuùwẁyỳıìâầêềôồăằơờưừÂẦÊỀÔỒĂẰƠỜƯỪ"),
+    (
+        '´',
+        "AÁCĆEÉGǴIÍKḰLĹMḾNŃOÓPṔRŔSŚUÚWẂYÝZŹaácćeégǵiíkḱlĺmḿnńoópṕrŕsśuúwẃyýzźıíâấêếôốăắơớưứÂẤÊẾÔỐĂẮƠỚƯỨ",
+    ),
+    ('ˆ', "AÂCĈEÊGĜHĤIÎJĴOÔSŜUÛWŴYŶZẐaâcĉeêgĝhĥiîjĵoôsŝuûwŵyŷzẑıîȷĵ"),
+    ('˜', "AÃEẼIĨNÑOÕUŨVṼYỸaãeẽiĩnñoõuũvṽyỹıĩâẫêễôỗăẵơỡưữÂẪÊỄÔỖĂẴƠỠƯỮ"),
+    ('¯', "AĀEĒGḠIĪOŌUŪYȲaāeēgḡiīoōuūyȳıī"),
+    ('˘', "AĂEĔGĞIĬOŎUŬaăeĕgğiĭoŏuŭıĭ"),
+    (
+        '˙',
+        "AȦBḂCĊDḊEĖFḞGĠHḢIİMṀNṄOȮPṖRṘSṠTṪWẆXẊYẎZŻaȧbḃcċdḋeėfḟgġhḣmṁnṅoȯpṗrṙsṡtṫwẇxẋyẏzż",
+    ),
+    ('¨', "AÄEËHḦIÏOÖUÜWẄXẌYŸaäeëhḧiïoötẗuüwẅxẍyÿıï"),
+    ('˚', "AÅUŮaåuůwẘyẙ"),
+    ('˝', "OŐUŰoőuű"),
+    (
+        'ˇ',
+        "AǍCČDĎEĚGǦHȞIǏKǨLĽNŇOǑRŘSŠTŤUǓZŽaǎcčdďeěgǧhȟiǐjǰkǩlľnňoǒrřsštťuǔzžıǐȷǰ",
+    ),
+    ('¸', "CÇDḐEȨGĢHḨKĶLĻNŅRŖSŞTŢcçdḑeȩgģhḩkķlļnņrŗsştţ"),
+    ('˛', "AĄEĘIĮOǪUŲaąeęiįoǫuųıį"),
+];
+
+fn is_accent(c: char) -> bool {
+    ACCENTS.iter().any(|(a, _)| *a == c)
+}
+
+/// The precomposed letter for `base` under (or over) `accent`, if Unicode has one.
+fn composed(accent: char, base: char) -> Option<char> {
+    let (_, pairs) = ACCENTS.iter().find(|(a, _)| *a == accent)?;
+    let mut it = pairs.chars();
+    while let (Some(b), Some(c)) = (it.next(), it.next()) {
+        if b == base {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// Joins an accent drawn as a glyph of its own to the letter it is drawn over: the piece after
+/// it when that starts back under the accent (TeX's `H\`an` is `H`, `` ` ``, `an`: "Hàn", not
+/// "H`an"), else the piece before it when the accent was drawn back over that piece's last
+/// letter (the acute of Vietnamese "ế" after "ê"). An accent over nothing, or over a letter
+/// Unicode has no precomposed form for, stays as it was.
+fn compose_accents(line: &mut RawLine) {
+    if !line.text.chars().any(is_accent) {
+        return;
+    }
+    let pieces = std::mem::take(&mut line.pieces);
+    let mut seps = Vec::with_capacity(pieces.len());
+    let mut texts = Vec::with_capacity(pieces.len());
+    let mut prev_end = 0;
+    for p in &pieces {
+        seps.push(line.text[prev_end..p.range.start].to_owned());
+        texts.push(line.text[p.range.clone()].to_owned());
+        prev_end = p.range.end;
+    }
+    let tail = line.text[prev_end..].to_owned();
+    let mut dropped = vec![false; pieces.len()];
+    for i in 0..pieces.len() {
+        let mut chars = texts[i].trim().chars();
+        let (Some(accent), None) = (chars.next(), chars.next()) else {
+            continue;
+        };
+        if !is_accent(accent) {
+            continue;
+        }
+        let a = &pieces[i];
+        let s = a.size.max(1.0);
+        if let Some(next) = pieces.get(i + 1)
+            && next.x < a.x_end - 0.25 * s
+            && next.x > a.x - 0.6 * s
+            && let Some(first) = texts[i + 1].chars().next()
+            && let Some(c) = composed(accent, first)
+        {
+            texts[i + 1].replace_range(..first.len_utf8(), c.encode_utf8(&mut [0; 4]));
+            seps[i + 1] = std::mem::take(&mut seps[i]);
+            dropped[i] = true;
+        } else if i > 0
+            && !dropped[i - 1]
+            && a.x < pieces[i - 1].x_end - 0.25 * s
+            && let Some(last) = texts[i - 1].chars().last()
+            && let Some(c) = composed(accent, last)
+        {
+            let at = texts[i - 1].len() - last.len_utf8();
+            texts[i - 1].replace_range(at.., c.encode_utf8(&mut [0; 4]));
+            dropped[i] = true;
+        }
+    }
+    let mut text = String::with_capacity(line.text.len());
+    for (((mut p, sep), t), gone) in pieces.into_iter().zip(seps).zip(texts).zip(dropped) {
+        if gone {
+            continue;
+        }
+        text.push_str(&sep);
+        p.range = text.len()..text.len() + t.len();
+        text.push_str(&t);
+        line.pieces.push(p);
+    }
+    text.push_str(&tail);
+    line.text = text;
 }
 
 /// Matrix applied before the page's content (identity; reserved for page rotation).
