@@ -1,4 +1,4 @@
-use crate::{APP_ROLE, StoreError};
+use crate::{APP_ROLE, Store, StoreError};
 use ragpipe_core::UserId;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
@@ -13,13 +13,54 @@ pub struct UserTx {
     user: UserId,
 }
 
+/// How the statements of a user transaction are planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plans {
+    /// PostgreSQL's choice (`plan_cache_mode = auto`): a custom plan for the parameters of
+    /// each execution until a generic one looks as cheap.
+    Auto,
+    /// One generic plan per prepared statement (`plan_cache_mode = force_generic_plan`).
+    Generic,
+}
+
+impl Store {
+    /// A transaction for the search statement ([`crate::search::search`]): a [`UserTx`] whose
+    /// prepared statements use their generic plan, set in the same round trip as the role and
+    /// user, so it costs nothing.
+    ///
+    /// Why: sqlx prepares the search statement once per connection, but in hybrid and vector
+    /// mode PostgreSQL's heuristic keeps choosing a custom plan, so every search is planned
+    /// again (~1.5 ms at 100,000 chunks, about a sixth of a hybrid search). The statement has
+    /// nothing a parameter value could plan better: the model and dimension are literals, the
+    /// vector leg's index is chosen by them, the text leg reads postings through a function.
+    /// EXPLAIN of the prepared statement under generic plans shows the same plan (partial HNSW
+    /// index, postings function, primary-key reads) with planning at ~0.1 ms (BENCHMARKS.md,
+    /// "Search"). Only for search: other statements filter with `($1 IS NULL OR col = $1)`,
+    /// which a custom plan folds into an index condition and a generic plan cannot (the
+    /// document list then reads every document of the user to fill a page).
+    pub async fn search_tx(&self, user: UserId) -> Result<UserTx, StoreError> {
+        UserTx::begin_with(self.pool(), user, Plans::Generic).await
+    }
+}
+
 impl UserTx {
     pub(crate) async fn begin(pool: &PgPool, user: UserId) -> Result<UserTx, StoreError> {
+        UserTx::begin_with(pool, user, Plans::Auto).await
+    }
+
+    async fn begin_with(pool: &PgPool, user: UserId, plans: Plans) -> Result<UserTx, StoreError> {
         let mut tx = pool
             .begin()
             .await
             .map_err(StoreError::db("beginning a user transaction"))?;
-        sqlx::query("SELECT set_config('role', $1, true), set_config('ragpipe.user_id', $2, true)")
+        let sql = match plans {
+            Plans::Auto => "SELECT set_config('role', $1, true), set_config('ragpipe.user_id', $2, true)",
+            Plans::Generic => {
+                "SELECT set_config('role', $1, true), set_config('ragpipe.user_id', $2, true), \
+                        set_config('plan_cache_mode', 'force_generic_plan', true)"
+            }
+        };
+        sqlx::query(sql)
             .bind(APP_ROLE)
             .bind(user.0.to_string())
             .execute(&mut *tx)
@@ -46,5 +87,83 @@ impl UserTx {
     /// Rolls the transaction back (dropping it does the same, without waiting).
     pub async fn rollback(self) -> Result<(), StoreError> {
         self.tx.rollback().await.map_err(StoreError::db("rolling back"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ragpipe_core::Config;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+    /// How a parameterised statement prepared in `tx` is planned: `$1 + 1` stays a parameter in
+    /// a generic plan and is folded to a constant in a custom one.
+    async fn planned_generically(tx: &mut UserTx) -> bool {
+        sqlx::raw_sql("PREPARE plan_probe(int) AS SELECT $1 + 1")
+            .execute(tx.conn())
+            .await
+            .expect("prepare");
+        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN (VERBOSE, COSTS OFF) EXECUTE plan_probe(41)")
+            .fetch_all(tx.conn())
+            .await
+            .expect("explain");
+        sqlx::raw_sql("DEALLOCATE plan_probe")
+            .execute(tx.conn())
+            .await
+            .expect("deallocate");
+        let plan = plan.join("\n");
+        match (plan.contains("$1"), plan.contains("42")) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => panic!("unexpected plan: {plan}"),
+        }
+    }
+
+    async fn settings(tx: &mut UserTx) -> (String, String, String) {
+        sqlx::query_as(
+            "SELECT current_user::text, current_setting('ragpipe.user_id', true), current_setting('plan_cache_mode')",
+        )
+        .fetch_one(tx.conn())
+        .await
+        .expect("settings")
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn search_transactions_plan_generically_and_leave_the_connection_as_it_was(
+        options: PgPoolOptions,
+        connect: PgConnectOptions,
+    ) {
+        let migrating = Store::from_pool(PgPoolOptions::new().connect_with(connect.clone()).await.expect("pool"));
+        migrating.migrate(&Config::defaults().embedding).await.expect("migrate");
+        migrating.pool().close().await;
+        // One connection, so every transaction below runs on the same one.
+        let pool = options.max_connections(1).connect_with(connect).await.expect("pool");
+        let store = Store::from_pool(pool);
+        let user = UserId::new();
+
+        let mut tx = store.search_tx(user).await.expect("search tx");
+        let (role, acting, mode) = settings(&mut tx).await;
+        assert_eq!((role.as_str(), mode.as_str()), (APP_ROLE, "force_generic_plan"));
+        assert_eq!(acting, user.0.to_string());
+        assert!(planned_generically(&mut tx).await);
+        tx.commit().await.expect("commit");
+
+        // A plain user transaction on the same connection afterwards plans as the server
+        // chooses: the setting ended with the search transaction.
+        let mut tx = store.user_tx(user).await.expect("user tx");
+        let (role, _, mode) = settings(&mut tx).await;
+        assert_eq!((role.as_str(), mode.as_str()), (APP_ROLE, "auto"));
+        assert!(!planned_generically(&mut tx).await);
+        tx.rollback().await.expect("rollback");
+
+        // So does the connection outside any user transaction, after a search transaction
+        // that was dropped rather than ended.
+        let tx = store.search_tx(user).await.expect("search tx");
+        drop(tx);
+        let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+            .fetch_one(store.pool())
+            .await
+            .expect("setting");
+        assert_eq!(mode, "auto");
     }
 }
