@@ -4,7 +4,7 @@
 
 mod search_support;
 
-use ragpipe_agent::retrieve::{DEFAULT_FUSION, fused_score};
+use ragpipe_agent::retrieve::{OFFLINE_FUSION, fused_score};
 use ragpipe_agent::{Retriever, SearchHit, SearchMode, SearchRequest};
 use ragpipe_core::{Config, UserId};
 use ragpipe_llm::Embedders;
@@ -62,7 +62,7 @@ async fn a_query_answered_by_one_chunk_ranks_it_first_in_hybrid_mode(pool: PgPoo
     assert!(top.vector_rank.is_some() && top.text_rank.is_some(), "{top:?}");
     for hit in &hits {
         let expected = fused_score(
-            &DEFAULT_FUSION,
+            &OFFLINE_FUSION,
             hit.vector_rank.map(|r| r as u64),
             hit.text_rank.map(|r| r as u64),
         );

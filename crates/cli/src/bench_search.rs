@@ -231,7 +231,13 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
     for timed in [false, true] {
         for (q, v) in queries.iter().zip(&vectors) {
             for (s, name) in names.iter().enumerate() {
-                let mut tx = store.user_tx(user).await?;
+                // Searches run as Retriever::search does (generic plans); the bare query as a
+                // plain user transaction.
+                let mut tx = if *name == "bare hnsw" {
+                    store.user_tx(user).await?
+                } else {
+                    store.search_tx(user).await?
+                };
                 let t = Instant::now();
                 let n = if *name == "bare hnsw" {
                     sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(bare_sql.clone()))

@@ -67,14 +67,14 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
     let corpus = ingest_corpus(&store, &config, EVAL_USER, &fixtures).await?;
     check_quotes(&store, EVAL_USER, &corpus, &questions).await?;
 
-    let defaults = ragpipe_agent::retrieve::DEFAULT_FUSION;
+    let embedders = Embedders::new(&config.embedding).context("embedding model")?;
+    let defaults = ragpipe_agent::retrieve::default_fusion_for(embedders.configured());
     let fusion = Fusion {
         vector_weight: args.vector_weight.unwrap_or(defaults.vector_weight),
         vector_k: args.vector_k.unwrap_or(defaults.vector_k),
         text_weight: args.text_weight.unwrap_or(defaults.text_weight),
         text_k: args.text_k.unwrap_or(defaults.text_k),
     };
-    let embedders = Embedders::new(&config.embedding).context("embedding model")?;
     let retriever = Retriever::new(store, embedders).with_fusion(fusion);
     let modes = if args.modes.is_empty() {
         SearchMode::ALL.to_vec()
