@@ -13,6 +13,7 @@
 //! | `POST /v1/conversations`, `GET /v1/conversations?limit=&before=` | create one; the caller's, most recently active first |
 //! | `GET /v1/conversations/{id}/messages?limit=&after=` | its messages, oldest first |
 //! | `POST /v1/conversations/{id}/messages` | ask (`{content, mode?, k?}`): 202 with ids, or with `Accept: text/event-stream` the answer's events |
+//! | `POST /v1/search` | hybrid, vector or text search of the caller's chunks (`{query, mode?, k?, document_ids?, metadata?, highlight?}`) |
 //! | `GET /v1/messages/{id}` | one message |
 //! | `POST /v1/messages/{id}/cancel` | stop an answer being written |
 //! | `GET /v1/messages/{id}/events` | an answer's events (SSE), resumable with `Last-Event-ID` |
