@@ -32,7 +32,16 @@ fuzz_target!(|data: &[u8]| {
     match extract(bytes, &limits) {
         // A caught panic is still a bug to fix: surface it to the fuzzer.
         Err(ExtractError::Panicked(msg)) => panic!("extractor panicked: {msg}"),
-        Ok(doc) => assert!(!doc.text.contains('\0'), "NUL in extracted text"),
+        Ok(doc) => {
+            assert!(!doc.text.contains('\0'), "NUL in extracted text");
+            // A page whose interpretation panicked fails alone and the rest of the document
+            // is returned: still a bug.
+            let crashed = ExtractError::Panicked(String::new()).to_string();
+            let prefix = crashed.split('(').next().unwrap_or_default();
+            if let Some(page) = doc.failed_pages.iter().find(|p| p.reason.starts_with(prefix)) {
+                panic!("page {} panicked: {}", page.page, page.reason);
+            }
+        }
         Err(_) => {}
     }
 });
