@@ -1,9 +1,11 @@
-//! What the `ragpipe bench` commands share: a deterministic random source and a scratch
-//! database on the configured server.
+//! What the `ragpipe bench` commands share: a deterministic random source, a generated corpus
+//! uploaded as the API uploads, a scratch database on the configured server, and peak memory.
 
 use anyhow::Context;
-use ragpipe_core::Config;
-use ragpipe_store::Store;
+use ragpipe_core::{Config, UserId};
+use ragpipe_store::{Store, documents};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 /// Deterministic pseudo-random numbers (xorshift64*), so every run generates the same corpus.
 pub struct Rng(pub u64);
@@ -67,4 +69,133 @@ async fn drop_database(admin: &Store, name: &str) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("dropping database {name}"))?;
     Ok(())
+}
+
+/// A vocabulary of pronounceable words and a Zipf-like sampler over it: a few words are very
+/// common, most are rare, as in real text. The same seed every time, so every run generates the
+/// same corpus.
+pub struct Corpus {
+    words: Vec<String>,
+    rng: Rng,
+}
+
+impl Corpus {
+    pub fn new() -> Corpus {
+        const ONSETS: &[&str] = &[
+            "b", "c", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v", "st", "tr", "pl", "gr",
+        ];
+        const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ea", "io"];
+        const CODAS: &[&str] = &["", "n", "r", "s", "t", "l", "m", "nd", "rk", "st"];
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut words = Vec::with_capacity(8000);
+        for _ in 0..8000 {
+            let syllables = 1 + rng.below(3);
+            let mut w = String::new();
+            for _ in 0..syllables {
+                w.push_str(ONSETS[rng.below(ONSETS.len())]);
+                w.push_str(VOWELS[rng.below(VOWELS.len())]);
+                w.push_str(CODAS[rng.below(CODAS.len())]);
+            }
+            words.push(w);
+        }
+        Corpus { words, rng }
+    }
+
+    fn word(&mut self) -> &str {
+        // Rank ~ 1/u: squaring a uniform draw skews it toward the head of the vocabulary.
+        let u = (self.rng.next() % 1_000_000) as f64 / 1_000_000.0;
+        let rank = ((u * u * u) * self.words.len() as f64) as usize;
+        &self.words[rank.min(self.words.len() - 1)]
+    }
+
+    /// Document `n` of the corpus: Markdown of about `words` words, a heading every ~600 words.
+    pub fn document(&mut self, n: usize, words: usize) -> String {
+        let mut out = format!("# Generated document {n}\n\n");
+        let mut written = 0;
+        let mut section = 0;
+        while written < words {
+            if written % 600 == 0 {
+                section += 1;
+                out.push_str(&format!("## Section {section} {}\n\n", self.word().to_owned()));
+            }
+            let len = 60 + self.rng.below(60);
+            for i in 0..len {
+                if i > 0 {
+                    out.push(' ');
+                }
+                let w = self.word().to_owned();
+                out.push_str(&w);
+                if self.rng.below(14) == 0 {
+                    out.push('.');
+                }
+            }
+            out.push_str(".\n\n");
+            written += len;
+        }
+        out
+    }
+
+    /// The file name document `n` is uploaded under.
+    pub fn filename(n: usize) -> String {
+        format!("doc-{n:04}.md")
+    }
+}
+
+/// Generates `docs` documents of about `words` words and uploads them for `user` through
+/// `documents::create` (row, bytes and ingest job, as the API does), in one transaction; returns
+/// the bytes uploaded. Each document is generated, uploaded and dropped in turn, so the process
+/// holds one at a time and peak memory measures the pipeline, not the corpus.
+pub async fn upload_corpus(
+    store: &Store,
+    user: UserId,
+    docs: usize,
+    words: usize,
+    max_attempts: u32,
+) -> anyhow::Result<usize> {
+    let mut corpus = Corpus::new();
+    let mut total_bytes = 0usize;
+    let mut tx = store.user_tx(user).await?;
+    for i in 0..docs {
+        let text = corpus.document(i, words);
+        total_bytes += text.len();
+        let new = documents::NewDocument {
+            filename: &Corpus::filename(i),
+            content_type: "text/markdown",
+            bytes: text.as_bytes(),
+            sha256: Sha256::digest(text.as_bytes()).into(),
+            metadata: serde_json::json!({}),
+        };
+        documents::create(&mut tx, &new, max_attempts).await?;
+    }
+    tx.commit().await?;
+    Ok(total_bytes)
+}
+
+/// Waits until none of `user`'s documents is still in the pipeline (each is ready or failed).
+pub async fn wait_until_settled(store: &Store, user: UserId) -> anyhow::Result<()> {
+    loop {
+        let mut tx = store.user_tx(user).await?;
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE status NOT IN ('ready', 'failed')")
+            .fetch_one(tx.conn())
+            .await?;
+        drop(tx);
+        if open == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The process's peak resident set size so far (`VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Resets the peak resident set size to the current one (Linux: `5` to `/proc/self/clear_refs`),
+/// so the next [`peak_rss_mib`] is the peak of what runs in between. Returns whether it could.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }

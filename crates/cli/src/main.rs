@@ -5,6 +5,7 @@ mod admin;
 mod ask;
 mod bench;
 mod bench_ingest;
+mod bench_reprocess;
 mod bench_search;
 mod demo;
 mod doctor;
@@ -97,6 +98,8 @@ enum BenchCommand {
     Ingest(bench_ingest::BenchIngestArgs),
     /// Search latency at 100,000 chunks against the bare HNSW query.
     Search(bench_search::BenchSearchArgs),
+    /// Reprocessing throughput (re-ingest, re-embed, re-chunk) against a first ingestion.
+    Reprocess(bench_reprocess::BenchReprocessArgs),
 }
 
 fn main() -> ExitCode {
@@ -161,6 +164,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ask(args) => ask::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Search(args)) => bench_search::run(config, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Reprocess(args)) => {
+            bench_reprocess::run(config, args).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Extract(args) => extract::run(&args, &config).map(|()| ExitCode::SUCCESS),
         Command::Users(cmd) => admin::users(&config, cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Keys(cmd) => admin::keys(&config, cmd).await.map(|()| ExitCode::SUCCESS),
