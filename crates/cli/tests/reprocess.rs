@@ -433,11 +433,13 @@ async fn an_interrupted_run_continues_where_it_stopped_without_doing_anything_tw
         "--max-in-flight",
         "2",
     ];
-    let mut child: Child = reprocess_command(&pool, &args, &env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
+    let mut child = Reaped(
+        reprocess_command(&pool, &args, &env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start"),
+    );
     // Kill it once three documents are done.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let done_before_kill = loop {
@@ -446,8 +448,8 @@ async fn an_interrupted_run_continues_where_it_stopped_without_doing_anything_tw
             .await
             .expect("done");
         if done.len() >= 3 {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reap");
+            child.0.kill().expect("SIGKILL");
+            child.0.wait().expect("reap");
             break done;
         }
         assert!(tokio::time::Instant::now() < deadline, "the run made no progress");
@@ -496,7 +498,7 @@ async fn a_dry_run_changes_nothing_and_its_estimate_counts_what_the_cache_does_n
     let config = Config::defaults();
     let (store, user, ids) = corpus(&pool, &config, 4, |_| 6).await;
     let snapshot = |pool: PgPool| async move {
-        let docs: Vec<(uuid::Uuid, String, i32, Option<i32>, Option<Value>, Option<String>)> = sqlx::query_as(
+        let docs: Vec<DocumentRow> = sqlx::query_as(
             "SELECT id, status, chunk_count, chunk_max_tokens, reprocess, last_reprocess_run FROM documents ORDER BY id",
         )
         .fetch_all(&pool)
@@ -625,6 +627,20 @@ async fn the_cache_sends_only_changed_chunk_texts_to_the_model_and_usage_shows_i
         "the re-chunking's usage events show the tokens the cache served"
     );
     let _ = (store, user, ids);
+}
+
+/// A document's state as the dry run must leave it: id, status, chunk count, chunk size,
+/// pending run, last run.
+type DocumentRow = (uuid::Uuid, String, i32, Option<i32>, Option<Value>, Option<String>);
+
+/// A child process killed and reaped when dropped, so a failing test leaves no process behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Inputs the test server has embedded so far.
