@@ -237,11 +237,6 @@ impl Retriever {
         &self.store
     }
 
-    /// The configured embedder.
-    pub fn embedder(&self) -> &Embedder {
-        self.embedders.configured()
-    }
-
     /// The models searched: the configured one first, then every other model with chunks.
     async fn models(&self) -> Result<Vec<Embedder>, RetrieveError> {
         let cached = self.models.lock().ok().and_then(|m| {

@@ -336,8 +336,8 @@ pub async fn reprocess(
         by_owner: true,
         ..target.pending(&run, stage)
     };
-    let marked = ragpipe_store::reprocess::mark(&mut tx, document, &pending, config.worker.max_attempts).await?;
-    if !marked {
+    let marked = ragpipe_store::reprocess::mark(&mut tx, &[(document, pending)], config.worker.max_attempts).await?;
+    if marked.is_empty() {
         return Err(Error::new(
             StatusCode::CONFLICT,
             "conflict",

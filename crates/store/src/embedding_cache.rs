@@ -88,13 +88,3 @@ pub async fn cached_keys(
     .map_err(StoreError::db("reading the embedding cache"))?;
     Ok(rows.into_iter().filter_map(|h| h.try_into().ok()).collect())
 }
-
-/// Cached entries of `model`, for tests and reports.
-pub async fn count(store: &Store, model: &str) -> Result<u64, StoreError> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM embedding_cache WHERE model = $1")
-        .bind(model)
-        .fetch_one(store.pool())
-        .await
-        .map_err(StoreError::db("counting cached embeddings"))?;
-    Ok(n as u64)
-}

@@ -160,10 +160,6 @@ pub struct Candidate {
     pub status: String,
     /// Chunks in its current set.
     pub chunk_count: i32,
-    /// Tokens in its current set.
-    pub chunk_tokens: i64,
-    /// Size of the original.
-    pub byte_size: i64,
     /// Model of its current vectors.
     pub embedding_model: Option<String>,
     /// Chunk size of its current set.
@@ -253,10 +249,9 @@ pub async fn check_admin(store: &Store) -> Result<(), StoreError> {
     }
 }
 
-const CANDIDATE_SQL: &str = "SELECT d.id, d.user_id, d.status, d.chunk_count, d.byte_size, d.embedding_model, \
-            d.chunk_max_tokens, d.chunk_overlap_tokens, d.extractor_version, d.reprocess, d.last_reprocess_run, \
-            coalesce((SELECT sum(c.token_count) FROM document_chunks AS c WHERE c.document_id = d.id), 0)::int8 \
-                AS chunk_tokens \
+// Reads documents only: planning a run over a large corpus touches no chunk.
+const CANDIDATE_SQL: &str = "SELECT d.id, d.user_id, d.status, d.chunk_count, d.embedding_model, \
+            d.chunk_max_tokens, d.chunk_overlap_tokens, d.extractor_version, d.reprocess, d.last_reprocess_run \
      FROM documents AS d \
      WHERE (cardinality($1::uuid[]) = 0 OR d.user_id = ANY ($1)) \
        AND (cardinality($2::uuid[]) = 0 OR d.id = ANY ($2)) \
@@ -296,44 +291,52 @@ pub async fn candidate(tx: &mut UserTx, document: DocumentId) -> Result<Candidat
         .ok_or(StoreError::NotFound("document"))
 }
 
-/// Marks one document of the transaction's user with `pending` and enqueues its job, in the
-/// caller's transaction. A ready document stays ready (its chunks stay searchable); a failed
-/// one is queued again. Returns `false` (and enqueues nothing) when the document is gone, is
-/// not ready or failed, or already has a reprocessing in flight.
+/// Marks `documents` (of the transaction's user) with their pending runs and enqueues their
+/// jobs, in the caller's transaction: one `UPDATE` and one enqueue for the batch. A ready
+/// document stays ready (its chunks stay searchable); a failed one is queued again. A document
+/// that is gone, is neither ready nor failed, or already has a reprocessing in flight is left
+/// alone and gets no job. Returns the documents marked.
 pub async fn mark(
     tx: &mut UserTx,
-    document: DocumentId,
-    pending: &Pending,
+    documents: &[(DocumentId, Pending)],
     max_attempts: u32,
-) -> Result<bool, StoreError> {
-    let value = serde_json::to_value(pending).map_err(|e| StoreError::Conflict(format!("encoding a run: {e}")))?;
-    let marked = sqlx::query(
-        "UPDATE documents SET reprocess = $2, \
-                status = CASE WHEN status = 'failed' THEN 'queued' ELSE status END, \
-                error = CASE WHEN status = 'failed' THEN NULL ELSE error END, \
-                progress = CASE WHEN status = 'failed' THEN 0 ELSE progress END, \
+) -> Result<Vec<DocumentId>, StoreError> {
+    let ids: Vec<Uuid> = documents.iter().map(|(id, _)| id.0).collect();
+    let values = documents
+        .iter()
+        .map(|(_, p)| serde_json::to_value(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Conflict(format!("encoding a run: {e}")))?;
+    let marked: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE documents AS d SET reprocess = u.pending, \
+                status = CASE WHEN d.status = 'failed' THEN 'queued' ELSE d.status END, \
+                error = CASE WHEN d.status = 'failed' THEN NULL ELSE d.error END, \
+                progress = CASE WHEN d.status = 'failed' THEN 0 ELSE d.progress END, \
                 updated_at = now() \
-         WHERE id = $1 AND status IN ('ready', 'failed') AND (reprocess IS NULL OR reprocess ? 'error')",
+         FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, pending) \
+         WHERE d.id = u.id AND d.status IN ('ready', 'failed') AND (d.reprocess IS NULL OR d.reprocess ? 'error') \
+         RETURNING d.id",
     )
-    .bind(document.0)
-    .bind(&value)
-    .execute(tx.conn())
+    .bind(&ids)
+    .bind(&values)
+    .fetch_all(tx.conn())
     .await
-    .map_err(StoreError::db("marking a document for reprocessing"))?
-    .rows_affected();
-    if marked == 0 {
-        return Ok(false);
-    }
-    let job = IngestJob {
-        user_id: tx.user_id(),
-        document_id: document,
-        reprocess: Some(pending.run.clone()),
-    };
-    enqueue(tx, INGEST_QUEUE, &[job], max_attempts).await?;
-    Ok(true)
+    .map_err(StoreError::db("marking documents for reprocessing"))?;
+    let user = tx.user_id();
+    let jobs: Vec<IngestJob> = documents
+        .iter()
+        .filter(|(id, _)| marked.contains(&id.0))
+        .map(|(id, pending)| IngestJob {
+            user_id: user,
+            document_id: *id,
+            reprocess: Some(pending.run.clone()),
+        })
+        .collect();
+    enqueue(tx, INGEST_QUEUE, &jobs, max_attempts).await?;
+    Ok(jobs.into_iter().map(|j| j.document_id).collect())
 }
 
-/// Marks and enqueues `documents` of `user` in one transaction; returns how many were marked.
+/// [`mark`] in a transaction of its own for `user`; returns how many were marked.
 pub async fn mark_many(
     store: &Store,
     user: UserId,
@@ -341,14 +344,9 @@ pub async fn mark_many(
     max_attempts: u32,
 ) -> Result<usize, StoreError> {
     let mut tx = store.user_tx(user).await?;
-    let mut marked = 0;
-    for (id, pending) in documents {
-        if mark(&mut tx, *id, pending, max_attempts).await? {
-            marked += 1;
-        }
-    }
+    let marked = mark(&mut tx, documents, max_attempts).await?;
     tx.commit().await?;
-    Ok(marked)
+    Ok(marked.len())
 }
 
 /// Records that the run failed on a document: its chunk set (if any) is kept, and the error is
@@ -415,8 +413,6 @@ mod tests {
             user_id: Uuid::nil(),
             status: "ready".into(),
             chunk_count: 3,
-            chunk_tokens: 600,
-            byte_size: 100,
             embedding_model: Some("m2".into()),
             chunk_max_tokens: Some(256),
             chunk_overlap_tokens: Some(32),
