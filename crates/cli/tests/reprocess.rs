@@ -233,6 +233,22 @@ async fn rechunking_gives_every_document_chunks_of_the_new_size_and_search_never
         Arc::clone(&stop),
     );
     let text_searcher = search_throughout(retriever, user, ids.clone(), SearchMode::Text, Arc::clone(&stop));
+    // The run keeps at most --max-in-flight of its documents in the queue at once.
+    let in_flight = {
+        let (pool, stop) = (pool.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut most = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE reprocess IS NOT NULL")
+                    .fetch_one(&pool)
+                    .await
+                    .expect("pending");
+                most = most.max(n);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
 
     let (output, result) = run_reprocess(
         &pool,
@@ -252,6 +268,11 @@ async fn rechunking_gives_every_document_chunks_of_the_new_size_and_search_never
     assert_success(&output);
     assert_eq!(result["finished"], 8, "{result}");
     assert_eq!(result["failed"], serde_json::json!([]));
+    let most_in_flight = in_flight.await.expect("sampler");
+    assert!(
+        (1..=2).contains(&most_in_flight),
+        "at most --max-in-flight 2 documents queued at once, saw {most_in_flight}"
+    );
     for handle in [searcher, text_searcher] {
         let (searches, empty) = handle.await.expect("searcher");
         assert!(searches >= 16, "searched {searches} times");
