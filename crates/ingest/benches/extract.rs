@@ -11,7 +11,7 @@
 //! every fixture document, chunks/s and MB/s of [`Chunker::chunk`] against raw text-splitter
 //! with the same settings and tokenizer, and their ratio.
 
-use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits, extract};
+use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits, extract, running_key};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,27 +82,6 @@ fn pdftotext(path: &Path) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Normalised line for recognising running headers and footers, as the extractor does:
-/// digits (page numbers) and spaces do not count.
-fn running_key(line: &str) -> String {
-    let mut out = String::new();
-    let mut last_digit = false;
-    for c in line.chars() {
-        if c.is_ascii_digit() {
-            if !last_digit {
-                out.push('#');
-            }
-            last_digit = true;
-        } else {
-            last_digit = false;
-            if !c.is_whitespace() {
-                out.extend(c.to_lowercase());
-            }
-        }
-    }
-    out
 }
 
 /// pdftotext's text without running headers, footers and page numbers, by the rule ragpipe

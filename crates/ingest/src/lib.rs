@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 pub use chunk::{Chunk, ChunkSettings, Chunker};
 pub use detect::detect;
 pub use error::{ChunkError, ExtractError};
+pub use pdf::running_key;
 
 /// Identifies the code that produced an [`Extracted`]; stored with every chunk set so that
 /// reprocessing knows which documents an extractor change affects. Bump it whenever the
