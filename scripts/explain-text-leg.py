@@ -5,7 +5,7 @@ Runs the text-only form of crates/store/src/search/hybrid.sql (or a variant of i
 that `ragpipe bench search --keep` left, as ragpipe_app with the corpus's user and generic plans
 (as store::Store::search_tx does), for 100 queries made like the benchmark's (3 to 8 consecutive
 words of random chunks), and prints the medians of: execution time, time in the postings
-function and postings read, time in the exact rescoring and candidates rescored.
+index (first pass) and postings read, time in the rescoring probes and candidates rescored.
 
     pip install 'psycopg[binary]'
     scripts/explain-text-leg.py [--database ragpipe_bench_search] [--sql FILE]
@@ -32,11 +32,13 @@ PARAMETER_TYPES = (
 )
 
 
-def nodes(plan, predicate):
-    """Every node of the plan tree for which predicate holds."""
-    found = [plan] if predicate(plan) else []
+def nodes(plan, predicate, in_subplan=False):
+    """Every node of the plan tree for which predicate(node, in_subplan) holds; in_subplan says
+    whether the node is under a SubPlan (the rescoring probes are)."""
+    found = [plan] if predicate(plan, in_subplan) else []
     for child in plan.get("Plans", []):
-        found += nodes(child, predicate)
+        below = in_subplan or child.get("Subplan Name", "").startswith("SubPlan")
+        found += nodes(child, predicate, below)
     return found
 
 
@@ -85,8 +87,10 @@ def main():
                 cur.fetchall()
             cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + execute, (query,))
             plan = cur.fetchone()[0][0]
-            postings = nodes(plan["Plan"], lambda n: "ragpipe_search_postings" in n.get("Function Name", ""))
-            rescoring = nodes(plan["Plan"], lambda n: n.get("Subplan Name", "").startswith("SubPlan"))
+            postings = nodes(
+                plan["Plan"], lambda n, sub: n.get("Relation Name") == "search_postings" and not sub
+            )
+            rescoring = nodes(plan["Plan"], lambda n, sub: n.get("Subplan Name", "").startswith("SubPlan"))
             rows.append(
                 (
                     plan["Execution Time"],

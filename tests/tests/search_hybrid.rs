@@ -1,6 +1,6 @@
 //! Search on real PostgreSQL over fixture documents ingested by the real job: ranking in each
-//! mode, any-term text matching, filters, isolation between users, and the term statistics the
-//! text leg relies on.
+//! mode, any-term text matching, filters, isolation between users, and the term statistics and
+//! postings the text leg relies on.
 
 mod search_support;
 
@@ -223,14 +223,14 @@ async fn user_b_cannot_find_user_a_chunks(pool: PgPool) {
         .await
         .expect("corpus");
     assert_eq!(corpora, 1);
-    // The postings function answers for the acting user only, and for nobody outside a user
-    // transaction.
-    let postings: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ragpipe_search_postings(ARRAY['e4127'::tsquery], NULL, 100)")
+    // So are the postings: B's transaction sees none of A's, and one with no user sees none.
+    let (postings, foreign): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE lexeme = 'e4127') FROM search_postings")
             .fetch_one(tx.conn())
             .await
             .expect("postings");
-    assert_eq!(postings, 0);
+    assert!(postings > 0);
+    assert_eq!(foreign, 0);
     drop(tx);
     let mut conn = pool.acquire().await.expect("conn");
     let mut app = sqlx::Connection::begin(&mut *conn).await.expect("begin");
@@ -238,11 +238,10 @@ async fn user_b_cannot_find_user_a_chunks(pool: PgPool) {
         .execute(&mut *app)
         .await
         .expect("role");
-    let anonymous: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ragpipe_search_postings(ARRAY['e4127'::tsquery], NULL, 100)")
-            .fetch_one(&mut *app)
-            .await
-            .expect("postings");
+    let anonymous: i64 = sqlx::query_scalar("SELECT count(*) FROM search_postings")
+        .fetch_one(&mut *app)
+        .await
+        .expect("postings");
     assert_eq!(anonymous, 0);
 }
 
@@ -252,7 +251,7 @@ async fn the_new_user_tables_have_forced_row_level_security_and_owner_policies(p
     let store = migrated(pool.clone(), &config).await;
     let a = new_user(&store, "a@example.com").await;
     let b = new_user(&store, "b@example.com").await;
-    for table in ["search_term_stats", "search_corpus_stats"] {
+    for table in ["search_term_stats", "search_corpus_stats", "search_postings"] {
         let (enabled, forced): (bool, bool) =
             sqlx::query_as("SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = $1::regclass")
                 .bind(table)
@@ -262,21 +261,30 @@ async fn the_new_user_tables_have_forced_row_level_security_and_owner_policies(p
         assert!(enabled && forced, "{table}");
         // B cannot write statistics under A's id.
         let mut tx = store.user_tx(b).await.expect("tx");
-        let sql = if table == "search_term_stats" {
-            "INSERT INTO search_term_stats (user_id, lexeme, chunks) VALUES ($1, 'x', 1)"
-        } else {
-            "INSERT INTO search_corpus_stats (user_id, chunks, tokens) VALUES ($1, 1, 1)"
+        let sql = match table {
+            "search_term_stats" => "INSERT INTO search_term_stats (user_id, lexeme, chunks) VALUES ($1, 'x', 1)",
+            "search_corpus_stats" => "INSERT INTO search_corpus_stats (user_id, chunks, tokens) VALUES ($1, 1, 1)",
+            _ => "INSERT INTO search_postings (user_id, lexeme, chunk_id, tf, token_count) VALUES ($1, 'x', 1, 1, 1)",
         };
         let refused = sqlx::query(sql).bind(a.0).execute(tx.conn()).await;
         assert!(refused.is_err(), "{table}: B wrote a row of A");
     }
-    // Nobody is a member of the privileged search role, so its policy applies to no one else.
+    // Nobody was left a member of the retired search role, and its postings function and
+    // policy are gone with it.
     let members: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_auth_members WHERE roleid = 'ragpipe_search'::regrole")
             .fetch_one(&pool)
             .await
             .expect("members");
     assert_eq!(members, 0);
+    let retired: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_proc WHERE proname = 'ragpipe_search_postings')
+              + (SELECT count(*) FROM pg_policy WHERE polname = 'document_chunks_search_postings')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("retired");
+    assert_eq!(retired, 0);
 }
 
 #[sqlx::test(migrations = false)]
@@ -321,6 +329,25 @@ async fn term_statistics_follow_every_chunk_write(pool: PgPool) {
     .await
     .expect("corpus");
     assert!(corpus_ok);
+    // The postings likewise: one per chunk and lexeme, with the lexeme's positions as tf and the
+    // chunk's length, after inserts, the cascade delete and the text update.
+    let mismatches: i64 = sqlx::query_scalar(
+        "WITH recount AS (
+             SELECT c.user_id, u.lexeme, c.id AS chunk_id, greatest(cardinality(u.positions), 1)::smallint AS tf,
+                    c.token_count
+             FROM document_chunks AS c, unnest(c.search_vector) AS u)
+         SELECT count(*) FROM recount FULL JOIN search_postings AS p USING (user_id, lexeme, chunk_id)
+         WHERE (recount.tf, recount.token_count) IS DISTINCT FROM (p.tf, p.token_count)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("recount postings");
+    assert_eq!(mismatches, 0);
+    let zebracorn: i64 = sqlx::query_scalar("SELECT count(*) FROM search_postings WHERE lexeme = 'zebracorn'")
+        .fetch_one(&pool)
+        .await
+        .expect("zebracorn");
+    assert!(zebracorn > 0, "the updated text's new lexeme has postings");
     let e4127: i32 = sqlx::query_scalar("SELECT chunks FROM search_term_stats WHERE lexeme = 'e4127'")
         .fetch_one(&pool)
         .await

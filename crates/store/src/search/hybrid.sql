@@ -54,13 +54,14 @@ corpus AS (
 terms AS (
     SELECT t.lexeme, t.df,
            ln(1 + (c.n - t.df + 0.5) / (t.df + 0.5)) AS idf,
-           -- One lexeme as a tsquery, quoted so that any lexeme ("c++", "it's", "a:b") stays one.
+           -- One lexeme as a tsquery, quoted so that any lexeme ("c++", "it's", "a:b") stays one
+           -- (for the highlight).
            ('''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || '''')::tsquery AS query,
            -- Candidates come from the rarest terms, as long as their postings together stay
            -- within the budget (the rarest always, up to $15 of its postings). Common terms
            -- still count in the score of every candidate; they only do not bring in candidates
-           -- of their own, which at 100,000 chunks would mean reading tens of thousands of rows
-           -- (a heap fetch each) for little idf.
+           -- of their own, which at 100,000 chunks would mean reading and aggregating tens of
+           -- thousands of postings for little idf.
            (sum(t.df) OVER (ORDER BY t.df, t.lexeme) <= $14
             OR row_number() OVER (ORDER BY t.df, t.lexeme) = 1) AS generates
     FROM corpus AS c,
@@ -70,38 +71,44 @@ terms AS (
             AND s.lexeme = ANY (tsvector_to_array(to_tsvector('english', $1)))
             AND s.chunks > 0) AS t
 ),
-generating AS (
-    SELECT array_agg(query ORDER BY df, lexeme) AS queries,
-           array_agg(idf ORDER BY df, lexeme) AS idfs
-    FROM terms
-    WHERE generates
+-- The chunks of the searched documents, read only when there is a filter.
+scope_chunks AS MATERIALIZED (
+    SELECT c.id FROM document_chunks AS c
+    WHERE (SELECT ids FROM scope) IS NOT NULL AND c.document_id = ANY ((SELECT ids FROM scope)::uuid[])
 ),
--- First pass, on postings alone (no chunk text read): BM25 with every term frequency taken as
--- one, over the generating terms.
+-- First pass, over the generating terms' postings alone (search_postings: an index-only range
+-- scan a term, carrying the term frequency and the chunk length): their exact BM25 share.
 prescored AS (
-    SELECT p.chunk_id,
-           sum(g.idfs[p.term]) * ($12 + 1)
-               / (1 + $12 * (1 - $13 + $13 * p.token_count / (SELECT avg_tokens FROM corpus))) AS score
-    FROM generating AS g,
-         ragpipe_search_postings(g.queries, (SELECT ids FROM scope), $15) AS p
+    SELECT p.chunk_id, p.token_count,
+           sum(t.idf * p.tf * ($12 + 1)
+               / (p.tf + $12 * (1 - $13 + $13 * p.token_count / (SELECT avg_tokens FROM corpus)))) AS score
+    FROM terms AS t
+    CROSS JOIN LATERAL (
+        SELECT p.chunk_id, p.tf, p.token_count
+        FROM search_postings AS p
+        WHERE p.lexeme = t.lexeme
+          AND ((SELECT ids FROM scope) IS NULL OR p.chunk_id IN (SELECT id FROM scope_chunks))
+        LIMIT $15
+    ) AS p
+    WHERE t.generates
     GROUP BY p.chunk_id, p.token_count
     ORDER BY score DESC, p.chunk_id
     LIMIT $16
 ),
--- Second pass, on the best first-pass candidates: exact BM25 with each query term's frequency
--- in the chunk, read from its own tsvector (query lexemes are marked with weight A and kept).
+-- Second pass, on the best first-pass candidates: the other query terms' shares, each a probe
+-- of the same index for (term, chunk), which makes the score exact BM25 over every query term.
 text_leg AS (
     SELECT r.id, r.score, row_number() OVER (ORDER BY r.score DESC, r.id) AS rank
     FROM (
-        SELECT c.id,
-               (SELECT sum(t.idf * f.tf * ($12 + 1)
-                           / (f.tf + $12 * (1 - $13 + $13 * c.token_count / (SELECT avg_tokens FROM corpus))))
-                FROM unnest(ts_filter(setweight(c.search_vector, 'A', (SELECT array_agg(lexeme) FROM terms)), '{a}')) AS u
-                JOIN terms AS t ON t.lexeme = u.lexeme
-                CROSS JOIN LATERAL (SELECT cardinality(u.positions)::float8) AS f(tf)) AS score
+        SELECT p.chunk_id AS id,
+               p.score + coalesce(
+                   (SELECT sum(t.idf * q.tf * ($12 + 1)
+                               / (q.tf + $12 * (1 - $13 + $13 * p.token_count / (SELECT avg_tokens FROM corpus))))
+                    FROM terms AS t
+                    JOIN search_postings AS q ON q.lexeme = t.lexeme AND q.chunk_id = p.chunk_id
+                    WHERE NOT t.generates), 0) AS score
         FROM prescored AS p
-        JOIN document_chunks AS c ON c.id = p.chunk_id
-        ORDER BY score DESC, c.id
+        ORDER BY score DESC, id
         LIMIT $5
     ) AS r
 ),
