@@ -22,7 +22,9 @@
 
 CREATE TABLE search_postings (
     user_id     uuid NOT NULL,
-    lexeme      text NOT NULL,
+    -- Byte order: search only ever asks for equality, and locale collation (strcoll) would
+    -- be paid at every level of every probe. Search compares with COLLATE "C" to match.
+    lexeme      text COLLATE "C" NOT NULL,
     chunk_id    bigint NOT NULL,
     tf          smallint NOT NULL CHECK (tf > 0),
     token_count integer NOT NULL CHECK (token_count >= 0),

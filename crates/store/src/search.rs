@@ -127,22 +127,25 @@ pub struct Bm25 {
     pub postings_budget: u32,
     /// Most postings read for any one term.
     pub postings_per_term: u32,
-    /// Candidates scored exactly (with term frequencies) after the first pass.
+    /// Candidates completed with the other query terms' frequencies after the first pass (at
+    /// least the leg's depth).
     pub rescored: u32,
 }
 
 impl Default for Bm25 {
     /// Usual BM25 constants. The bounds keep the text leg within a few milliseconds at 100,000
-    /// chunks: reading a posting costs a heap fetch (~5 µs on the 2-core machine), and a
-    /// budget of 4,000 made the text leg 30-45 ms (BENCHMARKS.md, "Search"). Below the budget,
+    /// chunks: a posting costs ~0.5 us to read and aggregate (an index-only range of
+    /// `search_postings`) and a rescored candidate one ~5 us index probe per other query term.
+    /// Chosen on the 100,000-chunk benchmark corpus by how often the text leg ranks the chunk a
+    /// query was taken from first, against latency (BENCHMARKS.md, "Search"). Below the budget,
     /// that is for every corpus of up to a few thousand chunks, the text leg is exact BM25.
     fn default() -> Bm25 {
         Bm25 {
             k1: 1.2,
             b: 0.75,
-            postings_budget: 1000,
-            postings_per_term: 1000,
-            rescored: 100,
+            postings_budget: 1500,
+            postings_per_term: 1500,
+            rescored: 50,
         }
     }
 }

@@ -52,7 +52,7 @@ corpus AS (
     WHERE s.user_id = ragpipe_current_user_id() AND $5 > 0
 ),
 terms AS (
-    SELECT t.lexeme, t.df,
+    SELECT t.lexeme COLLATE "C" AS lexeme, t.df,
            ln(1 + (c.n - t.df + 0.5) / (t.df + 0.5)) AS idf,
            -- One lexeme as a tsquery, quoted so that any lexeme ("c++", "it's", "a:b") stays one
            -- (for the highlight).
@@ -77,7 +77,8 @@ scope_chunks AS MATERIALIZED (
     WHERE (SELECT ids FROM scope) IS NOT NULL AND c.document_id = ANY ((SELECT ids FROM scope)::uuid[])
 ),
 -- First pass, over the generating terms' postings alone (search_postings: an index-only range
--- scan a term, carrying the term frequency and the chunk length): their exact BM25 share.
+-- scan a term, carrying the term frequency and the chunk length; no chunk row is read): their
+-- exact BM25 share.
 prescored AS (
     SELECT p.chunk_id, p.token_count,
            sum(t.idf * p.tf * ($12 + 1)
@@ -95,19 +96,34 @@ prescored AS (
     ORDER BY score DESC, p.chunk_id
     LIMIT $16
 ),
--- Second pass, on the best first-pass candidates: the other query terms' shares, each a probe
--- of the same index for (term, chunk), which makes the score exact BM25 over every query term.
+-- Second pass, on the best first-pass candidates: the other query terms' shares, one index
+-- scan a term over the sorted candidate ids (a ~5 us probe each), so that the score is BM25
+-- over every query term. Except a term in more than half of the chunks: its idf is under
+-- ln 2 (a tenth of a rare term's), and at 100,000 chunks its probes were a quarter of the
+-- text leg's time (BENCHMARKS.md, "Search"). It is still scored wherever it generates
+-- candidates, which below the budget is always.
+candidates AS MATERIALIZED (
+    SELECT array_agg(chunk_id ORDER BY chunk_id) AS ids FROM prescored
+),
+completed AS (
+    SELECT q.chunk_id,
+           sum(t.idf * q.tf * ($12 + 1)
+               / (q.tf + $12 * (1 - $13 + $13 * q.token_count / (SELECT avg_tokens FROM corpus)))) AS score
+    FROM terms AS t
+    CROSS JOIN LATERAL (
+        SELECT q.chunk_id, q.tf, q.token_count
+        FROM search_postings AS q
+        WHERE q.lexeme = t.lexeme AND q.chunk_id = ANY ((SELECT ids FROM candidates)::bigint[])
+    ) AS q
+    WHERE NOT t.generates AND t.df <= (SELECT n FROM corpus) / 2
+    GROUP BY q.chunk_id
+),
 text_leg AS (
     SELECT r.id, r.score, row_number() OVER (ORDER BY r.score DESC, r.id) AS rank
     FROM (
-        SELECT p.chunk_id AS id,
-               p.score + coalesce(
-                   (SELECT sum(t.idf * q.tf * ($12 + 1)
-                               / (q.tf + $12 * (1 - $13 + $13 * p.token_count / (SELECT avg_tokens FROM corpus))))
-                    FROM terms AS t
-                    JOIN search_postings AS q ON q.lexeme = t.lexeme AND q.chunk_id = p.chunk_id
-                    WHERE NOT t.generates), 0) AS score
+        SELECT p.chunk_id AS id, p.score + coalesce(c.score, 0) AS score
         FROM prescored AS p
+        LEFT JOIN completed AS c USING (chunk_id)
         ORDER BY score DESC, id
         LIMIT $5
     ) AS r
