@@ -6,10 +6,12 @@
 //! per document, with the offline hashed embeddings of each chunk's text (which have lexical
 //! neighbourhoods, unlike random vectors). It is bulk-loaded as the administration connection
 //! with `INSERT ... SELECT FROM UNNEST` batches, the indexes and the statistics triggers off; the
-//! indexes are built afterwards with a large `maintenance_work_mem` and the term statistics are
-//! computed in one statement (the migration's backfill). Queries are 3 to 8 words drawn from
-//! random chunks, so they mix common and rare terms. Every search runs as the product runs it:
-//! in a user transaction (role `ragpipe_app`, row-level security); only the statement is timed.
+//! indexes are built afterwards with a large `maintenance_work_mem` and the term statistics
+//! and postings computed in one statement each (the migrations' backfills). Queries are 3 to 8
+//! words drawn from random chunks, so they mix common and rare terms; how often each mode ranks
+//! the query's source chunk first or within k is printed beside the latency. Every search runs
+//! as the product runs it: in a user transaction (role `ragpipe_app`, row-level security); only
+//! the statement is timed.
 
 use crate::bench::{Rng, ScratchDatabase};
 use clap::Args;
@@ -126,9 +128,13 @@ pub struct Series {
     pub p99_ms: f64,
     pub mean_ms: f64,
     pub hits_per_query: f64,
+    /// Share of queries whose source chunk (the one its words were taken from) ranked first.
+    pub source_first: f64,
+    /// Share of queries whose source chunk was among the k results.
+    pub source_in_k: f64,
 }
 
-fn series(name: &str, mut samples: Vec<Duration>, hits: usize) -> Series {
+fn series(name: &str, mut samples: Vec<Duration>, hits: usize, found: (usize, usize)) -> Series {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let at = |q: f64| ms(samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]);
@@ -138,6 +144,8 @@ fn series(name: &str, mut samples: Vec<Duration>, hits: usize) -> Series {
         p99_ms: at(0.99),
         mean_ms: samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64,
         hits_per_query: hits as f64 / samples.len() as f64,
+        source_first: found.0 as f64 / samples.len() as f64,
+        source_in_k: found.1 as f64 / samples.len() as f64,
     }
 }
 
@@ -160,13 +168,13 @@ pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
     } else {
         println!("{load}");
         println!(
-            "{:<22} {:>8} {:>8} {:>8} {:>6}",
-            "query", "p50 ms", "p99 ms", "mean ms", "hits"
+            "{:<22} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8}",
+            "query", "p50 ms", "p99 ms", "mean ms", "hits", "src 1st", "src in k"
         );
         for s in &out {
             println!(
-                "{:<22} {:>8.2} {:>8.2} {:>8.2} {:>6.1}",
-                s.name, s.p50_ms, s.p99_ms, s.mean_ms, s.hits_per_query
+                "{:<22} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>8.3} {:>8.3}",
+                s.name, s.p50_ms, s.p99_ms, s.mean_ms, s.hits_per_query, s.source_first, s.source_in_k
             );
         }
         let bare = out
@@ -202,15 +210,18 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
         .fetch_one(store.pool())
         .await?;
     let stride = (total / args.queries.max(1) as i64).max(1);
-    let texts: Vec<String> =
-        sqlx::query_scalar("SELECT content FROM document_chunks WHERE id % $1 = 7 ORDER BY id LIMIT $2")
+    let texts: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, content FROM document_chunks WHERE id % $1 = 7 ORDER BY id LIMIT $2")
             .bind(stride)
             .bind(args.queries as i64)
             .fetch_all(store.pool())
             .await?;
+    // The chunk each query was taken from: how often a mode ranks it first, or within k, is a
+    // measure of retrieval quality that needs no judgements (a known-item search).
+    let sources: Vec<i64> = texts.iter().map(|(id, _)| *id).collect();
     let queries: Vec<String> = texts
         .iter()
-        .map(|text| {
+        .map(|(_, text)| {
             let words: Vec<&str> = text.split([' ', '.']).filter(|w| !w.is_empty()).collect();
             let len = (3 + rng.below(6)).min(words.len());
             let start = rng.below(words.len() - len + 1);
@@ -226,10 +237,11 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
     let names = ["bare hnsw", "vector", "text", "hybrid"];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let mut hits = vec![0usize; names.len()];
+    let mut found = vec![(0usize, 0usize); names.len()];
     // One warm-up pass (caches, prepared statements), then the timed pass; the four queries
     // of each question run back to back so they see the same cache state.
     for timed in [false, true] {
-        for (q, v) in queries.iter().zip(&vectors) {
+        for ((q, v), source) in queries.iter().zip(&vectors).zip(&sources) {
             for (s, name) in names.iter().enumerate() {
                 // Searches run as Retriever::search does (generic plans); the bare query as a
                 // plain user transaction.
@@ -239,13 +251,12 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
                     store.search_tx(user).await?
                 };
                 let t = Instant::now();
-                let n = if *name == "bare hnsw" {
+                let ids: Vec<i64> = if *name == "bare hnsw" {
                     sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(bare_sql.clone()))
                         .bind(pgvector::Vector::from(v.clone()))
                         .bind(i64::from(args.k))
                         .fetch_all(tx.conn())
                         .await?
-                        .len()
                 } else {
                     let mode: SearchMode = name.parse().map_err(|e: String| anyhow::anyhow!(e))?;
                     let vectors = [QueryVector {
@@ -270,13 +281,19 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
                         },
                         highlight: false,
                     };
-                    search::search(&mut tx, &query).await?.len()
+                    search::search(&mut tx, &query)
+                        .await?
+                        .into_iter()
+                        .map(|hit| hit.chunk_id)
+                        .collect()
                 };
                 let elapsed = t.elapsed();
                 tx.commit().await?;
                 if timed {
                     samples[s].push(elapsed);
-                    hits[s] += n;
+                    hits[s] += ids.len();
+                    found[s].0 += usize::from(ids.first() == Some(source));
+                    found[s].1 += usize::from(ids.contains(source));
                 }
             }
         }
@@ -285,7 +302,8 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
         .iter()
         .zip(samples)
         .zip(hits)
-        .map(|((name, s), h)| series(name, s, h))
+        .zip(found)
+        .map(|(((name, s), h), f)| series(name, s, h, f))
         .collect();
     Ok((load, out))
 }
