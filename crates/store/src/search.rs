@@ -226,8 +226,8 @@ fn invalid(message: String) -> StoreError {
 }
 
 /// Runs `query` as the transaction's user and returns at most `k` hits, best first. Only the
-/// acting user's chunks can come back (row-level security; the text leg's postings function
-/// also filters by the acting user).
+/// acting user's chunks can come back (row-level security on every table the statement reads,
+/// the text leg's postings and statistics included).
 pub async fn search(tx: &mut UserTx, query: &SearchQuery<'_>) -> Result<Vec<SearchHit>, StoreError> {
     let k = query.k.clamp(1, MAX_K);
     let depth = query.depth.clamp(k, MAX_DEPTH);

@@ -1,0 +1,170 @@
+//! The text leg's scores against BM25 computed straight from the chunks' own tsvectors, on a
+//! real PostgreSQL: exact over every query term when all of them generate candidates, and when
+//! the postings budget leaves some out, exact over the generating terms plus the other terms
+//! probed in the second pass (all but those in more than half of the chunks).
+
+use ragpipe_core::{Config, UserId};
+use ragpipe_store::search::{self, Bm25, Fusion, SearchHit, SearchMode, SearchQuery};
+use ragpipe_store::{Store, users};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// Ten chunks: "quokka" in 3 (rare), "lantern" in 4 (common, at most half), "river" in 8 (more
+/// than half). Chunk 2 says "lantern" three times; lengths differ.
+const CHUNKS: [(&str, i32); 10] = [
+    ("quokka river meadow", 30),
+    ("quokka lantern river orchard", 40),
+    ("quokka lantern lantern lantern river harbour", 60),
+    ("lantern river meadow", 20),
+    ("lantern river orchard", 25),
+    ("river harbour", 35),
+    ("river meadow", 45),
+    ("river orchard", 50),
+    ("harbour meadow", 55),
+    ("orchard harbour", 65),
+];
+
+async fn corpus(pool: &PgPool) -> (Store, UserId) {
+    let store = Store::from_pool(pool.clone());
+    store
+        .migrate(&Config::defaults().embedding)
+        .await
+        .expect("migrations apply");
+    let user = users::create(
+        &store,
+        &users::NewUser {
+            email: "bm25@example.com".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("user");
+    let user = UserId(user.id);
+    let doc = Uuid::now_v7();
+    let mut tx = store.user_tx(user).await.expect("tx");
+    sqlx::query(
+        "INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256, status) \
+         VALUES ($1, $2, 'animals.txt', 'text/plain', 1, sha256('animals'), 'ready')",
+    )
+    .bind(doc)
+    .bind(user.0)
+    .execute(tx.conn())
+    .await
+    .expect("document");
+    // One statement, as a chunk-set write is: the trigger writes postings and statistics.
+    let texts: Vec<&str> = CHUNKS.iter().map(|(t, _)| *t).collect();
+    let tokens: Vec<i32> = CHUNKS.iter().map(|(_, n)| *n).collect();
+    sqlx::query(
+        "INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, byte_start, byte_end) \
+         SELECT $1, $2, i - 1, c, n, 0, length(c) FROM UNNEST($3::text[], $4::int[]) WITH ORDINALITY AS u(c, n, i)",
+    )
+    .bind(doc)
+    .bind(user.0)
+    .bind(&texts)
+    .bind(&tokens)
+    .execute(tx.conn())
+    .await
+    .expect("chunks");
+    tx.commit().await.expect("commit");
+    (store, user)
+}
+
+/// BM25 (k1 1.2, b 0.75, idf ln(1 + (N - df + 0.5) / (df + 0.5))) over `lexemes`, per chunk
+/// content, from document_chunks alone: df, tf and lengths read from the tsvectors.
+async fn reference(pool: &PgPool, lexemes: &[&str]) -> HashMap<String, f64> {
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "WITH n AS (SELECT count(*)::float8 AS n, avg(token_count)::float8 AS avg FROM document_chunks),
+              tf AS (SELECT c.content, c.token_count, u.lexeme, cardinality(u.positions)::float8 AS tf
+                     FROM document_chunks AS c, unnest(c.search_vector) AS u
+                     WHERE u.lexeme = ANY ($1)),
+              df AS (SELECT lexeme, count(*)::float8 AS df FROM tf GROUP BY lexeme)
+         SELECT tf.content,
+                sum(ln(1 + (n.n - df.df + 0.5) / (df.df + 0.5)) * tf.tf * 2.2
+                    / (tf.tf + 1.2 * (1 - 0.75 + 0.75 * tf.token_count / n.avg)))
+         FROM tf JOIN df USING (lexeme), n
+         GROUP BY tf.content",
+    )
+    .bind(lexemes)
+    .fetch_all(pool)
+    .await
+    .expect("reference");
+    rows.into_iter().collect()
+}
+
+async fn text_search(store: &Store, user: UserId, text: &str, bm25: Bm25) -> Vec<SearchHit> {
+    let mut tx = store.search_tx(user).await.expect("tx");
+    let query = SearchQuery {
+        text,
+        vectors: &[],
+        mode: SearchMode::Text,
+        k: 10,
+        depth: 10,
+        document_ids: None,
+        metadata: None,
+        fusion: Fusion {
+            vector_weight: 1.0,
+            vector_k: 60.0,
+            text_weight: 1.0,
+            text_k: 60.0,
+        },
+        bm25,
+        highlight: false,
+    };
+    let hits = search::search(&mut tx, &query).await.expect("search");
+    tx.commit().await.expect("commit");
+    hits
+}
+
+fn assert_scores(hits: &[SearchHit], expected: &HashMap<String, f64>, case: &str) {
+    assert!(!hits.is_empty(), "{case}: no hits");
+    for hit in hits {
+        let want = expected
+            .get(&hit.content)
+            .unwrap_or_else(|| panic!("{case}: {:?} should not match", hit.content));
+        let got = hit.text_score.expect("text score");
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{case}: {:?} scored {got}, BM25 {want}",
+            hit.content
+        );
+    }
+    let mut scores: Vec<f64> = hits.iter().filter_map(|h| h.text_score).collect();
+    let ranked = scores.clone();
+    scores.sort_by(|a, b| b.total_cmp(a));
+    assert_eq!(ranked, scores, "{case}: hits are best first");
+}
+
+#[sqlx::test(migrations = false)]
+async fn with_every_term_generating_the_text_leg_is_exact_bm25_over_all_terms(pool: PgPool) {
+    let (store, user) = corpus(&pool).await;
+    let hits = text_search(&store, user, "quokka lantern river", Bm25::default()).await;
+    let expected = reference(&pool, &["quokka", "lantern", "river"]).await;
+    assert_scores(&hits, &expected, "default budget");
+    // Every chunk with any term came back: any term may match.
+    assert_eq!(hits.len(), expected.len());
+}
+
+#[sqlx::test(migrations = false)]
+async fn past_the_budget_candidates_come_from_rare_terms_and_are_completed_by_probes(pool: PgPool) {
+    let (store, user) = corpus(&pool).await;
+    // A budget of 3 postings: only "quokka" (in 3 chunks) brings in candidates; "lantern" (4 of
+    // 10) is added to them by the second pass; "river" (8 of 10, idf under ln 2) is not.
+    let bm25 = Bm25 {
+        postings_budget: 3,
+        postings_per_term: 3,
+        ..Bm25::default()
+    };
+    let hits = text_search(&store, user, "quokka lantern river", bm25).await;
+    let expected: HashMap<String, f64> = reference(&pool, &["quokka", "lantern"])
+        .await
+        .into_iter()
+        .filter(|(content, _)| content.contains("quokka"))
+        .collect();
+    assert_eq!(hits.len(), 3, "only quokka's chunks are candidates");
+    assert_scores(&hits, &expected, "budget 3");
+    // The probes decide the order: the chunk with "lantern" three times leads, the one without
+    // it comes last, though "quokka" alone would rank the short first chunk first.
+    assert_eq!(hits[0].content, CHUNKS[2].0);
+    assert_eq!(hits[2].content, CHUNKS[0].0);
+}
