@@ -32,9 +32,10 @@ impl Store {
     /// mode PostgreSQL's heuristic keeps choosing a custom plan, so every search is planned
     /// again (~1.5 ms at 100,000 chunks, about a sixth of a hybrid search). The statement has
     /// nothing a parameter value could plan better: the model and dimension are literals, the
-    /// vector leg's index is chosen by them, the text leg reads postings through a function.
+    /// vector leg's index is chosen by them, the text leg reads postings by user and lexeme.
     /// EXPLAIN of the prepared statement under generic plans shows the same plan (partial HNSW
-    /// index, postings function, primary-key reads) with planning at ~0.1 ms (BENCHMARKS.md,
+    /// index, index-only scans of `search_postings`, primary-key reads) with planning at
+    /// ~0.1-0.2 ms (BENCHMARKS.md,
     /// "Search"). Only for search: other statements filter with `($1 IS NULL OR col = $1)`,
     /// which a custom plan folds into an index condition and a generic plan cannot (the
     /// document list then reads every document of the user to fill a page).
