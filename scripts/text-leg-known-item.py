@@ -18,57 +18,29 @@ import argparse
 import random
 import statistics
 import time
-from pathlib import Path
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-NO_VECTOR_LEG = "    SELECT NULL::int8 AS id, NULL::float8 AS distance, NULL::int8 AS rank WHERE false"
-PARAMETER_TYPES = (
-    "text, vector[], int, int, int, uuid[], jsonb, float8, float8, float8, float8, "
-    "float8, float8, int8, int, int, text, bool"
-)
+from text_leg_corpus import SEARCH_SQL, prepare, queries
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", default="ragpipe_bench_search")
-    parser.add_argument("--sql", default=str(ROOT / "crates/store/src/search/hybrid.sql"))
+    parser.add_argument("--sql", default=str(SEARCH_SQL))
     parser.add_argument("--queries", type=int, default=150)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("bounds", nargs="+", help="BUDGET/RESCORED")
     args = parser.parse_args()
     bounds = [tuple(int(x) for x in b.split("/")) for b in args.bounds]
 
-    sql = Path(args.sql).read_text().replace("{vector_legs}", NO_VECTOR_LEG)
     with psycopg.connect(f"dbname={args.database}", autocommit=False) as conn:
-        cur = psycopg.ClientCursor(conn)
-        cur.execute("SELECT user_id FROM search_corpus_stats ORDER BY chunks DESC LIMIT 1")
-        (user,) = cur.fetchone()
-        cur.execute(
-            "SELECT set_config('role', 'ragpipe_app', true), set_config('ragpipe.user_id', %s, true), "
-            "set_config('plan_cache_mode', 'force_generic_plan', true)",
-            (str(user),),
-        )
-        cur.execute(f"PREPARE s({PARAMETER_TYPES}) AS {sql}")
-        cur.execute("SELECT max(id) FROM document_chunks")
-        (max_id,) = cur.fetchone()
-        rng = random.Random(args.seed)
-        queries = []
-        while len(queries) < args.queries:
-            chunk = rng.randint(1, max_id)
-            cur.execute("SELECT content FROM document_chunks WHERE id = %s", (chunk,))
-            found = cur.fetchone()
-            if not found:
-                continue
-            words = [w for w in found[0].replace(".", " ").split(" ") if w]
-            n = min(3 + rng.randint(0, 5), len(words))
-            start = rng.randint(0, len(words) - n)
-            queries.append((chunk, " ".join(words[start : start + n])))
+        cur = prepare(conn, args.sql)
+        made = queries(cur, random.Random(args.seed), args.queries)
         for budget, rescored in bounds:
             first = within = 0
             times = []
-            for chunk, query in queries:
+            for chunk, query in made:
                 started = time.perf_counter()
                 cur.execute(
                     f"EXECUTE s(%s, NULL, 10, 0, 50, NULL, NULL, 1, 60, 2, 20, 1.2, 0.75, "
@@ -80,9 +52,9 @@ def main():
                 first += ids[:1] == [chunk]
                 within += chunk in ids
             print(
-                f"budget {budget} rescored {rescored}: source chunk first {first / len(queries):.3f}, "
-                f"within 10 {within / len(queries):.3f}; p50 {statistics.median(times):.2f} ms "
-                f"({len(queries)} queries)"
+                f"budget {budget} rescored {rescored}: source chunk first {first / len(made):.3f}, "
+                f"within 10 {within / len(made):.3f}; p50 {statistics.median(times):.2f} ms "
+                f"({len(made)} queries)"
             )
         conn.rollback()
 
