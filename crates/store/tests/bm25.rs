@@ -1,7 +1,8 @@
 //! The text leg's scores against BM25 computed straight from the chunks' own tsvectors, on a
 //! real PostgreSQL: exact over every query term when all of them generate candidates, and when
 //! the postings budget leaves some out, exact over the generating terms plus the other terms
-//! probed in the second pass (all but those in more than half of the chunks).
+//! probed in the second pass (all but those in more than half of the chunks). And the postings
+//! of chunks stored before the postings table existed, backfilled by its migration.
 
 use ragpipe_core::{Config, UserId};
 use ragpipe_store::search::{self, Bm25, Fusion, SearchHit, SearchMode, SearchQuery};
@@ -167,4 +168,57 @@ async fn past_the_budget_candidates_come_from_rare_terms_and_are_completed_by_pr
     // it comes last, though "quokka" alone would rank the short first chunk first.
     assert_eq!(hits[0].content, CHUNKS[2].0);
     assert_eq!(hits[2].content, CHUNKS[0].0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn upgrading_a_database_with_chunks_backfills_their_postings(pool: PgPool) {
+    // The schema before the postings table, with chunks of two users in it.
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("queue schema");
+    ragpipe_store::migrate::MIGRATOR
+        .run_to(20261123000014, &pool)
+        .await
+        .expect("the older schema");
+    let users = [Uuid::now_v7(), Uuid::now_v7()];
+    for (i, user) in users.iter().enumerate() {
+        let doc = Uuid::now_v7();
+        sqlx::query(
+            "WITH u AS (INSERT INTO users (id, email) VALUES ($1, $3) RETURNING id),
+                  d AS (INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256)
+                        SELECT $2, id, 'old.txt', 'text/plain', 1, sha256($3::bytea) FROM u RETURNING id, user_id)
+             INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, byte_start, byte_end)
+             SELECT d.id, d.user_id, c.i - 1, c.content, 10, 0, length(c.content)
+             FROM d, UNNEST($4::text[]) WITH ORDINALITY AS c(content, i)",
+        )
+        .bind(user)
+        .bind(doc)
+        .bind(format!("old{i}@example.com"))
+        .bind(&CHUNKS.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+        .execute(&pool)
+        .await
+        .expect("chunks on the older schema");
+    }
+    let store = Store::from_pool(pool.clone());
+    let report = store.migrate(&Config::defaults().embedding).await.expect("upgrade");
+    assert!(report.applied.contains(&20261202000015), "{:?}", report.applied);
+    let (postings, mismatches): (i64, i64) = sqlx::query_as(
+        "WITH recount AS (
+             SELECT c.user_id, u.lexeme, c.id AS chunk_id, greatest(cardinality(u.positions), 1)::smallint AS tf,
+                    c.token_count
+             FROM document_chunks AS c, unnest(c.search_vector) AS u)
+         SELECT (SELECT count(*) FROM search_postings),
+                (SELECT count(*) FROM recount FULL JOIN search_postings AS p USING (user_id, lexeme, chunk_id)
+                 WHERE (recount.tf, recount.token_count) IS DISTINCT FROM (p.tf, p.token_count))",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("recount");
+    assert!(postings > 0);
+    assert_eq!(mismatches, 0);
+    // And each user's search reads them: "quokka" is in three chunks of each.
+    for user in users {
+        let hits = text_search(&store, UserId(user), "quokka", Bm25::default()).await;
+        assert_eq!(hits.len(), 3);
+    }
 }
