@@ -194,7 +194,7 @@ async fn upgrading_a_database_with_chunks_backfills_their_postings(pool: PgPool)
         .bind(user)
         .bind(doc)
         .bind(format!("old{i}@example.com"))
-        .bind(&CHUNKS.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+        .bind(CHUNKS.iter().map(|(t, _)| *t).collect::<Vec<_>>())
         .execute(&pool)
         .await
         .expect("chunks on the older schema");
