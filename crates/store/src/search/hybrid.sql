@@ -80,7 +80,7 @@ scope_chunks AS MATERIALIZED (
 -- scan a term, carrying the term frequency and the chunk length; no chunk row is read): their
 -- exact BM25 share.
 prescored AS (
-    SELECT p.chunk_id, p.token_count,
+    SELECT p.chunk_id,
            sum(t.idf * p.tf * ($12 + 1)
                / (p.tf + $12 * (1 - $13 + $13 * p.token_count / (SELECT avg_tokens FROM corpus)))) AS score
     FROM terms AS t
@@ -92,7 +92,7 @@ prescored AS (
         LIMIT $15
     ) AS p
     WHERE t.generates
-    GROUP BY p.chunk_id, p.token_count
+    GROUP BY p.chunk_id
     ORDER BY score DESC, p.chunk_id
     LIMIT $16
 ),
