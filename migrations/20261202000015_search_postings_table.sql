@@ -33,6 +33,13 @@ CREATE TABLE search_postings (
 -- Index-only scans skip the heap only on pages the visibility map marks all-visible; vacuum
 -- after every 2% of new rows rather than the default 20%, so a growing corpus keeps them so.
 WITH (autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_vacuum_scale_factor = 0.05);
+-- For removing a chunk's postings. Probing the primary key once per removed posting instead
+-- visits a random leaf of a large index each time: on a 20,000-chunk corpus (4.2 M postings)
+-- the postings of 2,000 chunks took 5.8-8.2 s to delete that way and 1.7-1.9 s through this
+-- index, which is small (28 MB there, against 267 MB for the primary key: B-tree
+-- deduplication stores each chunk id once a leaf page) and is appended to at its right edge,
+-- chunk ids only growing.
+CREATE INDEX search_postings_chunk_idx ON search_postings (chunk_id);
 COMMENT ON TABLE search_postings IS
     'Per user, lexeme (english text search config) and chunk: the lexeme''s frequency in the chunk (tf, positions in search_vector) and the chunk''s token_count, for BM25 without reading chunk rows. Maintained by triggers on document_chunks.';
 
@@ -94,14 +101,11 @@ BEGIN
     END IF;
     PERFORM ragpipe_search_stats_apply(tu, tl, td, cu, cc, ct);
     IF TG_OP <> 'INSERT' THEN
-        -- One probe of the primary key per removed posting (a chunk set is thousands of them,
-        -- the table millions: never a scan of it).
+        -- By chunk, through search_postings_chunk_idx: a removed chunk's postings are one
+        -- range of it (and, written by one statement, neighbours in the heap).
         EXECUTE format($q$
             DELETE FROM search_postings AS p
-            USING (SELECT c.user_id, l.lexeme, c.id
-                   FROM (%s) AS c, unnest(tsvector_to_array(c.search_vector)) AS l(lexeme)
-                   WHERE c.sign < 0) AS d
-            WHERE p.user_id = d.user_id AND p.lexeme = d.lexeme AND p.chunk_id = d.id
+            WHERE p.chunk_id IN (SELECT c.id FROM (%s) AS c WHERE c.sign < 0)
         $q$, changed);
     END IF;
     IF TG_OP <> 'DELETE' THEN
