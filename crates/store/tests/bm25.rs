@@ -45,8 +45,8 @@ async fn corpus(pool: &PgPool) -> (Store, UserId) {
     let doc = Uuid::now_v7();
     let mut tx = store.user_tx(user).await.expect("tx");
     sqlx::query(
-        "INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256, status) \
-         VALUES ($1, $2, 'animals.txt', 'text/plain', 1, sha256('animals'), 'ready')",
+        "INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256) \
+         VALUES ($1, $2, 'animals.txt', 'text/plain', 1, sha256('animals'))",
     )
     .bind(doc)
     .bind(user.0)
