@@ -129,7 +129,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = store.migrate(&config.embedding).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if report.applied.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for r in &report.repaired {
+                println!(
+                    "migration {} had been applied from its earlier text of {}; added {}",
+                    r.version, r.from_commit, r.added
+                );
+            }
+            if report.applied.is_empty() {
                 println!("schema is current (version {})", report.current.unwrap_or_default());
             } else {
                 println!(
