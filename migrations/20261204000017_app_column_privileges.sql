@@ -25,9 +25,13 @@ REVOKE INSERT, UPDATE, DELETE ON users, api_keys, documents, document_blobs, doc
     copilot_conversations, copilot_messages, agent_sessions, agent_requests,
     search_term_stats, search_corpus_stats FROM ragpipe_app;
 
--- users: created by store::users::create acting as the new user; nothing updates a user as that
--- user (plan and subscription are the operator's), nothing deletes one.
+-- users: created by store::users::create acting as the new user; nothing deletes one, and
+-- nothing updates one as that user (plan and subscription are the operator's). But an upload
+-- locks its user's row (`SELECT ... FOR NO KEY UPDATE`, store::quotas::check_upload) so that two
+-- uploads are checked against the storage budget one after the other, and a row lock needs
+-- UPDATE on at least one column: display_name, the one column a user may own outright.
 GRANT INSERT (id, email, display_name, plan) ON users TO ragpipe_app;
+GRANT UPDATE (display_name) ON users TO ragpipe_app;
 
 -- api_keys: created by `ragpipe keys create`; authentication records the last use. Revoking a
 -- key (revoked_at) is the operator's.
@@ -56,8 +60,8 @@ GRANT INSERT (document_id, user_id, chunk_index, content, token_count, page_firs
 GRANT UPDATE (embedding, embedding_model) ON document_chunks TO ragpipe_app;
 GRANT DELETE ON document_chunks TO ragpipe_app;
 
--- copilot_conversations: created with a title; a question sets the title if it has none and
--- touches updated_at (store::conversations::create and ask).
+-- copilot_conversations: created with a title; a question locks it (FOR UPDATE), sets the title
+-- if it has none and touches updated_at (store::conversations::create and ask).
 GRANT INSERT (id, user_id, title) ON copilot_conversations TO ragpipe_app;
 GRANT UPDATE (title, updated_at) ON copilot_conversations TO ragpipe_app;
 

@@ -3,8 +3,9 @@
 //! a migration and written down below), and a user's own transaction cannot write the columns
 //! that no path of ragpipe writes (plans, quotas, ids, owners, timestamps, statuses).
 
-use ragpipe_core::{Config, UserId};
-use ragpipe_store::{Store, users};
+use ragpipe_core::{Config, ConversationId, UserId};
+use ragpipe_store::{Store, conversations, documents, quotas, users};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::collections::BTreeSet;
 use uuid::Uuid;
@@ -44,7 +45,7 @@ const ALLOWED: &[&str] = &[
     "public.search_term_stats: SELECT INSERT UPDATE(chunks)",
     "public.usage_events: SELECT INSERT",
     "public.user_quotas: SELECT",
-    "public.users: SELECT INSERT(id, email, display_name, plan)",
+    "public.users: SELECT INSERT(id, email, display_name, plan) UPDATE(display_name)",
 ];
 
 /// The role's privileges in the form of [`ALLOWED`], read from the catalog with
@@ -265,4 +266,52 @@ async fn a_user_cannot_write_what_no_route_writes(pool: PgPool) {
         .await
         .expect("own row");
     assert_eq!(plan, "free");
+}
+
+/// The other side: an upload and a question, through the store's own functions in the user's
+/// transaction, with the row locks they take (a lock needs UPDATE on some column of the row's
+/// table, so a table the app may not update at all could not be locked).
+#[sqlx::test(migrations = false)]
+async fn an_upload_and_a_question_have_every_privilege_they_use(pool: PgPool) {
+    let store = migrated(pool).await;
+    let user = UserId(
+        users::create(
+            &store,
+            &users::NewUser {
+                email: "a@example.com".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("user")
+        .id,
+    );
+    let mut tx = store.user_tx(user).await.expect("tx");
+    let bytes = b"hello world";
+    let sha256: [u8; 32] = Sha256::digest(bytes).into();
+    quotas::check_upload(&mut tx, [(bytes.len() as u64, sha256)])
+        .await
+        .expect("the upload's quota check locks the user's row");
+    let new = documents::NewDocument {
+        filename: "a.txt",
+        content_type: "text/plain",
+        bytes,
+        sha256,
+        metadata: serde_json::json!({}),
+    };
+    let stored = documents::create(&mut tx, &new, 3)
+        .await
+        .expect("document, bytes and job");
+    assert!(stored.created);
+    let conversation = conversations::create(&mut tx, Some("t")).await.expect("conversation");
+    let settings = conversations::AskSettings {
+        model: "m",
+        retrieval_mode: None,
+        k: None,
+        max_attempts: 3,
+    };
+    conversations::ask(&mut tx, ConversationId(conversation.id), "what?", &settings)
+        .await
+        .expect("the question locks its conversation and writes messages, session, request and job");
+    tx.commit().await.expect("commit");
 }
