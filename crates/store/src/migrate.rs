@@ -113,8 +113,9 @@ pub struct EarlierText {
     pub lacks: &'static str,
 }
 
-/// Migrations edited after their release, and how to bring their earlier texts forward. Never
-/// add to this: released migrations are immutable, changes go in new migrations.
+/// Migrations edited after their release, and how to bring their earlier texts forward. Released
+/// migrations are immutable since (pinned in `migrations/CHECKSUMS`): changes go in new
+/// migrations, and this list does not grow.
 pub const EDITED: &[EditedMigration] = &[EditedMigration {
     version: 20261202000015,
     earlier: &[
