@@ -154,6 +154,28 @@ impl Embedder {
         matches!(self.inner.provider, Provider::Offline(_))
     }
 
+    /// How inputs with these token counts group into model calls: contiguous ranges, each of
+    /// which [`Embedder::embed`] sends as one request (the same limits it applies, after
+    /// cutting each input to `max_input_tokens`). Offline, one range for everything. A caller
+    /// that records each call as it completes embeds range by range, at most
+    /// [`Embedder::concurrency`] at a time.
+    pub fn plan(&self, token_counts: &[usize]) -> Vec<std::ops::Range<usize>> {
+        match self.inner.provider {
+            Provider::Offline(_) if token_counts.is_empty() => Vec::new(),
+            Provider::Offline(_) => vec![0..token_counts.len()],
+            Provider::Api(_) => {
+                let max = self.inner.max_input_tokens;
+                let counts: Vec<usize> = token_counts.iter().map(|&t| t.min(max)).collect();
+                plan_batches(&counts, self.inner.batch_size, self.inner.batch_tokens)
+            }
+        }
+    }
+
+    /// Requests this embedder keeps in flight at most (across all its calls and clones).
+    pub fn concurrency(&self) -> usize {
+        self.inner.concurrency
+    }
+
     /// Embeds `inputs`, returning one vector per input in input order.
     ///
     /// Each input is first cut to `max_input_tokens` (models silently ignore what lies past
