@@ -1,0 +1,143 @@
+//! The ledger against the provider's bill when a worker process is killed between two model
+//! calls: every call the model server counted is in `usage_events` once, and none of it is
+//! recorded as cached.
+
+use ragpipe_core::{Config, DocumentId, UserId};
+use ragpipe_store::{Store, documents, users};
+use ragpipe_tests::database_url;
+use ragpipe_tests::openai_server::{Fault, OpenAiServer, Route};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A worker embedding two chunks per request, one request at a time, chunks of 64 tokens.
+fn worker(url: &str, server: &OpenAiServer) -> Child {
+    let endpoint = server.embedding_endpoint();
+    Command::new(env!("CARGO_BIN_EXE_ragpipe"))
+        .arg("worker")
+        .env("DATABASE_URL", url)
+        .env("RAGPIPE_EMBEDDING_BASE_URL", server.base_url())
+        .env("RAGPIPE_EMBEDDING_MODEL", &endpoint.model)
+        .env("RAGPIPE_EMBEDDING_DIM", endpoint.dim.to_string())
+        .env("RAGPIPE_EMBEDDING_BATCH_SIZE", "2")
+        .env("RAGPIPE_EMBEDDING_CONCURRENCY", "1")
+        .env("RAGPIPE_EMBEDDING_TIMEOUT_SECS", "300")
+        .env("RAGPIPE_CHUNK_MAX_TOKENS", "64")
+        .env("RAGPIPE_CHUNK_OVERLAP_TOKENS", "0")
+        .env("RAGPIPE_WORKER_HEARTBEAT_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start worker")
+}
+
+async fn ledger(pool: &PgPool) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*), coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(cached_tokens), 0)::bigint \
+         FROM usage_events",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("reading the ledger")
+}
+
+async fn status(store: &Store, user: UserId, id: DocumentId) -> String {
+    let mut tx = store.user_tx(user).await.expect("tx");
+    documents::get(&mut tx, id).await.expect("doc").status
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_killed_between_model_calls_leaves_the_ledger_equal_to_the_bill(pool: PgPool) {
+    let server = OpenAiServer::start().await;
+    let mut config = Config::defaults();
+    config.embedding = server.embedding_endpoint();
+    let store = Store::from_pool(pool.clone());
+    store.migrate(&config.embedding).await.expect("migrate");
+    let user = UserId(
+        users::create(
+            &store,
+            &users::NewUser {
+                email: "killed@example.com".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("user")
+        .id,
+    );
+    let text: String = (0..16)
+        .map(|i| format!("Paragraph {i}: ledger line {} balances account {} on day {}.\n\n", i * 3, i * 5, i * 7))
+        .collect::<String>()
+        .repeat(3);
+    let bytes = text.into_bytes();
+    let mut tx = store.user_tx(user).await.expect("tx");
+    let stored = documents::create(
+        &mut tx,
+        &documents::NewDocument {
+            filename: "ledger.txt",
+            content_type: "text/plain",
+            bytes: &bytes,
+            sha256: Sha256::digest(&bytes).into(),
+            metadata: serde_json::json!({}),
+        },
+        8,
+    )
+    .await
+    .expect("upload");
+    tx.commit().await.expect("commit");
+    let id = DocumentId(stored.document.id);
+    // Two calls answer, the third is held until long after the kill.
+    server.inject(Route::Embeddings, Fault::Pass, 2);
+    server.inject(Route::Embeddings, Fault::Delay(Duration::from_secs(120)), 1);
+
+    let url = database_url(&pool);
+    let mut first = worker(&url, &server);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while server.requests_to(Route::Embeddings).len() < 3 || ledger(&pool).await.0 < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never made its third call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reap");
+    let billed_before = server.billed(Route::Embeddings).prompt_tokens;
+    assert!(billed_before > 0);
+    assert_eq!(
+        ledger(&pool).await.1 as u64,
+        billed_before,
+        "the two calls the killed worker made are in the ledger"
+    );
+
+    let mut second = worker(&url, &server);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = status(&store, user, id).await;
+        if s == "ready" || s == "failed" {
+            assert_eq!(s, "ready");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job was not taken over: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+
+    let billed = server.billed(Route::Embeddings).prompt_tokens;
+    let (_, prompt, cached) = ledger(&pool).await;
+    assert_eq!(prompt as u64, billed, "the ledger equals the provider's count");
+    assert_eq!(cached, 0, "nothing a model call produced is recorded as cached");
+    // The retry did not send again what the killed attempt had embedded.
+    let inputs: Vec<String> = server
+        .requests_to(Route::Embeddings)
+        .iter()
+        .filter(|r| r.usage.is_some())
+        .flat_map(|r| {
+            r.body["input"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&String> = inputs.iter().collect();
+    assert_eq!(distinct.len(), inputs.len(), "each text was embedded once");
+}
