@@ -217,20 +217,33 @@ async fn cached_tokens_are_only_the_texts_served_from_the_cache(options: PgPoolO
     assert_eq!(cached, 0, "nothing was cached before");
     assert_eq!(prompt as u64, server.billed(Route::Embeddings).prompt_tokens);
 
-    // The same text with more after it: the chunks both documents have come from the cache.
-    let second = format!("{first}{}", document("fresh", 4));
+    // The same text with more after it, twice: the chunks both documents have come from the
+    // cache; a text repeated within the document is sent once and is not a cache saving.
+    let fresh = document("fresh", 4);
+    let second = format!("{first}{fresh}{fresh}");
     let doc = upload_and_wait(&app, &user, "second.txt", &second).await;
     assert_eq!(doc["status"], "ready", "{doc}");
     let second_id: uuid::Uuid = doc["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
     let (shared_tokens, repeated): (i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(c.token_count), 0)::bigint, count(*) FROM document_chunks c \
-         WHERE c.document_id = $1 AND c.content IN (SELECT content FROM document_chunks WHERE document_id <> $1)",
+        "SELECT coalesce(sum(token_count), 0)::bigint, count(*) FROM \
+           (SELECT DISTINCT c.content, c.token_count FROM document_chunks c WHERE c.document_id = $1 \
+            AND c.content IN (SELECT content FROM document_chunks WHERE document_id <> $1)) AS shared",
     )
     .bind(second_id)
     .fetch_one(app.pool())
     .await
     .expect("shared chunks");
     assert!(repeated > 0, "the documents share chunks");
+    let (chunks_in_second, distinct_in_second): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT content) FROM document_chunks WHERE document_id = $1")
+            .bind(second_id)
+            .fetch_one(app.pool())
+            .await
+            .expect("second's chunks");
+    assert!(
+        chunks_in_second > distinct_in_second,
+        "the second document repeats a chunk"
+    );
     let (prompt, cached, _) = embedding_ledger(app.pool()).await;
     assert_eq!(
         cached, shared_tokens,

@@ -11,8 +11,18 @@ use sqlx::PgPool;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// A worker process, killed when dropped (so a failing test leaves none behind).
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A worker embedding two chunks per request, one request at a time, chunks of 64 tokens.
-fn worker(url: &str, server: &OpenAiServer) -> Child {
+fn worker(url: &str, server: &OpenAiServer) -> Worker {
     let endpoint = server.embedding_endpoint();
     Command::new(env!("CARGO_BIN_EXE_ragpipe"))
         .arg("worker")
@@ -29,6 +39,7 @@ fn worker(url: &str, server: &OpenAiServer) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Worker)
         .expect("start worker")
 }
 
@@ -67,7 +78,14 @@ async fn a_worker_killed_between_model_calls_leaves_the_ledger_equal_to_the_bill
         .id,
     );
     let text: String = (0..16)
-        .map(|i| format!("Paragraph {i}: ledger line {} balances account {} on day {}.\n\n", i * 3, i * 5, i * 7))
+        .map(|i| {
+            format!(
+                "Paragraph {i}: ledger line {} balances account {} on day {}.\n\n",
+                i * 3,
+                i * 5,
+                i * 7
+            )
+        })
         .collect::<String>()
         .repeat(3);
     let bytes = text.into_bytes();
@@ -94,12 +112,20 @@ async fn a_worker_killed_between_model_calls_leaves_the_ledger_equal_to_the_bill
     let url = database_url(&pool);
     let mut first = worker(&url, &server);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while server.requests_to(Route::Embeddings).len() < 3 || ledger(&pool).await.0 < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "the worker never made its third call");
+    while server.requests_to(Route::Embeddings).len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never made its third call"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.kill().expect("SIGKILL");
-    first.wait().expect("reap");
+    // The third call is held by the server; give the second call's record time to commit.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ledger(&pool).await.0 < 2 && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().expect("reap");
     let billed_before = server.billed(Route::Embeddings).prompt_tokens;
     assert!(billed_before > 0);
     assert_eq!(
@@ -108,7 +134,7 @@ async fn a_worker_killed_between_model_calls_leaves_the_ledger_equal_to_the_bill
         "the two calls the killed worker made are in the ledger"
     );
 
-    let mut second = worker(&url, &server);
+    let second = worker(&url, &server);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let s = status(&store, user, id).await;
@@ -116,11 +142,13 @@ async fn a_worker_killed_between_model_calls_leaves_the_ledger_equal_to_the_bill
             assert_eq!(s, "ready");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the job was not taken over: {s}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job was not taken over: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = second.kill();
-    let _ = second.wait();
+    drop(second);
 
     let billed = server.billed(Route::Embeddings).prompt_tokens;
     let (_, prompt, cached) = ledger(&pool).await;
@@ -134,7 +162,11 @@ async fn a_worker_killed_between_model_calls_leaves_the_ledger_equal_to_the_bill
         .flat_map(|r| {
             r.body["input"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect::<Vec<_>>())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
                 .unwrap_or_default()
         })
         .collect();
