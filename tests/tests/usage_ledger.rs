@@ -376,3 +376,52 @@ async fn what_b_sees_and_pays_does_not_depend_on_what_a_embedded(options: PgPool
     assert!(!after_a.2.is_empty());
     assert_eq!(after_a.3, 0, "A's cache entries are invisible to B");
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_answer_retried_by_the_queue_records_the_query_embedding_of_every_attempt(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let server = OpenAiServer::start().await;
+    let app = system(wide_pool(options, connect).await, &server, |c| c.chat.max_retries = 0).await;
+    let alice = app.create_user("alice@example.com").await;
+    for (name, text) in [("batching.txt", BATCHING_DOC), ("retries.txt", RETRIES_DOC)] {
+        assert_eq!(upload_and_wait(&app, &alice, name, text).await["status"], "ready");
+    }
+    let embedded_for_documents = server.requests_to(Route::Embeddings).len();
+    let system = System {
+        app,
+        model: Some(server),
+        alice,
+    };
+    // The first attempt embeds the question, then the chat model fails: the queue retries the
+    // job, which embeds the question again (a second call, billed again) and answers.
+    system.model().inject(Route::ChatCompletions, Fault::server_error(), 1);
+    let conversation = system.conversation(&system.alice).await;
+    let asked = system.ask(&system.alice, &conversation, QUESTION).await;
+    let id = asked["assistant_message"]["id"]
+        .as_str()
+        .expect("assistant message id")
+        .to_owned();
+    let message = system.wait_finished(&system.alice, &id).await;
+    assert_eq!(message["status"], "complete", "{message}");
+    let query_calls = system.model().requests_to(Route::Embeddings).len() - embedded_for_documents;
+    assert_eq!(query_calls, 2, "one query embedding per attempt");
+
+    let (events,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM usage_events WHERE kind = 'embedding' AND idempotency_key LIKE 'agent:%:query:%'",
+    )
+    .fetch_one(system.app.pool())
+    .await
+    .expect("query events");
+    assert_eq!(events, 2, "both attempts' query embeddings are in the ledger");
+    let (prompt, cached, _) = embedding_ledger(system.app.pool()).await;
+    assert_eq!(prompt as u64, system.model().billed(Route::Embeddings).prompt_tokens);
+    assert_eq!(cached, 0);
+    let billed = system.model().billed(Route::ChatCompletions);
+    assert_eq!(
+        chat_ledger(system.app.pool()).await,
+        (billed.prompt_tokens as i64, billed.completion_tokens as i64)
+    );
+    system.app.shutdown().await;
+}

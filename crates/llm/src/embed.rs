@@ -162,6 +162,8 @@ impl Embedder {
     pub fn plan(&self, token_counts: &[usize]) -> Vec<std::ops::Range<usize>> {
         match self.inner.provider {
             Provider::Offline(_) if token_counts.is_empty() => Vec::new(),
+            // One range holding every input (not a vector of the indices).
+            #[allow(clippy::single_range_in_vec_init)]
             Provider::Offline(_) => vec![0..token_counts.len()],
             Provider::Api(_) => {
                 let max = self.inner.max_input_tokens;
