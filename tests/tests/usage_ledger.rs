@@ -432,3 +432,99 @@ async fn an_answer_retried_by_the_queue_records_the_query_embedding_of_every_att
     );
     system.app.shutdown().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn upgrading_rebuilds_each_users_cache_from_their_chunks_and_drops_the_shared_rows(pool: PgPool) {
+    // The schema before the per-user cache: a shared cache, and chunks of two users, both of
+    // whom have the text "alpha".
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("queue schema");
+    ragpipe_store::migrate::MIGRATOR
+        .run_to(20261202000015, &pool)
+        .await
+        .expect("the older schema");
+    sqlx::query("INSERT INTO embedding_models (model, dim, index_name) VALUES ('m', 3, 'document_chunks_m_idx')")
+        .execute(&pool)
+        .await
+        .expect("model");
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let chunks = [
+        (a, "alpha", "[1,0,0]"),
+        (a, "beta", "[0,1,0]"),
+        (a, "beta", "[0,1,0]"),
+        (b, "alpha", "[1,0,0]"),
+        (b, "gamma", "[0,0,1]"),
+    ];
+    for (user, email) in [(a, "a@example.com"), (b, "b@example.com")] {
+        let doc = uuid::Uuid::now_v7();
+        let (texts, vectors): (Vec<&str>, Vec<&str>) =
+            chunks.iter().filter(|c| c.0 == user).map(|c| (c.1, c.2)).unzip();
+        sqlx::query(
+            "WITH u AS (INSERT INTO users (id, email) VALUES ($1, $3) RETURNING id),
+                  d AS (INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256)
+                        SELECT $2, id, 'old.txt', 'text/plain', 1, sha256($3::bytea) FROM u RETURNING id, user_id)
+             INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, byte_start,
+                                          byte_end, embedding, embedding_model)
+             SELECT d.id, d.user_id, c.i - 1, c.content, 1, 0, length(c.content), c.vector::vector, 'm'
+             FROM d, UNNEST($4::text[], $5::text[]) WITH ORDINALITY AS c(content, vector, i)",
+        )
+        .bind(user)
+        .bind(doc)
+        .bind(email)
+        .bind(&texts)
+        .bind(&vectors)
+        .execute(&pool)
+        .await
+        .expect("chunks on the older schema");
+    }
+    sqlx::query(
+        "INSERT INTO embedding_cache (model, dim, text_sha256, embedding)
+         SELECT 'm', 3, sha256(convert_to(t, 'UTF8')), '[1,1,1]'::vector
+         FROM UNNEST(ARRAY['alpha', 'beta', 'gamma', 'nobody holds this']) AS t",
+    )
+    .execute(&pool)
+    .await
+    .expect("shared cache rows");
+
+    ragpipe_store::migrate::MIGRATOR.run(&pool).await.expect("upgrade");
+
+    let rows: Vec<(uuid::Uuid, String, i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT e.user_id, t.text, e.dim, e.embedding::text, e.usage_key
+         FROM embedding_cache e
+         JOIN UNNEST(ARRAY['alpha', 'beta', 'gamma', 'nobody holds this']) AS t(text)
+           ON sha256(convert_to(t.text, 'UTF8')) = e.text_sha256
+         ORDER BY e.user_id, t.text",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("cache rows");
+    let (first, second) = if a < b { (a, b) } else { (b, a) };
+    let expected_for = |user: uuid::Uuid| -> Vec<(uuid::Uuid, String, i32, String, Option<String>)> {
+        let mut rows: Vec<_> = chunks
+            .iter()
+            .filter(|c| c.0 == user)
+            .map(|c| (user, c.1.to_owned(), 3, c.2.to_owned(), None))
+            .collect();
+        rows.dedup();
+        rows
+    };
+    let expected: Vec<_> = expected_for(first).into_iter().chain(expected_for(second)).collect();
+    assert_eq!(rows, expected, "one entry per user and text, with the chunk's vector");
+    let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM embedding_cache")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(total, 4, "the shared rows are gone");
+
+    // And each user's transaction sees only their own entries.
+    let store = ragpipe_store::Store::from_pool(pool.clone());
+    for (user, own) in [(a, 2i64), (b, 2)] {
+        let mut tx = store.user_tx(ragpipe_core::UserId(user)).await.expect("tx");
+        let (seen,): (i64,) = sqlx::query_as("SELECT count(*) FROM embedding_cache")
+            .fetch_one(tx.conn())
+            .await
+            .expect("the user's cache");
+        assert_eq!(seen, own);
+    }
+}
