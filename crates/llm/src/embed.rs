@@ -464,6 +464,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn plans_calls_as_embed_sends_them() {
+        let offline = Embedder::new(&endpoint(8)).expect("offline embedder");
+        assert_eq!(offline.plan(&[5, 500, 7]), vec![0..3]);
+        assert!(offline.plan(&[]).is_empty());
+        let mut ep = endpoint(8);
+        ep.base_url = Some("http://127.0.0.1:1/v1".into());
+        let api = Embedder::new(&ep).expect("api embedder");
+        // At most 4 inputs and 100 tokens a request, each input first cut to 16 tokens.
+        assert_eq!(api.plan(&[500; 9]), vec![0..4, 4..8, 8..9]);
+        assert_eq!(api.plan(&[60, 60, 10]), vec![0..3]);
+        assert_eq!(api.concurrency(), 2);
+    }
+
+    #[test]
     fn bad_settings_are_permanent_errors() {
         let mut ep = endpoint(8);
         ep.base_url = Some("ftp://example.com".into());
