@@ -4,10 +4,11 @@
 //! document's row and bytes, replaces the chunk set in one transaction, and records each model
 //! call as it completes, with its vectors in the user's embedding cache, in one transaction
 //! keyed once per call: every call is billed once, whether the job then succeeds, fails or is
-//! killed, and a retry takes the vectors from the cache instead of calling again. Errors decide what happens next: a permanent one (bad file,
-//! over a limit) marks the document `failed` with the reason and ends the job; a transient one
-//! (model API, database connection) returns an error so the queue retries it after a backoff;
-//! the last attempt marks the document failed so nothing is left `embedding` forever.
+//! killed, and a retry takes the vectors from the cache instead of calling again. Errors
+//! decide what happens next: a permanent one (bad file, over a limit) marks the document
+//! `failed` with the reason and ends the job; a transient one (model API, database connection)
+//! returns an error so the queue retries it after a backoff; the last attempt marks the
+//! document failed so nothing is left `embedding` forever.
 
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
