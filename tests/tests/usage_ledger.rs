@@ -528,3 +528,42 @@ async fn upgrading_rebuilds_each_users_cache_from_their_chunks_and_drops_the_sha
         assert_eq!(seen, own);
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_search_records_its_query_embedding_as_the_users_usage(options: PgPoolOptions, connect: PgConnectOptions) {
+    let server = OpenAiServer::start().await;
+    let app = system(wide_pool(options, connect).await, &server, |_| {}).await;
+    let user = app.create_user("searcher@example.com").await;
+    assert_eq!(
+        upload_and_wait(&app, &user, "doc.txt", &document("search", 3)).await["status"],
+        "ready"
+    );
+    let before = server.billed(Route::Embeddings).prompt_tokens;
+    for mode in ["hybrid", "vector", "text"] {
+        let response = app
+            .request(reqwest::Method::POST, &user.key, "/v1/search")
+            .json(&serde_json::json!({"query": "which shelf holds the batch", "mode": mode}))
+            .send()
+            .await
+            .expect("search");
+        assert_eq!(response.status().as_u16(), 200, "{mode}");
+    }
+    let query_tokens = server.billed(Route::Embeddings).prompt_tokens - before;
+    assert!(query_tokens > 0);
+    let rows: Vec<(i64, i32, uuid::Uuid)> = sqlx::query_as(
+        "SELECT prompt_tokens, requests, user_id FROM usage_events WHERE idempotency_key LIKE 'search:%'",
+    )
+    .fetch_all(app.pool())
+    .await
+    .expect("search events");
+    assert_eq!(
+        rows.len(),
+        2,
+        "hybrid and vector embed the query, text does not: {rows:?}"
+    );
+    assert_eq!(rows.iter().map(|r| r.0).sum::<i64>() as u64, query_tokens);
+    assert!(rows.iter().all(|r| r.1 == 1 && r.2 == user.id.0));
+    let (prompt, _, _) = embedding_ledger(app.pool()).await;
+    assert_eq!(prompt as u64, server.billed(Route::Embeddings).prompt_tokens);
+    app.shutdown().await;
+}
