@@ -15,9 +15,11 @@
 //!
 //! Faults are injected per server instance and per route, so parallel tests do not interfere
 //! ([`OpenAiServer::inject`]): 429 with `Retry-After`, any error status, slow answers, a stream
-//! cut after K deltas, a stream that ends with `[DONE]` but no finish reason. Every request is
+//! cut after K deltas, a stream that ends with `[DONE]` but no finish reason, a body cut with
+//! or without a `Content-Length`. Every request is
 //! logged ([`OpenAiServer::requests`]) with its body and, for streams, when the first token was
-//! sent, for the streaming-overhead benchmark.
+//! sent, for the streaming-overhead benchmark, and with the tokens the server counted for it
+//! ([`RecordedRequest::usage`], summed by [`OpenAiServer::billed`]): the provider's bill.
 //!
 //! The server stops when the [`OpenAiServer`] is dropped.
 
@@ -68,8 +70,20 @@ pub enum Fault {
         /// Response body, sent as `application/json`.
         body: String,
     },
-    /// Wait this long before answering normally (to trigger client timeouts).
+    /// Wait this long before answering normally (to trigger client timeouts, or to hold a
+    /// worker between two model calls while a test kills it).
     Delay(Duration),
+    /// Answer normally: a placeholder in the fault queue, so that a later fault hits the
+    /// request after.
+    Pass,
+    /// Answer 200, send part of the body, then close the connection mid-body, framed as
+    /// `framing` says. On embeddings the cut falls in the middle of the JSON (inside the `data`
+    /// list); on chat, after the role chunk, in the middle of the first content event, so no
+    /// delta was delivered and the call may be retried.
+    Truncated {
+        /// How the response delimits its body.
+        framing: Framing,
+    },
     /// Answer 200, stream this many content deltas, then drop the connection (no finish
     /// reason, no `[DONE]`, an unterminated body). On embeddings: 200 then a broken body.
     CutAfter {
@@ -101,6 +115,18 @@ impl Fault {
     }
 }
 
+/// How a response delimits its body (for [`Fault::Truncated`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// A `Content-Length` for the whole body: the client sees fewer bytes than promised.
+    ContentLength,
+    /// Chunked: the client sees the connection end before the last chunk.
+    Chunked,
+    /// No length and no chunks (an HTTP/1.0-style response, as some proxies send): the body
+    /// ends when the connection closes, so the client sees a short body end cleanly.
+    UntilClose,
+}
+
 /// One request as the server received it.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
@@ -121,6 +147,11 @@ pub struct RecordedRequest {
     /// True when the client went away before the streamed answer ended (a cancelled
     /// generation); false for complete or deliberately cut streams and non-streamed answers.
     pub disconnected: bool,
+    /// The tokens the server counted for this request: what it reported (or, for a stream
+    /// not asked to include usage, would have reported) in `usage`, for an answer it sent
+    /// whole. `None` for refused, failed and cut requests. A test sums these to get the
+    /// provider's bill ([`OpenAiServer::billed`]).
+    pub usage: Option<ReplyUsage>,
 }
 
 /// Token counts a scripted reply reports instead of the server's own tiktoken counts.
@@ -435,6 +466,26 @@ impl OpenAiServer {
         self.state.lock().requests.clone()
     }
 
+    /// The tokens the server counted on `route`, summed over every request it answered whole:
+    /// the provider's bill, to compare with ragpipe's ledger.
+    pub fn billed(&self, route: Route) -> ReplyUsage {
+        let inner = self.state.lock();
+        let mut total = ReplyUsage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        };
+        for usage in inner
+            .requests
+            .iter()
+            .filter(|r| r.route == route)
+            .filter_map(|r| r.usage)
+        {
+            total.prompt_tokens += usage.prompt_tokens;
+            total.completion_tokens += usage.completion_tokens;
+        }
+        total
+    }
+
     /// The requests received on `route`, in arrival order.
     pub fn requests_to(&self, route: Route) -> Vec<RecordedRequest> {
         self.state
@@ -472,6 +523,7 @@ fn admit(
         first_token_at: None,
         fault: fault.clone(),
         disconnected: false,
+        usage: None,
     });
     if let Some(key) = &inner.api_key
         && authorization.as_deref() != Some(format!("Bearer {key}").as_str())
@@ -531,7 +583,7 @@ async fn apply_fault(fault: &Option<Fault>) -> Result<(), Box<Response>> {
 }
 
 async fn embeddings(State(state): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (_, request, fault) = match admit(&state, Route::Embeddings, "/v1/embeddings", &headers, &body) {
+    let (index, request, fault) = match admit(&state, Route::Embeddings, "/v1/embeddings", &headers, &body) {
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
@@ -585,18 +637,58 @@ async fn embeddings(State(state): State<Arc<Shared>>, headers: HeaderMap, body: 
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
     });
-    if matches!(fault, Some(Fault::CutAfter { .. } | Fault::EndWithoutFinish { .. })) {
-        // Headers and half the body, then the connection drops.
-        let text = body.to_string();
-        let half = Bytes::from(text.as_bytes()[..text.len() / 2].to_vec());
-        let parts: Vec<Result<Bytes, std::io::Error>> =
-            vec![Ok(half), Err(std::io::Error::other("connection cut by test"))];
-        return Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from_stream(futures::stream::iter(parts)))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    let text = body.to_string();
+    match fault {
+        Some(Fault::CutAfter { .. } | Fault::EndWithoutFinish { .. }) => {
+            // Headers and half the body, then the connection drops.
+            let half = Bytes::from(text.as_bytes()[..text.len() / 2].to_vec());
+            cut_response("application/json", half, Framing::Chunked, text.len())
+        }
+        Some(Fault::Truncated { framing }) => {
+            let half = Bytes::from(text.as_bytes()[..text.len() / 2].to_vec());
+            cut_response("application/json", half, framing, text.len())
+        }
+        _ => {
+            record_usage(
+                &state,
+                index,
+                ReplyUsage {
+                    prompt_tokens: tokens as u64,
+                    completion_tokens: 0,
+                },
+            );
+            ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+        }
     }
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Notes in the request log what the server counted for a request it answered whole.
+fn record_usage(state: &Shared, index: usize, usage: ReplyUsage) {
+    if let Some(r) = state.lock().requests.get_mut(index) {
+        r.usage = Some(usage);
+    }
+}
+
+/// A 200 whose body is `sent` and then a dropped connection, framed by `framing` (with a
+/// `Content-Length` of `whole` bytes).
+fn cut_response(content_type: &'static str, sent: Bytes, framing: Framing, whole: usize) -> Response {
+    use futures::StreamExt;
+    // hyper drops bytes not yet flushed when a body fails: let it flush the part first.
+    let cut = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err::<Bytes, _>(std::io::Error::other("connection cut by test"))
+    });
+    let parts = futures::stream::once(async move { Ok::<_, std::io::Error>(sent) }).chain(cut);
+    let mut builder = Response::builder().header(header::CONTENT_TYPE, content_type);
+    match framing {
+        Framing::ContentLength => builder = builder.header(header::CONTENT_LENGTH, whole),
+        Framing::Chunked => {}
+        // hyper delimits an HTTP/1.0 response of unknown length by closing the connection.
+        Framing::UntilClose => builder = builder.version(axum::http::Version::HTTP_10),
+    }
+    builder
+        .body(Body::from_stream(parts))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 async fn models(State(state): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -710,6 +802,7 @@ async fn chat_completions(State(state): State<Arc<Shared>>, headers: HeaderMap, 
         .unwrap_or(0);
 
     if request["stream"].as_bool() != Some(true) {
+        record_usage(&state, index, usage);
         let body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish_reason}],
@@ -719,6 +812,26 @@ async fn chat_completions(State(state): State<Arc<Shared>>, headers: HeaderMap, 
     }
 
     let include_usage = !llama && request["stream_options"]["include_usage"].as_bool() == Some(true);
+    if let Some(Fault::Truncated { framing }) = fault {
+        // The role chunk, then the first content event cut in half: no delta arrives whole.
+        let chunk = |delta: Value| {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}],
+            })
+        };
+        let role = format!("data: {}\r\n\r\n", chunk(json!({"role": "assistant", "content": ""})));
+        let first = format!(
+            "data: {}\r\n\r\n",
+            chunk(json!({"content": deltas.first().cloned().unwrap_or_default()}))
+        );
+        let mut sent = role.into_bytes();
+        sent.extend_from_slice(&first.as_bytes()[..first.len() / 2]);
+        let promised = sent.len() + first.len();
+        return cut_response("text/event-stream", Bytes::from(sent), framing, promised);
+    }
+    // Counted once the answer has gone out whole (a scripted cut is not billed).
+    let counted = (!matches!(fault, Some(Fault::CutAfter { .. } | Fault::EndWithoutFinish { .. }))).then_some(usage);
     let plan = StreamPlan {
         id,
         created,
@@ -735,11 +848,15 @@ async fn chat_completions(State(state): State<Arc<Shared>>, headers: HeaderMap, 
         state,
         index,
         finished: false,
+        counted,
     };
     let body = futures::stream::unfold(body_state, |mut body| async move {
         loop {
             let Some(step) = body.steps.pop_front() else {
                 body.finish();
+                if let Some(usage) = body.counted.take() {
+                    record_usage(&body.state, body.index, usage);
+                }
                 return None;
             };
             match step {
@@ -774,6 +891,8 @@ struct BodyState {
     state: Arc<Shared>,
     index: usize,
     finished: bool,
+    /// What the server counts for this answer once its last byte is handed over.
+    counted: Option<ReplyUsage>,
 }
 
 impl BodyState {

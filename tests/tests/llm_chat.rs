@@ -9,7 +9,7 @@ use ragpipe_llm::{
     ChatEvent, ChatMessage, ChatModel, ChatRequest, ChatStream, ClientOptions, FinishReason, LlmError, RetryPolicy,
     TokenCounter, count_prompt_tokens,
 };
-use ragpipe_tests::openai_server::{Fault, OpenAiServer, Route, ScriptedReply};
+use ragpipe_tests::openai_server::{Fault, Framing, OpenAiServer, Route, ScriptedReply};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -424,4 +424,31 @@ async fn dropping_the_stream_cancels_the_generation() {
         !server.requests()[1].disconnected,
         "a stream read to the end is not a disconnect"
     );
+}
+
+/// A stream cut in the middle of its first content event is a lost connection, however the
+/// response was framed (a declared length, chunks, or none: the body ends at the close):
+/// retried before any delta, and the answer completes.
+#[tokio::test]
+async fn truncated_streams_with_and_without_a_length_are_retried() {
+    for framing in [Framing::ContentLength, Framing::Chunked, Framing::UntilClose] {
+        let server = OpenAiServer::start().await;
+        server.set_default_reply(ScriptedReply::text("complete answer after a cut"));
+        server.inject(Route::ChatCompletions, Fault::Truncated { framing }, 1);
+        let stream = quick(&server.chat_endpoint(), 2)
+            .stream(question())
+            .await
+            .unwrap_or_else(|e| panic!("{framing:?}: {e}"));
+        assert_eq!((stream.requests(), stream.retries()), (2, 1), "{framing:?}");
+        let events = drain(stream).await;
+        assert_eq!(text_of(&events), "complete answer after a cut");
+
+        server.inject(Route::ChatCompletions, Fault::Truncated { framing }, 1);
+        let err = quick(&server.chat_endpoint(), 0)
+            .stream(question())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{framing:?}: the cut stream opened"));
+        assert_eq!(err.kind(), ErrorKind::Transient, "{framing:?}: {err}");
+    }
 }

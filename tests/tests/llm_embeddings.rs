@@ -4,7 +4,7 @@
 use ragpipe_core::ErrorKind;
 use ragpipe_core::config::ModelEndpoint;
 use ragpipe_llm::{ClientOptions, Embedder, HashedEmbedder, LlmError, RetryPolicy, TokenCounter};
-use ragpipe_tests::openai_server::{Fault, OpenAiServer, Route};
+use ragpipe_tests::openai_server::{Fault, Framing, OpenAiServer, Route};
 use std::time::{Duration, Instant};
 
 /// Retries with short backoff so tests are quick; `Retry-After` is still honoured in full.
@@ -364,4 +364,29 @@ async fn totals_count_failed_calls_too() {
     assert_eq!((totals.requests, totals.retries, totals.rate_limited), (2, 1, 2));
     embedder.embed(&inputs(1)).await.expect("429 then success");
     assert_eq!(embedder.clone().totals().requests, 4);
+}
+
+/// A body cut mid-JSON is a lost connection, not a malformed answer, however the response was
+/// framed (a declared length, chunks, or none: the body ends at the close): the batch is
+/// retried and the call succeeds.
+#[tokio::test]
+async fn truncated_bodies_with_and_without_a_length_are_retried() {
+    for framing in [Framing::ContentLength, Framing::Chunked, Framing::UntilClose] {
+        let server = OpenAiServer::start().await;
+        server.set_embedding_dim(64);
+        server.inject(Route::Embeddings, Fault::Truncated { framing }, 1);
+        let out = quick(&server.embedding_endpoint(), 2)
+            .embed(&inputs(40))
+            .await
+            .unwrap_or_else(|e| panic!("{framing:?}: {e}"));
+        assert_eq!(out.vectors.len(), 40);
+        assert_eq!((out.requests, out.retries), (2, 1), "{framing:?}");
+
+        server.inject(Route::Embeddings, Fault::Truncated { framing }, 1);
+        let err = quick(&server.embedding_endpoint(), 0)
+            .embed(&inputs(40))
+            .await
+            .expect_err("cut, no retries left");
+        assert_eq!(err.kind(), ErrorKind::Transient, "{framing:?}: {err}");
+    }
 }

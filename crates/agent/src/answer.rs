@@ -16,7 +16,7 @@
 
 use crate::feed::MessageFeed;
 use crate::prompt::{Prompt, PromptInput, Prompts, Turn, assemble, prompt_budget};
-use crate::retrieve::{Retriever, SearchHit, SearchRequest};
+use crate::retrieve::{QueryUsage, Retriever, SearchHit, SearchRequest};
 use crate::sources::{Source, citations};
 use futures::StreamExt;
 use ragpipe_core::{Config, ConversationId, ErrorKind, MessageId, MessageStatus, RequestStatus, UserId};
@@ -138,12 +138,12 @@ impl AnswerContext {
     pub async fn new(store: Store, config: Arc<Config>) -> Result<AnswerContext, String> {
         let chat = ChatModel::new(&config.chat).map_err(|e| format!("chat model: {e}"))?;
         let embedders = Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
-        let retriever = Retriever::new(store.clone(), embedders);
+        let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
+        let retriever = Retriever::new(store.clone(), embedders).with_prices(prices.clone());
         let prompts = Prompts::from_config(&config).map_err(|e| e.to_string())?;
         if !prompts.overridden().is_empty() {
             tracing::info!(overridden = ?prompts.overridden(), "prompt templates overridden");
         }
-        let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
         let tokens = TokenCounter::for_encoding(&config.chunking.tokenizer).map_err(|e| e.to_string())?;
         let feed = MessageFeed::shared(&store)
             .await
@@ -254,8 +254,14 @@ async fn run(ctx: &AnswerContext, job: AgentJob) -> Result<Outcome, AnswerError>
     let sources: Vec<Source> = if search.query.trim().is_empty() {
         Vec::new()
     } else {
+        // The query's embedding calls are recorded as they happen, under keys of their own:
+        // an attempt that fails later (or is retried) has still made them.
         ctx.retriever
-            .search(user, &search)
+            .search_for(
+                user,
+                &search,
+                &QueryUsage::agent(request.id, request.assistant_message_id),
+            )
             .await
             .map_err(|e| AnswerError {
                 kind: e.kind(),

@@ -3,9 +3,10 @@
 //! measurement with `ragpipe eval` over `fixtures/eval/` (see [`DEFAULT_FUSION`]).
 
 use ragpipe_core::{ErrorKind, UserId};
-use ragpipe_llm::{Embedder, Embedders, LlmError};
+use ragpipe_llm::{Embedded, Embedder, Embedders, LlmError, PriceTable};
 use ragpipe_store::embedding_models::{self, EmbeddingModel};
 use ragpipe_store::search::{self, Bm25, Fusion, MAX_DEPTH, MAX_K, MAX_MODELS, QueryVector, SearchQuery};
+use ragpipe_store::usage::{NewUsage, UsageKind, UsageOrigin};
 use ragpipe_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -192,6 +193,7 @@ impl RetrieveError {
 pub struct Retriever {
     store: Store,
     embedders: Embedders,
+    prices: PriceTable,
     fusion: Fusion,
     bm25: Bm25,
     refresh: Duration,
@@ -207,12 +209,20 @@ impl Retriever {
     pub fn new(store: Store, embedders: Embedders) -> Retriever {
         Retriever {
             store,
+            prices: PriceTable::default(),
             fusion: default_fusion_for(embedders.configured()),
             embedders,
             bm25: Bm25::default(),
             refresh: MODELS_REFRESH,
             models: Arc::default(),
         }
+    }
+
+    /// The same retriever pricing the query embeddings it records by `prices` (the default
+    /// table prices every model at 0).
+    pub fn with_prices(mut self, prices: PriceTable) -> Retriever {
+        self.prices = prices;
+        self
     }
 
     /// The same retriever with other fusion weights (for `ragpipe eval` and experiments).
@@ -267,19 +277,56 @@ impl Retriever {
     }
 
     /// The `request.k` best chunks of `user` for the request, best first. Text mode does not
-    /// embed the query.
+    /// embed the query. The query's model calls are recorded as the user's usage, keyed
+    /// `search:{uuid}` ([`Retriever::search_for`]).
     pub async fn search(&self, user: UserId, request: &SearchRequest) -> Result<Vec<SearchHit>, RetrieveError> {
+        self.search_for(user, request, &QueryUsage::search()).await
+    }
+
+    /// [`Retriever::search`], recording the query's model calls as `usage` says. Every call
+    /// that succeeded is recorded once (a key made per call before any transaction), whether
+    /// the search then succeeds or fails: with the search in its transaction, or, when that
+    /// fails, in a transaction of its own. The offline hashed embedder makes no model call and
+    /// records nothing.
+    pub async fn search_for(
+        &self,
+        user: UserId,
+        request: &SearchRequest,
+        usage: &QueryUsage,
+    ) -> Result<Vec<SearchHit>, RetrieveError> {
         request.validate()?;
         let mut embedded: Vec<(Embedder, Vec<f32>)> = Vec::new();
-        if request.mode.uses_vector() {
-            let models = self.models().await?;
+        let mut calls: Vec<NewUsage<'_>> = Vec::new();
+        let mut failed: Option<LlmError> = None;
+        // Declared before the models' embedders so the usage events can borrow model names.
+        let models = if request.mode.uses_vector() {
+            self.models().await?
+        } else {
+            Vec::new()
+        };
+        if !models.is_empty() {
             let query = std::slice::from_ref(&request.query);
             let results = futures::future::join_all(models.iter().map(|m| m.embed(query))).await;
-            for (model, result) in models.into_iter().zip(results) {
-                if let Some(vector) = result?.vectors.into_iter().next() {
-                    embedded.push((model, vector));
+            for (model, result) in models.iter().zip(results) {
+                match result {
+                    Ok(out) => {
+                        if out.requests > 0 {
+                            calls.push(self.query_call(model.model(), &out, usage));
+                        }
+                        if let Some(vector) = out.vectors.into_iter().next() {
+                            embedded.push((model.clone(), vector));
+                        }
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
+        }
+        if let Some(e) = failed {
+            // Another model's call succeeded and is billed although this search fails.
+            self.record_calls(user, &calls).await?;
+            return Err(e.into());
         }
         let vectors: Vec<QueryVector<'_>> = embedded
             .iter()
@@ -303,10 +350,90 @@ impl Retriever {
         };
         // Generic plans: the statement is the same every time, so planning it once per
         // connection saves ~1-2 ms of each search (Store::search_tx).
-        let mut tx = self.store.search_tx(user).await?;
-        let hits = search::search(&mut tx, &query).await?;
-        tx.commit().await?;
-        Ok(hits)
+        let searched = async {
+            let mut tx = self.store.search_tx(user).await?;
+            for call in &calls {
+                ragpipe_store::usage::record(&mut tx, call).await?;
+            }
+            let hits = search::search(&mut tx, &query).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(hits)
+        }
+        .await;
+        match searched {
+            Ok(hits) => Ok(hits),
+            Err(e) => {
+                // The calls were made and billed: record them on their own (the keys make a
+                // record that did commit count once).
+                if let Err(recording) = self.record_calls(user, &calls).await {
+                    tracing::warn!(error = %recording, "recording a failed search's query embeddings");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The usage event of one query embedding call.
+    fn query_call<'a>(&self, model: &'a str, out: &Embedded, usage: &QueryUsage) -> NewUsage<'a> {
+        NewUsage {
+            kind: UsageKind::Embedding,
+            model,
+            prompt_tokens: out.prompt_tokens,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            requests: out.requests,
+            cost: self.prices.cost(model, out.prompt_tokens, 0),
+            idempotency_key: format!("{}{}", usage.key_prefix, Uuid::new_v4()),
+            document_id: None,
+            message_id: usage.message_id,
+            request_id: usage.request_id,
+            origin: UsageOrigin::User,
+        }
+    }
+
+    /// Records query embedding calls in a transaction of their own.
+    async fn record_calls(&self, user: UserId, calls: &[NewUsage<'_>]) -> Result<(), StoreError> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.user_tx(user).await?;
+        for call in calls {
+            ragpipe_store::usage::record(&mut tx, call).await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// What a search's query embedding calls are recorded as: the key prefix (a fresh uuid per
+/// call follows it) and the subjects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryUsage {
+    /// Prefix of each call's idempotency key.
+    pub key_prefix: String,
+    /// The agent request the search is for.
+    pub request_id: Option<Uuid>,
+    /// The message the search is for.
+    pub message_id: Option<Uuid>,
+}
+
+impl QueryUsage {
+    /// A user's own search (`POST /v1/search`, `ragpipe search`): keys `search:{uuid}`.
+    pub fn search() -> QueryUsage {
+        QueryUsage {
+            key_prefix: "search:".into(),
+            request_id: None,
+            message_id: None,
+        }
+    }
+
+    /// The search of an agent request answering into `message`: keys
+    /// `agent:{request}:query:{uuid}`.
+    pub fn agent(request: Uuid, message: Uuid) -> QueryUsage {
+        QueryUsage {
+            key_prefix: format!("agent:{request}:query:"),
+            request_id: Some(request),
+            message_id: Some(message),
+        }
     }
 }
 

@@ -72,8 +72,10 @@ impl AppState {
     /// not happened yet. Fails when the embedding model is misconfigured.
     pub fn new(store: Store, config: Arc<Config>) -> Result<AppState, String> {
         let embedders = ragpipe_llm::Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
+        let prices = ragpipe_llm::PriceTable::from_setting(config.prices.as_deref())
+            .map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
         Ok(AppState {
-            retriever: ragpipe_agent::Retriever::new(store.clone(), embedders),
+            retriever: ragpipe_agent::Retriever::new(store.clone(), embedders).with_prices(prices),
             store,
             config,
             metrics: prometheus::install_recorder(),

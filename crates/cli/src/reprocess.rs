@@ -338,9 +338,10 @@ async fn dry_run(
             .await
             .context("extracting")?
         };
-        tx.commit().await?;
+        // The cache is the user's own: what they have embedded is what they will not pay again.
         let hashes: Vec<[u8; 32]> = texts.iter().map(|(t, _)| embedding_cache::text_hash(t)).collect();
-        let cached = embedding_cache::cached_keys(store, model, dim, &hashes).await?;
+        let cached = embedding_cache::cached_keys(&mut tx, model, dim, &hashes).await?;
+        tx.commit().await?;
         let mut sent = std::collections::HashSet::new();
         let entry = plan.stages.entry(stage).or_default();
         entry.documents += 1;

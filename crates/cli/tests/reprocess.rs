@@ -165,7 +165,10 @@ async fn chunk_stats(store: &Store, user: UserId, id: DocumentId) -> (i64, i64, 
 async fn reprocess_events(store: &Store, user: UserId) -> std::collections::HashMap<uuid::Uuid, i64> {
     let mut tx = store.user_tx(user).await.expect("tx");
     let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-        "SELECT document_id, count(*) FROM usage_events WHERE origin = 'reprocess' GROUP BY document_id",
+        // Jobs, not events: a job records each model call as an event of its own, keyed
+        // `ingest:{job}:call:{uuid}`, and what the cache served as `ingest:{job}`.
+        "SELECT document_id, count(DISTINCT split_part(idempotency_key, ':', 2)) FROM usage_events \
+         WHERE origin = 'reprocess' GROUP BY document_id",
     )
     .fetch_all(tx.conn())
     .await

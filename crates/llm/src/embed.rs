@@ -154,6 +154,30 @@ impl Embedder {
         matches!(self.inner.provider, Provider::Offline(_))
     }
 
+    /// How inputs with these token counts group into model calls: contiguous ranges, each of
+    /// which [`Embedder::embed`] sends as one request (the same limits it applies, after
+    /// cutting each input to `max_input_tokens`). Offline, one range for everything. A caller
+    /// that records each call as it completes embeds range by range, at most
+    /// [`Embedder::concurrency`] at a time.
+    pub fn plan(&self, token_counts: &[usize]) -> Vec<std::ops::Range<usize>> {
+        match self.inner.provider {
+            Provider::Offline(_) if token_counts.is_empty() => Vec::new(),
+            // One range holding every input (not a vector of the indices).
+            #[allow(clippy::single_range_in_vec_init)]
+            Provider::Offline(_) => vec![0..token_counts.len()],
+            Provider::Api(_) => {
+                let max = self.inner.max_input_tokens;
+                let counts: Vec<usize> = token_counts.iter().map(|&t| t.min(max)).collect();
+                plan_batches(&counts, self.inner.batch_size, self.inner.batch_tokens)
+            }
+        }
+    }
+
+    /// Requests this embedder keeps in flight at most (across all its calls and clones).
+    pub fn concurrency(&self) -> usize {
+        self.inner.concurrency
+    }
+
     /// Embeds `inputs`, returning one vector per input in input order.
     ///
     /// Each input is first cut to `max_input_tokens` (models silently ignore what lies past
@@ -437,6 +461,20 @@ pub(crate) mod tests {
             out.vectors[7],
             HashedEmbedder::new(32).embed(TokenCounter::default().truncate(&inputs[7], 16))
         );
+    }
+
+    #[test]
+    fn plans_calls_as_embed_sends_them() {
+        let offline = Embedder::new(&endpoint(8)).expect("offline embedder");
+        assert_eq!(offline.plan(&[5, 500, 7]), vec![0..3]);
+        assert!(offline.plan(&[]).is_empty());
+        let mut ep = endpoint(8);
+        ep.base_url = Some("http://127.0.0.1:1/v1".into());
+        let api = Embedder::new(&ep).expect("api embedder");
+        // At most 4 inputs and 100 tokens a request, each input first cut to 16 tokens.
+        assert_eq!(api.plan(&[500; 9]), vec![0..4, 4..8, 8..9]);
+        assert_eq!(api.plan(&[60, 60, 10]), vec![0..3]);
+        assert_eq!(api.concurrency(), 2);
     }
 
     #[test]

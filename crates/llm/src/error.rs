@@ -8,8 +8,8 @@ use std::time::Duration;
 ///
 /// Every variant knows its [`ErrorKind`]: HTTP statuses are classified when the response
 /// arrives (429, 408, 5xx transient; other 4xx permanent; "context length exceeded" and 413
-/// context-too-long), timeouts and lost connections are transient, malformed responses and
-/// wrong dimensions are permanent.
+/// context-too-long), timeouts, lost connections and bodies cut short are transient, malformed
+/// responses and wrong dimensions are permanent.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
     /// The server answered with a non-success status.
@@ -41,6 +41,18 @@ pub enum LlmError {
         context: String,
         /// The transport's description.
         message: String,
+    },
+    /// The body ended in the middle of a JSON document: the connection closed early on a
+    /// response that had no length to check it against (no `Content-Length`, not chunked, so
+    /// the transport saw a clean end). A lost connection, not a malformed answer.
+    #[error("{context}: the response ended early, after {received_bytes} bytes: {source}")]
+    Truncated {
+        /// What was being done.
+        context: String,
+        /// Bytes of the body (or of the event) that arrived.
+        received_bytes: usize,
+        /// The parser's end-of-input error.
+        source: serde_json::Error,
     },
     /// A chat stream ended without a finish reason (llama.cpp's server cuts in-flight
     /// streams this way when a new request arrives); the partial answer is not complete.
@@ -106,9 +118,10 @@ impl LlmError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             LlmError::Status { kind, .. } | LlmError::StreamError { kind, .. } => *kind,
-            LlmError::Timeout { .. } | LlmError::Connection { .. } | LlmError::StreamIncomplete { .. } => {
-                ErrorKind::Transient
-            }
+            LlmError::Timeout { .. }
+            | LlmError::Connection { .. }
+            | LlmError::Truncated { .. }
+            | LlmError::StreamIncomplete { .. } => ErrorKind::Transient,
             LlmError::Protocol { .. }
             | LlmError::DimensionMismatch { .. }
             | LlmError::InvalidConfig { .. }

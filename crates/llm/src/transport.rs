@@ -300,6 +300,13 @@ pub(crate) fn map_error(context: &str, error: OpenAIError) -> LlmError {
             context,
             message: error_chain(&e),
         },
+        // A body that ends inside the document was cut, not malformed: with no length to check
+        // (an HTTP/1.0-style body that ends at the close) the transport cannot tell.
+        OpenAIError::JSONDeserialize(e, content) if e.is_eof() => LlmError::Truncated {
+            context,
+            received_bytes: content.len(),
+            source: e,
+        },
         OpenAIError::JSONDeserialize(e, content) => LlmError::Protocol {
             context,
             message: format!("{e} in {:?}", content.chars().take(300).collect::<String>()),
@@ -364,6 +371,20 @@ mod tests {
             body: r#"{"error":{"message":"This model's maximum context length is 512 tokens"}}"#.into(),
         };
         assert_eq!(status_error("x", &f).kind(), ErrorKind::ContextTooLong);
+    }
+
+    #[test]
+    fn a_body_cut_inside_the_json_is_transient_and_a_malformed_one_permanent() {
+        let parse = |body: &str| match serde_json::from_str::<serde_json::Value>(body) {
+            Err(e) => map_error("embedding", OpenAIError::JSONDeserialize(e, body.to_owned())),
+            Ok(v) => panic!("{body} parsed: {v}"),
+        };
+        let cut = parse(r#"{"data":[{"embedding":[0.1,0.2"#);
+        assert!(matches!(cut, LlmError::Truncated { received_bytes: 30, .. }), "{cut}");
+        assert_eq!(cut.kind(), ErrorKind::Transient);
+        let malformed = parse(r#"{"data":[{"embedding":[0.1,}]}"#);
+        assert!(matches!(malformed, LlmError::Protocol { .. }), "{malformed}");
+        assert_eq!(malformed.kind(), ErrorKind::Permanent);
     }
 
     #[test]

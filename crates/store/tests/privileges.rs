@@ -37,13 +37,16 @@ const ALLOWED: &[&str] = &[
      UPDATE(status, progress, error, title, language, page_count, chunk_count, failed_pages, embedding_model, \
      chunk_max_tokens, chunk_overlap_tokens, tokenizer, extractor_version, attempts, updated_at, ready_at, reprocess, last_reprocess_run) \
      DELETE",
-    "public.embedding_cache: SELECT INSERT",
+    "public.embedding_cache: SELECT(user_id, model, dim, text_sha256, embedding, usage_key) \
+     INSERT(user_id, model, dim, text_sha256, embedding, usage_key)",
     "public.embedding_models: SELECT",
     "public.plans: SELECT",
     "public.search_corpus_stats: SELECT INSERT UPDATE(chunks, tokens)",
     "public.search_postings: SELECT INSERT DELETE",
     "public.search_term_stats: SELECT INSERT UPDATE(chunks)",
-    "public.usage_events: SELECT INSERT",
+    "public.usage_events: \
+     SELECT(user_id, kind, model, prompt_tokens, completion_tokens, requests, cost, idempotency_key, document_id, message_id, request_id, created_at, cached_tokens, origin) \
+     INSERT(user_id, kind, model, prompt_tokens, completion_tokens, requests, cost, idempotency_key, document_id, message_id, request_id, cached_tokens, origin)",
     "public.user_quotas: SELECT",
     "public.users: SELECT INSERT(id, email, display_name, plan) UPDATE(display_name)",
 ];

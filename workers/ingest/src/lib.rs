@@ -1,14 +1,18 @@
 //! The ingest job: extract → chunk → embed → store, for one document.
 //!
 //! Delivery is at least once, so the handler is idempotent: it derives everything from the
-//! document's row and bytes, replaces the chunk set in one transaction, and records usage with
-//! a key derived from the job id. Errors decide what happens next: a permanent one (bad file,
-//! over a limit) marks the document `failed` with the reason and ends the job; a transient one
-//! (model API, database connection) returns an error so the queue retries it after a backoff;
-//! the last attempt marks the document failed so nothing is left `embedding` forever.
+//! document's row and bytes, replaces the chunk set in one transaction, and records each model
+//! call as it completes, with its vectors in the user's embedding cache, in one transaction
+//! keyed once per call: every call is billed once, whether the job then succeeds, fails or is
+//! killed, and a retry takes the vectors from the cache instead of calling again. Errors
+//! decide what happens next: a permanent one (bad file, over a limit) marks the document
+//! `failed` with the reason and ends the job; a transient one (model API, database connection)
+//! returns an error so the queue retries it after a backoff; the last attempt marks the
+//! document failed so nothing is left `embedding` forever.
 
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
+use futures::StreamExt;
 use ragpipe_core::{Config, DocumentStatus, ErrorKind};
 use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits};
 use ragpipe_llm::{Embedder, Embedders, PriceTable};
@@ -18,9 +22,10 @@ use ragpipe_store::jobs::{INGEST_QUEUE, IngestJob};
 use ragpipe_store::reprocess::{Pending, Stage};
 use ragpipe_store::usage::{NewUsage, UsageKind, UsageOrigin};
 use ragpipe_store::{Store, StoreError, documents, embedding_cache, embedding_models};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -227,8 +232,12 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
     }
     let started = Instant::now();
     let texts: Vec<(&str, u32)> = chunks.iter().map(|c| (c.content.as_str(), c.token_count)).collect();
-    let (vectors, spent) =
-        embed_cached(ctx, &embedder, &texts, &document.filename, (!background).then_some(job)).await?;
+    let ledger = Ledger {
+        job,
+        job_key,
+        origin: origin_of(pending.as_ref()),
+    };
+    let (vectors, spent) = embed_cached(ctx, &embedder, &texts, &document.filename, &ledger, !background).await?;
     stage_seconds("embed", started);
 
     let started = Instant::now();
@@ -279,7 +288,7 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
         },
     )
     .await?;
-    record_usage(ctx, &mut tx, job, pending.as_ref(), model, &spent, job_key).await?;
+    record_usage(&mut tx, &ledger, model, &spent).await?;
     tx.commit().await?;
     stage_seconds("store", started);
     Ok(Outcome::Ready { chunks: rows.len() })
@@ -307,7 +316,12 @@ async fn reembed(
         .iter()
         .map(|c| (c.content.as_str(), c.token_count as u32))
         .collect();
-    let (vectors, spent) = embed_cached(ctx, embedder, &texts, &document.filename, None).await?;
+    let ledger = Ledger {
+        job,
+        job_key,
+        origin: origin_of(Some(pending)),
+    };
+    let (vectors, spent) = embed_cached(ctx, embedder, &texts, &document.filename, &ledger, false).await?;
     stage_seconds("embed", started);
     let started = Instant::now();
     let ids: Vec<i64> = chunks.iter().map(|c| c.id).collect();
@@ -318,78 +332,132 @@ async fn reembed(
         Ok(_) => {}
     }
     ragpipe_store::chunks::reembed(&mut tx, doc_id, &ids, &vectors, embedder.model(), Some(&pending.run)).await?;
-    record_usage(ctx, &mut tx, job, Some(pending), embedder.model(), &spent, job_key).await?;
+    record_usage(&mut tx, &ledger, embedder.model(), &spent).await?;
     tx.commit().await?;
     stage_seconds("store", started);
     Ok(Outcome::Ready { chunks: ids.len() })
 }
 
-/// What embedding a chunk set cost.
+/// What the cache saved a chunk set: input tokens whose vectors came from the user's cache
+/// without any model call by this job (the calls themselves are recorded one by one, as they
+/// complete, by [`record_call`]).
 #[derive(Debug, Default, Clone, Copy)]
 struct Spent {
-    prompt_tokens: u64,
     cached_tokens: u64,
-    requests: u32,
 }
 
-/// Vectors for `texts` (text, token count) by `embedder`: from the embedding cache where it has
-/// them, from the model for the rest (each distinct text once), which are then cached at once,
-/// so a retried job does not pay for them again. With `progress_of`, the document's progress
-/// moves through the embedding stage.
+/// Who a job's model calls are recorded for, and under which keys.
+struct Ledger<'a> {
+    job: &'a IngestJob,
+    job_key: &'a str,
+    origin: UsageOrigin,
+}
+
+impl Ledger<'_> {
+    /// The prefix of the keys of this job's model calls, whatever the attempt.
+    fn call_prefix(&self) -> String {
+        format!("ingest:{}:call:", self.job_key)
+    }
+}
+
+/// Vectors for `texts` (text, token count) by `embedder`: from the user's embedding cache where
+/// it has them, from the model for the rest (each distinct text once). Each model call, as it
+/// completes, is recorded with its vectors in one transaction ([`record_call`]), so a call is
+/// in the ledger once whether the job then succeeds, fails or is killed, and a retry finds its
+/// vectors in the cache. When a call fails for good, the calls in flight are still awaited and
+/// recorded, no new one starts, and the first error is returned. With `progress`, the
+/// document's progress moves through the embedding stage.
 async fn embed_cached(
     ctx: &IngestContext,
     embedder: &Embedder,
     texts: &[(&str, u32)],
     filename: &str,
-    progress_of: Option<&IngestJob>,
+    ledger: &Ledger<'_>,
+    progress: bool,
 ) -> Result<(Vec<Vec<f32>>, Spent), JobError> {
     let (model, dim) = (embedder.model(), embedder.dim() as u32);
     let hashes: Vec<[u8; 32]> = texts.iter().map(|(t, _)| embedding_cache::text_hash(t)).collect();
-    let mut known = embedding_cache::lookup(&ctx.store, model, dim, &hashes).await?;
-    let mut spent = Spent::default();
-    let mut seen = std::collections::HashSet::new();
+    let mut tx = ctx.store.user_tx(ledger.job.user_id).await?;
+    let cached = embedding_cache::lookup(&mut tx, model, dim, &hashes).await?;
+    tx.commit().await?;
+    // Vectors an earlier attempt of this job paid for are not a saving of the cache.
+    let own = ledger.call_prefix();
+    let mut served = HashSet::new();
+    let mut known: HashMap<[u8; 32], Vec<f32>> = HashMap::with_capacity(texts.len());
+    for (hash, entry) in cached {
+        if !entry.usage_key.as_deref().is_some_and(|k| k.starts_with(&own)) {
+            served.insert(hash);
+        }
+        known.insert(hash, entry.vector);
+    }
+    let mut seen = HashSet::new();
     let misses: Vec<usize> = (0..texts.len())
         .filter(|&i| !known.contains_key(&hashes[i]) && seen.insert(hashes[i]))
         .collect();
-    for (i, slice) in misses.chunks(EMBED_SLICE).enumerate() {
-        let inputs: Vec<String> = slice.iter().map(|&j| texts[j].0.to_owned()).collect();
-        let embedded = embedder
-            .embed(&inputs)
-            .instrument(info_span!("embed", inputs = inputs.len()))
-            .await
-            .map_err(|e| {
+    let counts: Vec<usize> = misses.iter().map(|&i| texts[i].1 as usize).collect();
+    let stop = AtomicBool::new(false);
+    let (misses_ref, stop_ref) = (&misses, &stop);
+    let mut calls = futures::stream::iter(embedder.plan(&counts))
+        .map(|range| async move {
+            let slice = &misses_ref[range];
+            if stop_ref.load(Ordering::Relaxed) {
+                return (slice, None);
+            }
+            let inputs: Vec<String> = slice.iter().map(|&j| texts[j].0.to_owned()).collect();
+            let result = embedder
+                .embed(&inputs)
+                .instrument(info_span!("embed", inputs = inputs.len()))
+                .await;
+            (slice, Some(result))
+        })
+        .buffer_unordered(embedder.concurrency());
+    let mut failed: Option<JobError> = None;
+    let mut embedded_inputs = 0usize;
+    let mut reported = 0usize;
+    while let Some((slice, result)) = calls.next().await {
+        let embedded = match result {
+            None => continue,
+            Some(Ok(embedded)) => embedded,
+            Some(Err(e)) => {
                 metrics::counter!("ragpipe_embedding_errors_total").increment(1);
-                JobError {
+                stop.store(true, Ordering::Relaxed);
+                failed.get_or_insert(JobError {
                     kind: e.kind(),
                     message: format!("embedding {filename}: {e}"),
-                }
-            })?;
+                });
+                continue;
+            }
+        };
         metrics::counter!("ragpipe_embedding_requests_total").increment(u64::from(embedded.requests));
         metrics::counter!("ragpipe_embedding_retries_total").increment(u64::from(embedded.retries));
         metrics::counter!("ragpipe_embedding_rate_limited_total").increment(u64::from(embedded.rate_limited));
         metrics::counter!("ragpipe_embedding_tokens_total").increment(embedded.prompt_tokens);
-        spent.prompt_tokens += embedded.prompt_tokens;
-        spent.requests += embedded.requests;
         let entries: Vec<([u8; 32], &[f32])> = slice
             .iter()
             .zip(&embedded.vectors)
             .map(|(&j, v)| (hashes[j], v.as_slice()))
             .collect();
-        embedding_cache::insert(&ctx.store, model, dim, &entries).await?;
+        record_call(ctx, ledger, embedder, &entries, &embedded).await?;
         for (&j, vector) in slice.iter().zip(embedded.vectors) {
             known.insert(hashes[j], vector);
         }
-        if let Some(job) = progress_of
-            && (i + 1) * EMBED_SLICE < misses.len()
-        {
-            let done = ((i + 1) * EMBED_SLICE) as f32 / misses.len() as f32;
-            set_stage(ctx, job, DocumentStatus::Embedding, 0.3 + 0.65 * done).await?;
+        embedded_inputs += slice.len();
+        if progress && failed.is_none() && embedded_inputs - reported >= EMBED_SLICE && embedded_inputs < misses.len() {
+            reported = embedded_inputs;
+            let done = embedded_inputs as f32 / misses.len() as f32;
+            set_stage(ctx, ledger.job, DocumentStatus::Embedding, 0.3 + 0.65 * done).await?;
         }
     }
-    let sent: std::collections::HashSet<usize> = misses.into_iter().collect();
+    drop(calls);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut spent = Spent::default();
+    let mut counted = HashSet::new();
     let mut vectors = Vec::with_capacity(texts.len());
     for (i, hash) in hashes.iter().enumerate() {
-        if !sent.contains(&i) {
+        // A text repeated in the chunk set was served once, by the cache or by the model.
+        if served.contains(hash) && counted.insert(*hash) {
             spent.cached_tokens += u64::from(texts[i].1);
         }
         let vector = known
@@ -402,39 +470,96 @@ async fn embed_cached(
     Ok((vectors, spent))
 }
 
-/// The one usage event of a job (keyed by the job, so a retry records nothing new); an
-/// operator's reprocessing run's is marked as such, so quotas do not charge it to the user.
-async fn record_usage(
+/// Attempts at writing one model call's record before giving up (transient database errors).
+const RECORD_ATTEMPTS: u32 = 4;
+
+/// Records one completed model call: its vectors in the user's cache and its usage event, in
+/// one transaction, under a key made once for the call, so that replaying the transaction
+/// (after a lost connection) cannot count the call twice.
+async fn record_call(
     ctx: &IngestContext,
+    ledger: &Ledger<'_>,
+    embedder: &Embedder,
+    entries: &[([u8; 32], &[f32])],
+    embedded: &ragpipe_llm::Embedded,
+) -> Result<(), JobError> {
+    let (model, dim) = (embedder.model(), embedder.dim() as u32);
+    let key = format!("{}{}", ledger.call_prefix(), uuid::Uuid::new_v4());
+    let usage = NewUsage {
+        kind: UsageKind::Embedding,
+        model,
+        prompt_tokens: embedded.prompt_tokens,
+        completion_tokens: 0,
+        cached_tokens: 0,
+        requests: embedded.requests,
+        cost: ctx.prices.cost(model, embedded.prompt_tokens, 0),
+        idempotency_key: key.clone(),
+        document_id: Some(ledger.job.document_id.0),
+        message_id: None,
+        request_id: None,
+        origin: ledger.origin,
+    };
+    let mut attempt = 1;
+    loop {
+        let written = async {
+            let mut tx = ctx.store.user_tx(ledger.job.user_id).await?;
+            embedding_cache::insert(&mut tx, model, dim, entries, &key).await?;
+            ragpipe_store::usage::record(&mut tx, &usage).await?;
+            tx.commit().await
+        }
+        .await;
+        match written {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind().is_retryable() && attempt < RECORD_ATTEMPTS => {
+                warn!(error = %e, attempt, "recording an embedding call failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What the cache served a job, recorded once (keyed by the job, so a retry records nothing
+/// new) with the chunk set; nothing when it served nothing. The model calls have their own
+/// events. An operator's reprocessing run's is marked as such, so quotas do not charge it.
+async fn record_usage(
     tx: &mut ragpipe_store::UserTx,
-    job: &IngestJob,
-    pending: Option<&Pending>,
+    ledger: &Ledger<'_>,
     model: &str,
     spent: &Spent,
-    job_key: &str,
 ) -> Result<(), JobError> {
+    if spent.cached_tokens == 0 {
+        return Ok(());
+    }
     ragpipe_store::usage::record(
         tx,
         &NewUsage {
             kind: UsageKind::Embedding,
             model,
-            prompt_tokens: spent.prompt_tokens,
+            prompt_tokens: 0,
             completion_tokens: 0,
             cached_tokens: spent.cached_tokens,
-            requests: spent.requests,
-            cost: ctx.prices.cost(model, spent.prompt_tokens, 0),
-            idempotency_key: format!("ingest:{job_key}"),
-            document_id: Some(job.document_id.0),
+            requests: 0,
+            cost: 0.0,
+            idempotency_key: format!("ingest:{}", ledger.job_key),
+            document_id: Some(ledger.job.document_id.0),
             message_id: None,
             request_id: None,
-            origin: match pending {
-                Some(p) if !p.by_owner => UsageOrigin::Reprocess,
-                _ => UsageOrigin::User,
-            },
+            origin: ledger.origin,
         },
     )
     .await?;
     Ok(())
+}
+
+/// Who is charged for a job's model calls: the user, unless an operator's reprocessing run
+/// (not the owner's own request) caused them.
+fn origin_of(pending: Option<&Pending>) -> UsageOrigin {
+    match pending {
+        Some(p) if !p.by_owner => UsageOrigin::Reprocess,
+        _ => UsageOrigin::User,
+    }
 }
 
 async fn set_stage(
