@@ -2,6 +2,7 @@
 //! [`ragpipe_store::UserTx`], so row-level security decides what it can see: another user's id
 //! is simply not there (404, never 403).
 
+use crate::body::OptionalJsonBody;
 use crate::params::{IdPath, Query};
 use crate::upload::{self, UploadLimits, UploadedFile};
 use crate::{AppState, Auth, Error};
@@ -41,7 +42,16 @@ pub async fn upload(
     auth: Auth,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<UploadResponse>), Error> {
-    let mut multipart = multipart.map_err(|e| Error::bad_request(e.body_text()))?;
+    // The only thing the extractor checks is the content type (and its boundary).
+    let mut multipart = multipart.map_err(|e| {
+        Error::from_status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "expected `Content-Type: multipart/form-data; boundary=...`: {}",
+                e.body_text()
+            ),
+        )
+    })?;
     let limits = UploadLimits::from_config(&state.config.limits);
     let files = upload::read_files(&mut multipart, limits, inspect).await?;
 
@@ -262,14 +272,9 @@ pub async fn reprocess(
     State(state): State<AppState>,
     auth: Auth,
     IdPath(id): IdPath,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Document>), Error> {
     // No body: every default.
-    let request: ReprocessRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ReprocessRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| Error::bad_request(format!("invalid request body: {e}")))?
-    };
+    OptionalJsonBody(request): OptionalJsonBody<ReprocessRequest>,
+) -> Result<(StatusCode, Json<Document>), Error> {
     let config = &state.config;
     let target = Target {
         chunk_max_tokens: request.chunk_max_tokens.unwrap_or(config.chunking.max_tokens),
