@@ -42,16 +42,7 @@ pub async fn upload(
     auth: Auth,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<UploadResponse>), Error> {
-    // The only thing the extractor checks is the content type (and its boundary).
-    let mut multipart = multipart.map_err(|e| {
-        Error::from_status(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "expected `Content-Type: multipart/form-data; boundary=...`: {}",
-                e.body_text()
-            ),
-        )
-    })?;
+    let mut multipart = multipart.map_err(|e| Error::bad_request(e.body_text()))?;
     let limits = UploadLimits::from_config(&state.config.limits);
     let files = upload::read_files(&mut multipart, limits, inspect).await?;
 
