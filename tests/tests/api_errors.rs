@@ -76,7 +76,11 @@ async fn fixture(pool: PgPool) -> Fixture {
         .await;
     let alice = app.create_user("alice@example.com").await;
     let document = app
-        .upload_one(&alice.key, "keeper.md", "# Keeper\n\nThe keeper trims the wick at dusk.\n")
+        .upload_one(
+            &alice.key,
+            "keeper.md",
+            "# Keeper\n\nThe keeper trims the wick at dusk.\n",
+        )
         .await["id"]
         .as_str()
         .expect("a document id")
@@ -92,11 +96,15 @@ async fn fixture(pool: PgPool) -> Fixture {
     assert_eq!(status, StatusCode::CREATED, "{conversation}");
     let conversation = conversation["id"].as_str().expect("a conversation id").to_owned();
     let (status, asked) = json_of(
-        app.request(Method::POST, &alice.key, &format!("/v1/conversations/{conversation}/messages"))
-            .json(&json!({"content": "When is the wick trimmed?"}))
-            .send()
-            .await
-            .expect("POST messages"),
+        app.request(
+            Method::POST,
+            &alice.key,
+            &format!("/v1/conversations/{conversation}/messages"),
+        )
+        .json(&json!({"content": "When is the wick trimmed?"}))
+        .send()
+        .await
+        .expect("POST messages"),
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{asked}");
@@ -228,9 +236,7 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
             let what = format!("{} {path}", m.as_str());
             let target = f.concrete(path, None);
             let body = &operation["requestBody"]["content"];
-            let json_schema = body
-                .get("application/json")
-                .map(|c| resolve(&spec, &c["schema"]));
+            let json_schema = body.get("application/json").map(|c| resolve(&spec, &c["schema"]));
             let required: Vec<String> = json_schema
                 .and_then(|s| s["required"].as_array())
                 .map(|r| r.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
@@ -292,7 +298,8 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
                         .send()
                         .await
                         .expect("send");
-                    let result = error_of(response, StatusCode::BAD_REQUEST, &format!("{what} ?{name} with {why}")).await;
+                    let result =
+                        error_of(response, StatusCode::BAD_REQUEST, &format!("{what} ?{name} with {why}")).await;
                     let result = result.and_then(|(code, message)| {
                         if why.contains("NUL") && !message.contains(name) {
                             Err(format!("{what} ?{name}: the message does not name it: {message}"))
@@ -309,7 +316,14 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
                     .send()
                     .await
                     .expect("send");
-                check(error_of(response, StatusCode::BAD_REQUEST, &format!("{what} with an unknown parameter")).await);
+                check(
+                    error_of(
+                        response,
+                        StatusCode::BAD_REQUEST,
+                        &format!("{what} with an unknown parameter"),
+                    )
+                    .await,
+                );
             }
             for header in parameters.iter().filter(|p| p["in"] == "header") {
                 let name = header["name"].as_str().expect("a header name");
@@ -326,14 +340,28 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
                     .send()
                     .await
                     .expect("send");
-                check(error_of(response, StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("{what} as text/plain")).await);
+                check(
+                    error_of(
+                        response,
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        &format!("{what} as text/plain"),
+                    )
+                    .await,
+                );
                 let response = f
                     .request(&m, &target)
                     .body(Value::Object(minimal()).to_string())
                     .send()
                     .await
                     .expect("send");
-                check(error_of(response, StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("{what} without a content type")).await);
+                check(
+                    error_of(
+                        response,
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        &format!("{what} without a content type"),
+                    )
+                    .await,
+                );
                 for broken in ["{\"", "[1,", "nul", "{\"query\": \"x\"} trailing"] {
                     let response = f
                         .request(&m, &target)
@@ -342,19 +370,45 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
                         .send()
                         .await
                         .expect("send");
-                    check(error_of(response, StatusCode::BAD_REQUEST, &format!("{what} with broken JSON {broken:?}")).await);
+                    check(
+                        error_of(
+                            response,
+                            StatusCode::BAD_REQUEST,
+                            &format!("{what} with broken JSON {broken:?}"),
+                        )
+                        .await,
+                    );
                 }
                 let mut unknown = minimal();
                 unknown.insert("nonsense".into(), json!(1));
                 let response = f.request(&m, &target).json(&unknown).send().await.expect("send");
-                check(error_of(response, StatusCode::BAD_REQUEST, &format!("{what} with an unknown field")).await);
-                let response = f.request(&m, &target).json(&json!([1, 2, 3])).send().await.expect("send");
+                check(
+                    error_of(
+                        response,
+                        StatusCode::BAD_REQUEST,
+                        &format!("{what} with an unknown field"),
+                    )
+                    .await,
+                );
+                let response = f
+                    .request(&m, &target)
+                    .json(&json!([1, 2, 3]))
+                    .send()
+                    .await
+                    .expect("send");
                 check(error_of(response, StatusCode::BAD_REQUEST, &format!("{what} with an array body")).await);
                 // Over the 2 MiB limit of JSON bodies.
                 let mut oversize = minimal();
                 oversize.insert("padding".into(), json!("x".repeat(3 * 1024 * 1024)));
                 let response = f.request(&m, &target).json(&oversize).send().await.expect("send");
-                check(error_of(response, StatusCode::PAYLOAD_TOO_LARGE, &format!("{what} with a 3 MB body")).await);
+                check(
+                    error_of(
+                        response,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("{what} with a 3 MB body"),
+                    )
+                    .await,
+                );
 
                 for (property, property_schema) in schema["properties"].as_object().expect("properties") {
                     let property_types = types(resolve(&spec, property_schema));
@@ -373,12 +427,19 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
                         let mut body = minimal();
                         body.insert(property.clone(), value.clone());
                         let response = f.request(&m, &target).json(&body).send().await.expect("send");
-                        let result = error_of(response, StatusCode::BAD_REQUEST, &format!("{what} with {property}: {value}")).await;
+                        let result = error_of(
+                            response,
+                            StatusCode::BAD_REQUEST,
+                            &format!("{what} with {property}: {value}"),
+                        )
+                        .await;
                         check(result.and_then(|(code, message)| {
                             if message.contains(property.as_str()) && message.contains("NUL") {
                                 Ok((code, message))
                             } else {
-                                Err(format!("{what} with {property}: {value}: the message does not name it: {message}"))
+                                Err(format!(
+                                    "{what} with {property}: {value}: the message does not name it: {message}"
+                                ))
                             }
                         }));
                     }
@@ -402,12 +463,26 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
                     .send()
                     .await
                     .expect("send");
-                check(error_of(response, StatusCode::BAD_REQUEST, &format!("{what} with a broken multipart body")).await);
+                check(
+                    error_of(
+                        response,
+                        StatusCode::BAD_REQUEST,
+                        &format!("{what} with a broken multipart body"),
+                    )
+                    .await,
+                );
                 let response = f
                     .app
                     .upload(&f.alice.key, vec![UploadFile::new("big.txt", vec![b'a'; 600 * 1024])])
                     .await;
-                check(error_of(response, StatusCode::PAYLOAD_TOO_LARGE, &format!("{what} over the file limit")).await);
+                check(
+                    error_of(
+                        response,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("{what} over the file limit"),
+                    )
+                    .await,
+                );
                 for (metadata, why) in [
                     (json!({"team": "a\u{0}b"}), "a NUL in a metadata value"),
                     (json!({"te\u{0}am": "b"}), "a NUL in a metadata key"),
@@ -446,7 +521,14 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
         check(error_of(response, StatusCode::NOT_FOUND, &url).await);
     }
     let response = f.app.client.post(f.app.ops_url("/metrics")).send().await.expect("send");
-    check(error_of(response, StatusCode::METHOD_NOT_ALLOWED, "POST /metrics on the ops listener").await);
+    check(
+        error_of(
+            response,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /metrics on the ops listener",
+        )
+        .await,
+    );
 
     eprintln!("checked {checked} answers");
     assert!(checked > 150, "the walk checked only {checked} answers");
@@ -480,7 +562,12 @@ async fn a_nul_in_any_string_is_a_400_naming_the_field_and_nothing_is_written(po
     let document = &f.document;
     let message = &f.message;
     let cases: Vec<(Method, String, Option<Value>, &str)> = vec![
-        (Method::POST, "/v1/search".into(), Some(json!({"query": "keeper\u{0}"})), "query"),
+        (
+            Method::POST,
+            "/v1/search".into(),
+            Some(json!({"query": "keeper\u{0}"})),
+            "query",
+        ),
         (
             Method::POST,
             "/v1/search".into(),
@@ -493,7 +580,12 @@ async fn a_nul_in_any_string_is_a_400_naming_the_field_and_nothing_is_written(po
             Some(json!({"query": "keeper", "mode": "text", "metadata": {"t\u{0}": "a"}})),
             "metadata",
         ),
-        (Method::POST, "/v1/conversations".into(), Some(json!({"title": "Notes\u{0}"})), "title"),
+        (
+            Method::POST,
+            "/v1/conversations".into(),
+            Some(json!({"title": "Notes\u{0}"})),
+            "title",
+        ),
         (
             Method::POST,
             format!("/v1/conversations/{conversation}/messages"),
@@ -510,8 +602,18 @@ async fn a_nul_in_any_string_is_a_400_naming_the_field_and_nothing_is_written(po
         (Method::GET, "/v1/usage?group_by=%00day".into(), None, "group_by"),
         (Method::GET, "/v1/documents?status=ready%00".into(), None, "status"),
         (Method::GET, "/v1/conversations?before=%00".into(), None, "before"),
-        (Method::GET, format!("/v1/documents/{document}/chunks?offset=%00"), None, "offset"),
-        (Method::GET, format!("/v1/conversations/{conversation}/messages?after=%00"), None, "after"),
+        (
+            Method::GET,
+            format!("/v1/documents/{document}/chunks?offset=%00"),
+            None,
+            "offset",
+        ),
+        (
+            Method::GET,
+            format!("/v1/conversations/{conversation}/messages?after=%00"),
+            None,
+            "after",
+        ),
         (Method::GET, format!("/v1/messages/{message}%00"), None, "id"),
     ];
     for (method, path, body, field) in cases {
@@ -538,7 +640,10 @@ async fn a_nul_in_any_string_is_a_400_naming_the_field_and_nothing_is_written(po
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(error_code(&body), "invalid_metadata");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("`owner`")), "{body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| m.contains("`owner`")),
+        "{body}"
+    );
 
     // Nothing was written: the fixture's document, conversation, question and answer only,
     // and no reprocessing was marked.
@@ -601,7 +706,11 @@ async fn raw_exchange(stream: &mut TcpStream, request: &[u8]) -> (StatusCode, St
             .await
             .expect("a response in time")
             .expect("reading the response");
-        assert!(n > 0, "the connection closed without a response: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "the connection closed without a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
@@ -648,7 +757,11 @@ async fn requests_hyper_refuses_before_routing_get_the_json_error_shape(pool: Pg
         ),
         (
             "500 KB of headers".into(),
-            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(500 * 1024)).into_bytes(),
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(500 * 1024)
+            )
+            .into_bytes(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
         ),

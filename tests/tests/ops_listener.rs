@@ -67,7 +67,9 @@ async fn the_public_readyz_says_not_ready_without_the_reason(pool: PgPool) {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(error_code(&body), "migrations_pending", "{body}");
     assert!(
-        body["error"]["message"].as_str().is_some_and(|m| m.contains("ragpipe migrate")),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ragpipe migrate")),
         "the ops answer says what is wrong: {body}"
     );
     app.shutdown().await;

@@ -77,7 +77,8 @@ impl Error {
                 message: &self.message,
             },
         };
-        serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec())
+        serde_json::to_vec(&body)
+            .unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec())
     }
 
     /// 503 for a failure that may pass (database unreachable, pool exhausted). `detail` is
@@ -183,9 +184,15 @@ impl From<StoreError> for Error {
                     // a JSON value (22P05). Requests are checked for NUL before they get here
                     // (`crate::body`, `crate::params`, `crate::upload`); this is the net for a
                     // path that is not, so the client is told it is their input, not a 500.
-                    _ if matches!(db.code().as_deref(), Some(UNTRANSLATABLE_CHARACTER | CHARACTER_NOT_IN_REPERTOIRE)) => {
+                    _ if matches!(
+                        db.code().as_deref(),
+                        Some(UNTRANSLATABLE_CHARACTER | CHARACTER_NOT_IN_REPERTOIRE)
+                    ) =>
+                    {
                         tracing::warn!(error = %e, "the database refused text in a request");
-                        Error::bad_request("the request has text the database cannot store (a NUL character, `\\u0000`?)")
+                        Error::bad_request(
+                            "the request has text the database cannot store (a NUL character, `\\u0000`?)",
+                        )
                     }
                     _ if e.kind() == ErrorKind::Transient => Error::unavailable(&e),
                     _ => Error::internal(&e),

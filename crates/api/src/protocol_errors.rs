@@ -169,7 +169,13 @@ fn with_json_body(head: &[u8], status: StatusCode) -> Vec<u8> {
             out.extend_from_slice(b"\r\n");
         }
     }
-    out.extend_from_slice(format!("content-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(
+        format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
     out.extend_from_slice(&body);
     out
 }
@@ -180,7 +186,8 @@ mod tests {
 
     #[test]
     fn only_bare_error_heads_are_replaced() {
-        let hyper_414 = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 09:00:00 GMT\r\n\r\n";
+        let hyper_414 =
+            b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 09:00:00 GMT\r\n\r\n";
         assert_eq!(
             bare_error_head(hyper_414),
             Some((hyper_414.len(), StatusCode::URI_TOO_LONG))
@@ -190,16 +197,16 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{replaced}");
         assert!(head.contains("\r\ndate: Fri"), "{replaced}");
         assert!(head.contains("\r\ncontent-type: application/json"), "{replaced}");
-        assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())), "{replaced}");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}", body.len())),
+            "{replaced}"
+        );
         let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
         assert_eq!(json["error"]["code"], "uri_too_long");
 
         // The application's own answers pass: successes, and errors with a body.
         assert_eq!(bare_error_head(b"HTTP/1.1 204 No Content\r\n\r\n"), None);
-        assert_eq!(
-            bare_error_head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
-            None
-        );
+        assert_eq!(bare_error_head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), None);
         assert_eq!(
             bare_error_head(b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n"),
             None
@@ -209,6 +216,9 @@ mod tests {
             None
         );
         assert_eq!(bare_error_head(b"{\"HTTP/1.1 400 \"}"), None);
-        assert_eq!(bare_error_head(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n"), None);
+        assert_eq!(
+            bare_error_head(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n"),
+            None
+        );
     }
 }
