@@ -819,3 +819,19 @@ async fn requests_hyper_refuses_before_routing_get_the_json_error_shape(pool: Pg
     assert_eq!(status, StatusCode::OK);
     f.app.shutdown().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn uploads_keep_their_own_body_limit_above_the_json_one(pool: PgPool) {
+    // The 2 MiB limit of JSON bodies is the router's default; the upload route's own (files
+    // plus multipart overhead) still applies to it.
+    let app = TestApp::spawn(pool).await;
+    let alice = app.create_user("alice@example.com").await;
+    let line = "The keeper trims the wick at dusk and logs the passing ships.\n";
+    let text = line.repeat(3 * 1024 * 1024 / line.len() + 1);
+    assert!(text.len() > ragpipe_api::body::MAX_JSON_BODY_BYTES);
+    let (status, body) = app
+        .upload_json(&alice.key, vec![UploadFile::new("log.txt", text.into_bytes())])
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    app.shutdown().await;
+}

@@ -259,11 +259,11 @@ pub struct ReprocessRequest {
 /// `POST /v1/documents/{id}/reprocess`: 202 with the document, whose `reprocess` field shows
 /// the pending run; a ready document stays ready and searchable until the new chunk set
 /// replaces the old one. 409 while a reprocessing of it is in flight, 422 for a bad setting.
+/// No body: every default.
 pub async fn reprocess(
     State(state): State<AppState>,
     auth: Auth,
     IdPath(id): IdPath,
-    // No body: every default.
     OptionalJsonBody(request): OptionalJsonBody<ReprocessRequest>,
 ) -> Result<(StatusCode, Json<Document>), Error> {
     let config = &state.config;

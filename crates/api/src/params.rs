@@ -25,7 +25,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
                 return Err(nul_error("a query parameter's name"));
             }
             if value.contains('\0') {
-                return Err(nul_error(&format!("query parameter `{name}`")));
+                let shown: String = name.chars().take(64).collect();
+                return Err(nul_error(&format!("query parameter `{shown}`")));
             }
         }
         axum::extract::Query::<T>::from_request_parts(parts, state)
