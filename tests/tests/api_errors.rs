@@ -692,54 +692,69 @@ async fn text_the_database_refuses_is_a_400_not_a_500(pool: PgPool) {
     app.shutdown().await;
 }
 
-/// Sends `request` on a fresh connection (or `stream`) and reads one response: status,
-/// content type and body.
-async fn raw_exchange(stream: &mut TcpStream, request: &[u8]) -> (StatusCode, String, String) {
-    stream.write_all(request).await.expect("writing the request");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+/// A raw HTTP/1.1 connection, for requests no client library sends.
+struct Raw {
+    stream: TcpStream,
+    /// Bytes read past the last response (a pipelined response's start).
+    pending: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: &str) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.expect("connecting"),
+            pending: Vec::new(),
         }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+    }
+
+    async fn fill(&mut self, what: &str) {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
             .await
-            .expect("a response in time")
-            .expect("reading the response");
+            .unwrap_or_else(|_| panic!("{what} in time"))
+            .unwrap_or_else(|e| panic!("reading {what}: {e}"));
         assert!(
             n > 0,
-            "the connection closed without a response: {:?}",
-            String::from_utf8_lossy(&buf)
+            "the connection closed before {what}: {:?}",
+            String::from_utf8_lossy(&self.pending)
         );
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let header = |name: &str| {
-        head.lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.trim().to_owned())
-            })
-            .unwrap_or_default()
-    };
-    let length: usize = header("content-length").parse().unwrap_or(0);
-    while buf.len() < head_end + length {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("the body in time")
-            .expect("reading the body");
-        assert!(n > 0, "the connection closed in the body");
-        buf.extend_from_slice(&chunk[..n]);
+        self.pending.extend_from_slice(&chunk[..n]);
     }
-    let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).to_string();
-    (status, header("content-type"), body)
+
+    /// Writes `request` (may be empty) and reads the next response: status, content type and
+    /// body.
+    async fn exchange(&mut self, request: &[u8]) -> (StatusCode, String, String) {
+        self.stream.write_all(request).await.expect("writing the request");
+        let head_end = loop {
+            if let Some(i) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill("a response").await;
+        };
+        let head = String::from_utf8_lossy(&self.pending[..head_end]).to_string();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_owned())
+                })
+                .unwrap_or_default()
+        };
+        let length: usize = header("content-length").parse().unwrap_or(0);
+        while self.pending.len() < head_end + length {
+            self.fill("the body").await;
+        }
+        let body = String::from_utf8_lossy(&self.pending[head_end..head_end + length]).to_string();
+        self.pending.drain(..head_end + length);
+        (status, header("content-type"), body)
+    }
 }
 
 #[sqlx::test(migrations = false)]
@@ -790,8 +805,7 @@ async fn requests_hyper_refuses_before_routing_get_the_json_error_shape(pool: Pg
     ];
     for listener in [&addr, &ops_addr] {
         for (what, request, status, code) in &cases {
-            let mut stream = TcpStream::connect(listener).await.expect("connecting");
-            let (got, content_type, body) = raw_exchange(&mut stream, request).await;
+            let (got, content_type, body) = Raw::connect(listener).await.exchange(request).await;
             let result = shape(got, &content_type, &body, *status);
             match result {
                 Ok((got_code, _)) => assert_eq!(&got_code, code, "{what} on {listener}"),
@@ -801,16 +815,24 @@ async fn requests_hyper_refuses_before_routing_get_the_json_error_shape(pool: Pg
     }
 
     // On a connection that already served a request (keep-alive), the refusal is JSON too.
-    let mut stream = TcpStream::connect(&addr).await.expect("connecting");
-    let (status, _, body) = raw_exchange(&mut stream, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut raw = Raw::connect(&addr).await;
+    let (status, _, body) = raw.exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
-    let (status, content_type, body) = raw_exchange(
-        &mut stream,
-        format!("GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-    )
-    .await;
+    let (status, content_type, body) = raw
+        .exchange(format!("GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
     if let Err(e) = shape(status, &content_type, &body, StatusCode::URI_TOO_LONG) {
         panic!("a long URI after a request on the same connection: {e}");
+    }
+
+    // Pipelined: both requests in one write; the second is refused after the first is served.
+    let mut raw = Raw::connect(&addr).await;
+    let both = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, _, body) = raw.exchange(both.as_bytes()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
+    let (status, content_type, body) = raw.exchange(b"").await;
+    if let Err(e) = shape(status, &content_type, &body, StatusCode::URI_TOO_LONG) {
+        panic!("a long URI pipelined after a request: {e}");
     }
 
     // (reqwest cannot send such a URI: the `http` crate's `Uri` stops at 64 KB too.)
