@@ -248,3 +248,63 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("the body");
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    }
+
+    #[tokio::test]
+    async fn plain_text_errors_are_rewritten_into_the_shape_keeping_status_and_headers() {
+        let plain = (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(header::ALLOW, "GET")],
+            "Expected request with `Content-Type: application/json`",
+        )
+            .into_response();
+        let rewritten = json_errors(plain).await;
+        assert_eq!(rewritten.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(is_json(rewritten.headers()));
+        assert_eq!(rewritten.headers()[header::ALLOW], "GET");
+        assert_eq!(
+            body_of(rewritten).await,
+            serde_json::json!({"error": {
+                "code": "unsupported_media_type",
+                "message": "Expected request with `Content-Type: application/json`",
+            }})
+        );
+
+        // An empty body gets the status's reason; a server error's text is not sent.
+        let rewritten = json_errors(StatusCode::PAYLOAD_TOO_LARGE.into_response()).await;
+        assert_eq!(body_of(rewritten).await["error"]["message"], "Payload Too Large");
+        let secret = (StatusCode::INTERNAL_SERVER_ERROR, "Missing request extension: AppState").into_response();
+        let rewritten = json_errors(secret).await;
+        assert_eq!(rewritten.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body_of(rewritten).await,
+            serde_json::json!({"error": {"code": "internal", "message": "internal error"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn json_answers_and_successes_pass_untouched() {
+        let ok = (StatusCode::OK, "plain text is fine here").into_response();
+        let passed = json_errors(ok).await;
+        assert_eq!(passed.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(passed.into_body(), 1024).await.expect("body");
+        assert_eq!(&bytes[..], b"plain text is fine here");
+
+        let error = Error::new(StatusCode::CONFLICT, "conflict", "already there");
+        let passed = json_errors(error.clone().into_response()).await;
+        assert_eq!(
+            body_of(passed).await,
+            serde_json::json!({"error": {"code": "conflict", "message": "already there"}})
+        );
+    }
+}
