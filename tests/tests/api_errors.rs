@@ -215,6 +215,15 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
             failures.push(e);
         }
     };
+    // Every status the walk expects of an operation is one its OpenAPI entry lists.
+    let mut undocumented: Vec<String> = Vec::new();
+    let mut documents = |operation: &Value, statuses: &[StatusCode], what: &str| {
+        for status in statuses {
+            if operation["responses"].get(status.as_str()).is_none() {
+                undocumented.push(format!("{what}: {status}"));
+            }
+        }
+    };
     let unknown_id = uuid::Uuid::new_v4().to_string();
 
     for (path, item) in spec["paths"].as_object().expect("paths") {
@@ -251,6 +260,7 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
 
             // Ids that are not ids, and ids of nothing.
             if path.contains("{id}") {
+                documents(operation, &[StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND], &what);
                 for bad in ["not-a-uuid", "%00", "12345", "a%00b"] {
                     let mut request = f.request(&m, &f.concrete(path, Some(bad)));
                     if json_schema.is_some() {
@@ -269,6 +279,7 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
 
             // No key, a bad key (only the API routes take one).
             if path.starts_with("/v1/") {
+                documents(operation, &[StatusCode::UNAUTHORIZED], &what);
                 let response = f
                     .app
                     .client
@@ -311,6 +322,7 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
                 }
             }
             if !query.is_empty() {
+                documents(operation, &[StatusCode::BAD_REQUEST], &what);
                 let response = f
                     .request(&m, &format!("{target}?nonsense=1"))
                     .send()
@@ -333,6 +345,15 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
 
             // JSON bodies.
             if let Some(schema) = json_schema {
+                documents(
+                    operation,
+                    &[
+                        StatusCode::BAD_REQUEST,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ],
+                    &what,
+                );
                 let response = f
                     .request(&m, &target)
                     .header("content-type", "text/plain")
@@ -448,6 +469,11 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
 
             // The multipart upload.
             if body.get("multipart/form-data").is_some() {
+                documents(
+                    operation,
+                    &[StatusCode::BAD_REQUEST, StatusCode::PAYLOAD_TOO_LARGE],
+                    &what,
+                );
                 let response = f
                     .request(&m, &target)
                     .json(&json!({"file": "hello"}))
@@ -530,6 +556,10 @@ async fn every_operation_answers_malformed_requests_in_the_json_error_shape(pool
         .await,
     );
 
+    assert!(
+        undocumented.is_empty(),
+        "statuses the operations answer that openapi.json does not list: {undocumented:?}"
+    );
     eprintln!("checked {checked} answers");
     assert!(checked > 150, "the walk checked only {checked} answers");
     assert!(
