@@ -9,6 +9,9 @@
 //! # }
 //! ```
 //!
+//! The operations endpoints (`/metrics`, `/readyz` with details) are served on a second port,
+//! as `ragpipe serve` serves them on `RAGPIPE_OPS_LISTEN`: [`TestApp::ops_url`].
+//!
 //! Background tasks (in-process ingest workers, for instance) plug in through
 //! [`TestAppBuilder::with_task`]: each is started after the schema is migrated and before the
 //! server accepts requests, gets the same store and configuration as the API, and a
@@ -34,6 +37,8 @@ type StartTask = Box<dyn FnOnce(Store, Arc<Config>, CancellationToken) -> JoinHa
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub base_url: String,
+    /// The operations listener's `http://127.0.0.1:PORT` (`/metrics`, `/healthz`, `/readyz`).
+    pub ops_base_url: String,
     /// A client with a 60 s timeout.
     pub client: reqwest::Client,
     /// The store the API uses (the `#[sqlx::test]` pool).
@@ -42,6 +47,7 @@ pub struct TestApp {
     pub config: Arc<Config>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
+    ops_server: Option<JoinHandle<std::io::Result<()>>>,
     tasks: Vec<(String, JoinHandle<String>)>,
 }
 
@@ -148,7 +154,16 @@ impl TestAppBuilder {
             .await
             .expect("binding a local port");
         let addr = listener.local_addr().expect("the listener's address");
+        let ops_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a local port for the operations endpoints");
+        let ops_addr = ops_listener.local_addr().expect("the ops listener's address");
         let state = AppState::new(store.clone(), config.clone()).expect("application state");
+        let ops_server = tokio::spawn(ragpipe_api::serve_ops(
+            state.clone(),
+            ops_listener,
+            shutdown.clone().cancelled_owned(),
+        ));
         let server = tokio::spawn(ragpipe_api::serve(state, listener, shutdown.clone().cancelled_owned()));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -156,11 +171,13 @@ impl TestAppBuilder {
             .expect("building the HTTP client");
         TestApp {
             base_url: format!("http://{addr}"),
+            ops_base_url: format!("http://{ops_addr}"),
             client,
             store,
             config,
             shutdown,
             server: Some(server),
+            ops_server: Some(ops_server),
             tasks,
         }
     }
@@ -190,6 +207,11 @@ impl TestApp {
     /// `base_url` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
+    }
+
+    /// `ops_base_url` + `path`.
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("{}{path}", self.ops_base_url)
     }
 
     /// Creates a user and an API key for them.
@@ -293,11 +315,11 @@ impl TestApp {
         }
     }
 
-    /// `GET /metrics` (no key needed), as text.
+    /// `GET /metrics` on the operations listener (no key needed), as text.
     pub async fn metrics_text(&self) -> String {
         let response = self
             .client
-            .get(self.url("/metrics"))
+            .get(self.ops_url("/metrics"))
             .send()
             .await
             .expect("GET /metrics");
@@ -309,7 +331,7 @@ impl TestApp {
     /// one of them panicked or does not stop in time.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
+        for server in [self.server.take(), self.ops_server.take()].into_iter().flatten() {
             tokio::time::timeout(SHUTDOWN_TIMEOUT, server)
                 .await
                 .expect("the server stops in time")

@@ -3,11 +3,11 @@
 //! `Accept: text/event-stream` the response is the answer's event stream ([`crate::sse`]),
 //! otherwise `202 Accepted` with the ids and where to follow the answer.
 
+use crate::body::{JsonBody, OptionalJsonBody};
 use crate::params::{IdPath, Query};
 use crate::sse::{StreamsClosing, answer_stream, wants_event_stream};
 use crate::{AppState, Auth, Error};
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -28,10 +28,6 @@ pub const MAX_QUESTION_BYTES: usize = 32 * 1024;
 /// Longest title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
 
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
-    body.map(|Json(b)| b).map_err(|e| Error::bad_request(e.body_text()))
-}
-
 /// The body of `POST /v1/conversations` (optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,9 +41,8 @@ pub struct NewConversation {
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
-    body: Option<Json<NewConversation>>,
+    OptionalJsonBody(body): OptionalJsonBody<NewConversation>,
 ) -> Result<(StatusCode, Json<Conversation>), Error> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
     if let Some(t) = &body.title
         && t.chars().count() > MAX_TITLE_CHARS
     {
@@ -167,9 +162,8 @@ pub async fn ask(
     IdPath(id): IdPath,
     headers: HeaderMap,
     closing: Option<Extension<StreamsClosing>>,
-    body: Result<Json<NewQuestion>, JsonRejection>,
+    JsonBody(question): JsonBody<NewQuestion>,
 ) -> Result<Response, Error> {
-    let question = json_body(body)?;
     if question.content.trim().is_empty() {
         return Err(Error::bad_request("content is empty"));
     }

@@ -2,6 +2,7 @@
 //! [`ragpipe_store::UserTx`], so row-level security decides what it can see: another user's id
 //! is simply not there (404, never 403).
 
+use crate::body::OptionalJsonBody;
 use crate::params::{IdPath, Query};
 use crate::upload::{self, UploadLimits, UploadedFile};
 use crate::{AppState, Auth, Error};
@@ -258,18 +259,13 @@ pub struct ReprocessRequest {
 /// `POST /v1/documents/{id}/reprocess`: 202 with the document, whose `reprocess` field shows
 /// the pending run; a ready document stays ready and searchable until the new chunk set
 /// replaces the old one. 409 while a reprocessing of it is in flight, 422 for a bad setting.
+/// No body: every default.
 pub async fn reprocess(
     State(state): State<AppState>,
     auth: Auth,
     IdPath(id): IdPath,
-    body: axum::body::Bytes,
+    OptionalJsonBody(request): OptionalJsonBody<ReprocessRequest>,
 ) -> Result<(StatusCode, Json<Document>), Error> {
-    // No body: every default.
-    let request: ReprocessRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ReprocessRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| Error::bad_request(format!("invalid request body: {e}")))?
-    };
     let config = &state.config;
     let target = Target {
         chunk_max_tokens: request.chunk_max_tokens.unwrap_or(config.chunking.max_tokens),

@@ -62,6 +62,25 @@ impl Error {
         Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 
+    /// An error for `status` with the code this API uses for it everywhere, for answers that
+    /// are decided by the status alone: extractor rejections, body limits, and the requests
+    /// hyper refuses before any route sees them ([`crate::protocol_errors`]).
+    pub fn from_status(status: StatusCode, message: impl Into<String>) -> Error {
+        Error::new(status, code_for_status(status), message)
+    }
+
+    /// The response body, `{"error": {"code": "...", "message": "..."}}`, as bytes.
+    pub fn body_bytes(&self) -> Vec<u8> {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        serde_json::to_vec(&body)
+            .unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec())
+    }
+
     /// 503 for a failure that may pass (database unreachable, pool exhausted). `detail` is
     /// logged, not sent.
     pub fn unavailable(detail: impl std::fmt::Display) -> Error {
@@ -93,15 +112,34 @@ struct Inner<'a> {
     message: &'a str,
 }
 
+/// The code of an error known only by its status (see [`Error::from_status`]).
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "http_version_not_supported",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_request",
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-            },
-        };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            self.body_bytes(),
+        )
+            .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -115,6 +153,11 @@ impl IntoResponse for Error {
         response
     }
 }
+
+/// SQLSTATE 22P05: a JSON `\u0000` escape (or another character the encoding lacks).
+const UNTRANSLATABLE_CHARACTER: &str = "22P05";
+/// SQLSTATE 22021: a NUL byte (or invalid UTF-8) in a text value.
+const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
 
 /// The one place database failures become statuses.
 impl From<StoreError> for Error {
@@ -136,6 +179,21 @@ impl From<StoreError> for Error {
                         tracing::warn!(error = %e, "a constraint refused a write");
                         Error::bad_request("the request has a value the service does not accept")
                     }
+                    // Text the database cannot hold: a NUL character in a text value (22021,
+                    // "invalid byte sequence for encoding UTF8: 0x00") or a `\u0000` escape in
+                    // a JSON value (22P05). Requests are checked for NUL before they get here
+                    // (`crate::body`, `crate::params`, `crate::upload`); this is the net for a
+                    // path that is not, so the client is told it is their input, not a 500.
+                    _ if matches!(
+                        db.code().as_deref(),
+                        Some(UNTRANSLATABLE_CHARACTER | CHARACTER_NOT_IN_REPERTOIRE)
+                    ) =>
+                    {
+                        tracing::warn!(error = %e, "the database refused text in a request");
+                        Error::bad_request(
+                            "the request has text the database cannot store (a NUL character, `\\u0000`?)",
+                        )
+                    }
                     _ if e.kind() == ErrorKind::Transient => Error::unavailable(&e),
                     _ => Error::internal(&e),
                 },
@@ -145,5 +203,108 @@ impl From<StoreError> for Error {
             StoreError::Connect { .. } => Error::unavailable(&e),
             StoreError::Config(_) | StoreError::Migrate(_) => Error::internal(&e),
         }
+    }
+}
+
+/// Longest error body [`json_errors`] reads to turn into a message.
+const MAX_REWRITTEN_BODY_BYTES: usize = 16 * 1024;
+
+/// Middleware on every router: an error response that does not already have the JSON shape
+/// (a plain-text rejection of one of axum's extractors, a body limit, anything a layer answers)
+/// is rewritten into it, with the same status and headers and its text as the message. Server
+/// errors get a generic message; their text is logged.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    if !is_error || is_json(response.headers()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_REWRITTEN_BODY_BYTES).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), body = %text, "a plain-text server error");
+        "internal error".to_owned()
+    } else if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut rewritten = Error::from_status(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
+}
+
+/// Whether the headers say the body is JSON.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("the body");
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    }
+
+    #[tokio::test]
+    async fn plain_text_errors_are_rewritten_into_the_shape_keeping_status_and_headers() {
+        let plain = (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(header::ALLOW, "GET")],
+            "Expected request with `Content-Type: application/json`",
+        )
+            .into_response();
+        let rewritten = json_errors(plain).await;
+        assert_eq!(rewritten.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(is_json(rewritten.headers()));
+        assert_eq!(rewritten.headers()[header::ALLOW], "GET");
+        assert_eq!(
+            body_of(rewritten).await,
+            serde_json::json!({"error": {
+                "code": "unsupported_media_type",
+                "message": "Expected request with `Content-Type: application/json`",
+            }})
+        );
+
+        // An empty body gets the status's reason; a server error's text is not sent.
+        let rewritten = json_errors(StatusCode::PAYLOAD_TOO_LARGE.into_response()).await;
+        assert_eq!(body_of(rewritten).await["error"]["message"], "Payload Too Large");
+        let secret = (StatusCode::INTERNAL_SERVER_ERROR, "Missing request extension: AppState").into_response();
+        let rewritten = json_errors(secret).await;
+        assert_eq!(rewritten.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body_of(rewritten).await,
+            serde_json::json!({"error": {"code": "internal", "message": "internal error"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn json_answers_and_successes_pass_untouched() {
+        let ok = (StatusCode::OK, "plain text is fine here").into_response();
+        let passed = json_errors(ok).await;
+        assert_eq!(passed.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(passed.into_body(), 1024).await.expect("body");
+        assert_eq!(&bytes[..], b"plain text is fine here");
+
+        let error = Error::new(StatusCode::CONFLICT, "conflict", "already there");
+        let passed = json_errors(error.clone().into_response()).await;
+        assert_eq!(
+            body_of(passed).await,
+            serde_json::json!({"error": {"code": "conflict", "message": "already there"}})
+        );
     }
 }

@@ -18,16 +18,22 @@
 //! | `POST /v1/messages/{id}/cancel` | stop an answer being written |
 //! | `GET /v1/messages/{id}/events` | an answer's events (SSE), resumable with `Last-Event-ID` |
 //! | `GET /v1/usage?from=&to=&group_by=day\|model\|kind` | the caller's tokens and cost over `[from, to)`, grouped, and their quota status |
-//! | `GET /healthz`, `GET /readyz` | liveness, readiness (database reachable, schema current) |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /healthz`, `GET /readyz` | liveness; readiness, only `ready` or 503 `not_ready` |
 //! | `GET /openapi.json` | OpenAPI 3.1 description of all of the above (`crates/api/openapi.json`) |
+//!
+//! The operations routes ([`ops_router`]: `/metrics`, `/healthz`, `/readyz` with the reason
+//! when not ready) are served on a listener of their own ([`serve_ops`], `RAGPIPE_OPS_LISTEN`),
+//! meant to stay private: `/metrics` counts documents and bytes across all users.
 //!
 //! Invariants: every `/v1` route authenticates with a bearer API key ([`Auth`]) and touches
 //! user data only through that user's [`ragpipe_store::UserTx`]; another user's id is a 404,
-//! never a 403. Every error, including unknown routes and bad parameters, has the one JSON
-//! shape of [`Error`].
+//! never a 403. Every response with an error status, including unknown routes, extractor
+//! rejections, body limits and the requests hyper refuses before routing
+//! ([`protocol_errors`]), has the one JSON shape of [`Error`]. No string with a NUL character
+//! reaches the database ([`body`]).
 
 pub mod auth;
+pub mod body;
 pub mod conversations;
 pub mod documents;
 mod error;
@@ -35,6 +41,7 @@ pub mod health;
 pub mod messages;
 pub mod params;
 pub mod prometheus;
+pub mod protocol_errors;
 mod requests;
 pub mod search;
 pub mod sse;
@@ -49,6 +56,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use protocol_errors::JsonProtocolErrors;
 use ragpipe_core::Config;
 use ragpipe_store::Store;
 use std::sync::Arc;
@@ -91,9 +99,11 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Every route, with the request span and metrics middleware and JSON fallbacks.
+/// Every API route, with the request span and metrics middleware, JSON fallbacks and JSON
+/// errors. The operations routes other than `/healthz` and a bare `/readyz` are not here:
+/// see [`ops_router`].
 pub fn router(state: AppState) -> Router {
-    // Only the upload route takes large bodies; the rest keep axum's 2 MB default.
+    // Only the upload route takes large bodies; the rest take JSON up to MAX_JSON_BODY_BYTES.
     let upload_body_limit = UploadLimits::from_config(&state.config.limits).body_limit();
     Router::new()
         .route(
@@ -117,13 +127,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages/{id}/cancel", post(messages::cancel))
         .route("/v1/messages/{id}/events", get(sse::events))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(prometheus::scrape))
+        .route("/readyz", get(public_readyz))
         .route("/openapi.json", get(openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body::MAX_JSON_BODY_BYTES))
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(axum::middleware::from_fn(requests::observe))
         .with_state(state)
+}
+
+/// `GET /readyz` on the public listener: the operations answer reduced to ready or not, so
+/// that what is wrong inside (schema, database, workers) is not told to the world; the ops
+/// listener's `/readyz` says it.
+async fn public_readyz(state: axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if health::readyz(state).await.into_response().status().is_success() {
+        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        Error::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not ready").into_response()
+    }
 }
 
 /// The OpenAPI description, written by hand beside this crate and kept in step with the routes
@@ -134,14 +157,17 @@ async fn openapi() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
-/// The operations routes alone (`/healthz`, `/readyz`, `/metrics`), for processes that serve no
-/// API, such as `ragpipe worker`.
+/// The operations routes (`/healthz`, `/readyz` with the reason when not ready, `/metrics`
+/// across all users), for the ops listener of `ragpipe serve` ([`serve_ops`]) and of
+/// `ragpipe worker --metrics-listen`. Not authenticated: bind it to a private address.
 pub fn ops_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(prometheus::scrape))
         .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
 }
 
@@ -174,11 +200,11 @@ pub async fn serve(
     // TCP_NODELAY: an SSE event is a small write that follows another; with Nagle's algorithm
     // it waits for the client's (delayed) ACK of the previous one. Measured with
     // `bench_stream` (BENCHMARKS.md, "Streaming"): first-delta overhead p50 17 ms → 7 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let listener = JsonProtocolErrors(axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "setting TCP_NODELAY");
         }
-    });
+    }));
     // Graceful shutdown waits for every response to end; an answer's event stream may not end
     // for as long as its answer is written (or ever, if no worker is left), so open streams are
     // told to close when shutdown begins.
@@ -189,6 +215,20 @@ pub async fn serve(
             shutdown.await;
             close_streams.cancel();
         })
+        .await
+}
+
+/// Serves the operations routes ([`ops_router`]) on `listener` until `shutdown` resolves.
+pub async fn serve_ops(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "operations endpoints listening");
+    }
+    axum::serve(JsonProtocolErrors(listener), ops_router(state))
+        .with_graceful_shutdown(shutdown)
         .await
 }
 

@@ -1,13 +1,16 @@
 //! Request parameters that fail with the JSON error shape instead of axum's plain-text
-//! rejections: query strings and ids in paths.
+//! rejections: query strings and ids in paths. Like bodies ([`crate::body`]), a query
+//! parameter with a NUL character is refused, naming it.
 
 use crate::Error;
+use crate::body::nul_error;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-/// A query string deserialized into `T`; a bad one is a 400 naming the problem.
+/// A query string deserialized into `T`; a bad one (or one with a NUL character, decoded from
+/// `%00`) is a 400 naming the problem.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
 
@@ -15,6 +18,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Query<T>, Error> {
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|e| Error::bad_request(e.body_text()))?;
+        for (name, value) in &pairs.0 {
+            if name.contains('\0') {
+                return Err(nul_error("a query parameter's name"));
+            }
+            if value.contains('\0') {
+                let shown: String = name.chars().take(64).collect();
+                return Err(nul_error(&format!("query parameter `{shown}`")));
+            }
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))

@@ -5,10 +5,10 @@
 //! caller's [`ragpipe_store::UserTx`], so only their chunks can come back; a document id of
 //! another user filters everything out rather than erroring (ids do not leak).
 
+use crate::body::JsonBody;
 use crate::{AppState, Auth, Error};
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use ragpipe_agent::{RetrieveError, SearchHit, SearchMode, SearchRequest};
 use ragpipe_core::ErrorKind;
 use serde::Serialize;
@@ -28,9 +28,8 @@ pub struct SearchResponse {
 pub async fn search(
     State(state): State<AppState>,
     auth: Auth,
-    body: Result<Json<SearchRequest>, JsonRejection>,
+    JsonBody(request): JsonBody<SearchRequest>,
 ) -> Result<Json<SearchResponse>, Error> {
-    let Json(request) = body.map_err(|e| Error::bad_request(e.body_text()))?;
     let hits = state.retriever.search(auth.user_id, &request).await.map_err(to_error)?;
     Ok(Json(SearchResponse {
         mode: request.mode,

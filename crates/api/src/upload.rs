@@ -7,6 +7,7 @@
 //! request are stored in one transaction, so they are all held until it commits.
 
 use crate::Error;
+use crate::body::find_nul;
 use axum::extract::Multipart;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::http::StatusCode;
@@ -172,7 +173,20 @@ async fn read_metadata(
         }
         raw.extend_from_slice(&chunk);
     }
-    match serde_json::from_slice::<Value>(&raw) {
+    let parsed = serde_json::from_slice::<Value>(&raw);
+    if let Ok(value) = &parsed
+        && let Some(field) = find_nul(value)
+    {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_metadata",
+            format!(
+                "the metadata of {filename}: {} contains a NUL character (\\u0000), which text here cannot hold",
+                field.replace("the body", "the object")
+            ),
+        ));
+    }
+    match parsed {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::new(
             StatusCode::BAD_REQUEST,

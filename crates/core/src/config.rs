@@ -16,6 +16,9 @@ pub struct Config {
     pub database_max_connections: u32,
     /// Address the HTTP API listens on.
     pub listen: String,
+    /// Address the operations endpoints (`/metrics`, `/healthz`, `/readyz` with details) of
+    /// `ragpipe serve` listen on; not authenticated, so meant to be private.
+    pub ops_listen: String,
     /// Embedding model settings.
     pub embedding: ModelEndpoint,
     /// Chat model settings.
@@ -167,6 +170,12 @@ pub const SETTINGS: &[Setting] = &[
         "listen",
         "127.0.0.1:8080",
         "Address the HTTP API listens on.",
+    ),
+    text(
+        "RAGPIPE_OPS_LISTEN",
+        "ops_listen",
+        "127.0.0.1:9464",
+        "Address `ragpipe serve` serves `/metrics`, `/healthz` and `/readyz` (with the reason when not ready) on; unauthenticated, keep it private.",
     ),
     text(
         "RAGPIPE_EMBEDDING_BASE_URL",
