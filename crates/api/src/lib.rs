@@ -18,7 +18,7 @@
 //! | `POST /v1/messages/{id}/cancel` | stop an answer being written |
 //! | `GET /v1/messages/{id}/events` | an answer's events (SSE), resumable with `Last-Event-ID` |
 //! | `GET /v1/usage?from=&to=&group_by=day\|model\|kind` | the caller's tokens and cost over `[from, to)`, grouped, and their quota status |
-//! | `GET /healthz`, `GET /readyz` | liveness, readiness (database reachable, schema current) |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness (database reachable, schema current, every worker and the message feed running) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /openapi.json` | OpenAPI 3.1 description of all of the above (`crates/api/openapi.json`) |
 //!
@@ -65,6 +65,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Search, shared so that the embedding endpoint's clients and concurrency limit are too.
     pub retriever: ragpipe_agent::Retriever,
+    /// The process's supervised components (workers, message feed), for `/readyz` and
+    /// `/metrics`; empty in a process that runs none.
+    pub liveness: ragpipe_store::liveness::Liveness,
 }
 
 impl AppState {
@@ -77,7 +80,14 @@ impl AppState {
             store,
             config,
             metrics: prometheus::install_recorder(),
+            liveness: Default::default(),
         })
+    }
+
+    /// The same state reporting the components registered in `liveness`.
+    pub fn with_liveness(mut self, liveness: ragpipe_store::liveness::Liveness) -> AppState {
+        self.liveness = liveness;
+        self
     }
 }
 

@@ -30,10 +30,17 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("applied {} migration(s)", report.applied.len());
     }
     let shutdown = crate::shutdown::on_signal();
+    // Supervised workers report here, and `/readyz` and `/metrics` read it.
+    let liveness = ragpipe_store::liveness::Liveness::new();
     let workers = if args.no_workers {
         None
     } else {
-        Some(crate::workers::spawn(&store, &config, shutdown.clone())?)
+        Some(crate::workers::spawn_reporting(
+            &store,
+            &config,
+            shutdown.clone(),
+            &liveness,
+        )?)
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -50,7 +57,9 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
             " with workers"
         }
     );
-    let state = ragpipe_api::AppState::new(store, Arc::clone(&config)).map_err(anyhow::Error::msg)?;
+    let state = ragpipe_api::AppState::new(store, Arc::clone(&config))
+        .map_err(anyhow::Error::msg)?
+        .with_liveness(liveness);
     let stop = shutdown.clone();
     ragpipe_api::serve(state, listener, async move { stop.cancelled().await })
         .await
