@@ -78,7 +78,10 @@ impl WorkerProcess {
             .ok()?;
         let status = response.status().as_u16();
         let body = response.text().await.ok()?;
-        Some((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))))
+        Some((
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        ))
     }
 
     /// Waits until `/readyz` says ready (which it does only when its components, the two
@@ -328,16 +331,16 @@ async fn readyz_names_a_dead_worker_while_the_database_refuses_it(pool: PgPool) 
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let up = worker
-        .metric(
-            "ragpipe_worker_up",
-            "component=\"ingest\",queue=\"ragpipe.ingest\"",
-        )
+        .metric("ragpipe_worker_up", "component=\"ingest\",queue=\"ragpipe.ingest\"")
         .await;
     let restarts = worker.restarts().await;
     allow(&mut admin, true).await;
 
     let Some((503, body)) = &last else {
-        panic!("/readyz did not report the dead worker: {last:?}\n{}", worker.log_tail());
+        panic!(
+            "/readyz did not report the dead worker: {last:?}\n{}",
+            worker.log_tail()
+        );
     };
     assert_eq!(body["error"]["code"], "component_down", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
