@@ -163,6 +163,8 @@ impl Component {
                     state = State::Dead;
                     Some(format!("down for {:.0} s", down.as_secs_f64()))
                 }
+                // A process is not ready before its components first come up.
+                _ if inner.last_heartbeat.is_none() => Some("not started yet".to_owned()),
                 _ => None,
             },
             State::Dead => Some("given up".to_owned()),
@@ -206,13 +208,14 @@ pub struct ComponentReport {
     pub restarts: u64,
     /// Its last failure.
     pub last_error: Option<String>,
-    /// Why it is not healthy (none when it is, including briefly while restarting).
+    /// Why it is not healthy (none when it is, including briefly while restarting after it
+    /// has run; a component that has never run is not healthy).
     pub reason: Option<String>,
 }
 
 impl ComponentReport {
     /// Whether the process may be called ready as far as this component goes: running with a
-    /// fresh heartbeat, or down for less than its heartbeat allows.
+    /// fresh heartbeat, or (after it first ran) down for less than its heartbeat allows.
     pub fn healthy(&self) -> bool {
         self.reason.is_none()
     }
@@ -268,6 +271,38 @@ impl Failure {
             kind: ErrorKind::Transient,
             message: message.into(),
         }
+    }
+}
+
+/// Jobs in flight, each in a task of its own, so that a job outlives the worker instance that
+/// took it when that instance fails (its queue connection dropped) and its supervisor starts a
+/// new one: the job finishes instead of being cut off mid-way. [`InFlight::wait`] waits for all
+/// of them, for a graceful shutdown. (Its queue row, whose worker is gone, is taken over after
+/// three missed heartbeats like any orphan; the idempotent handlers then find it done.)
+#[derive(Clone, Debug, Default)]
+pub struct InFlight {
+    lock: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl InFlight {
+    /// Runs `job` in a task of its own, tracked until it ends.
+    pub fn spawn<F>(&self, job: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        // Fails only once `wait` has begun (shutdown): the job then runs untracked.
+        let guard = Arc::clone(&self.lock).try_read_owned().ok();
+        tokio::spawn(async move {
+            let output = job.await;
+            drop(guard);
+            output
+        })
+    }
+
+    /// Waits until every job spawned so far has ended.
+    pub async fn wait(&self) {
+        let _all_done = self.lock.write().await;
     }
 }
 
@@ -350,7 +385,7 @@ mod tests {
         // stale_after is 1 s with a zero interval.
         let report = c.report();
         assert_eq!(report.state, State::Starting);
-        assert!(report.healthy(), "starting, within its grace");
+        assert!(!report.healthy(), "not ready before it first runs");
         c.heartbeat();
         let report = c.report();
         assert!(report.up && report.healthy());
@@ -397,6 +432,21 @@ mod tests {
         assert_eq!(runs.into_inner(), 4);
         assert_eq!(c.restarts(), 3);
         assert_eq!(c.report().state, State::Stopped);
+    }
+
+    #[tokio::test]
+    async fn jobs_in_flight_outlive_their_caller_and_are_waited_for() {
+        let in_flight = InFlight::default();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        let handle = in_flight.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        // The caller gives up on the job (as a failed worker drops its handler): it goes on.
+        drop(handle);
+        in_flight.wait().await;
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[tokio::test]

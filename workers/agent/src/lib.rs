@@ -17,7 +17,7 @@ use ragpipe_core::Config;
 use ragpipe_store::Store;
 use ragpipe_store::conversations::AgentJob;
 use ragpipe_store::jobs::AGENT_QUEUE;
-use ragpipe_store::liveness::{Component, Failure, Liveness, restart_backoff, supervise};
+use ragpipe_store::liveness::{Component, Failure, InFlight, Liveness, restart_backoff, supervise};
 use ragpipe_store::retry::{RetryPolicy, retry};
 use std::future::Future;
 use std::sync::Arc;
@@ -96,7 +96,10 @@ pub fn dead_worker_after(config: &Config) -> Duration {
 /// answers in flight and returns. Unsupervised: it returns the first failure of its queue
 /// connection ([`spawn`] restarts it).
 pub async fn run(ctx: Arc<AnswerContext>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
-    run_once(ctx, shutdown, None).await.map_err(|e| e.message)
+    let in_flight = InFlight::default();
+    let result = run_once(ctx, shutdown, None, in_flight.clone()).await;
+    in_flight.wait().await;
+    result.map_err(|e| e.message)
 }
 
 /// One run of an agent worker, beating `component`'s heartbeat with the queue's.
@@ -104,6 +107,7 @@ async fn run_once(
     ctx: Arc<AnswerContext>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     component: Option<Arc<Component>>,
+    in_flight: InFlight,
 ) -> Result<(), Failure> {
     let config = Arc::clone(ctx.config());
     // Every start leaves its predecessor's worker row behind (names are unique per start).
@@ -123,6 +127,7 @@ async fn run_once(
     let worker = WorkerBuilder::new(name)
         .backend(backend)
         .data(ctx)
+        .data(in_flight)
         .concurrency(concurrency(&config))
         // The queue announces each heartbeat it wrote to its worker row.
         .on_event(move |_, event| {
@@ -130,7 +135,7 @@ async fn run_once(
                 c.heartbeat();
             }
         })
-        .build(handle);
+        .build(handle_in_flight);
     worker
         .run_until(async move {
             shutdown.await;
@@ -183,15 +188,34 @@ pub fn spawn_supervised(
                 return Err(e);
             }
         };
-        supervise(Arc::clone(&component), shutdown.clone(), restart_backoff(), || {
+        let in_flight = InFlight::default();
+        let supervised = supervise(Arc::clone(&component), shutdown.clone(), restart_backoff(), || {
             let stop = shutdown.clone();
             run_once(
                 Arc::clone(&ctx),
                 async move { stop.cancelled().await },
                 Some(Arc::clone(&component)),
+                in_flight.clone(),
             )
-        })
-        .await
-        .map_err(|e| e.message)
+        });
+        let result = supervised.await;
+        // Jobs of instances that failed under them may still be running: let them finish.
+        in_flight.wait().await;
+        result.map_err(|e| e.message)
     })
+}
+
+/// The job handler the queue calls: [`handle`] in a task of its own (tracked by `in_flight`), so
+/// that a job outlives a worker instance whose queue connection fails under it.
+async fn handle_in_flight(
+    job: AgentJob,
+    ctx: Data<Arc<AnswerContext>>,
+    in_flight: Data<InFlight>,
+    attempt: Attempt,
+    task_id: TaskId,
+) -> Result<(), BoxDynError> {
+    in_flight
+        .spawn(handle(job, ctx, attempt, task_id))
+        .await
+        .map_err(|e| Box::new(e) as BoxDynError)?
 }

@@ -539,7 +539,10 @@ pub fn dead_worker_after(config: &Config) -> Duration {
 /// ones in flight and returns. Unsupervised: it returns the first failure of its queue
 /// connection ([`spawn`] restarts it).
 pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
-    run_once(ctx, shutdown, None).await.map_err(|e| e.message)
+    let in_flight = liveness::InFlight::default();
+    let result = run_once(ctx, shutdown, None, in_flight.clone()).await;
+    in_flight.wait().await;
+    result.map_err(|e| e.message)
 }
 
 /// One run of an ingest worker, beating `component`'s heartbeat with the queue's.
@@ -547,6 +550,7 @@ async fn run_once(
     ctx: Arc<IngestContext>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     component: Option<Arc<liveness::Component>>,
+    in_flight: liveness::InFlight,
 ) -> Result<(), liveness::Failure> {
     // Every start leaves its predecessor's worker row behind (names are unique per start).
     match ragpipe_store::jobs::remove_dead_workers(&ctx.store, INGEST_QUEUE, dead_worker_after(&ctx.config)).await {
@@ -579,6 +583,7 @@ async fn run_once(
     let worker = WorkerBuilder::new(name)
         .backend(backend)
         .data(ctx)
+        .data(in_flight)
         .concurrency(concurrency)
         // The queue announces each heartbeat it wrote to its worker row.
         .on_event(move |_, event| {
@@ -586,7 +591,7 @@ async fn run_once(
                 c.heartbeat();
             }
         })
-        .build(handle);
+        .build(handle_in_flight);
     worker
         .run_until(async move {
             shutdown.await;
@@ -623,7 +628,8 @@ pub fn spawn_supervised(
                 return Err(e);
             }
         };
-        liveness::supervise(
+        let in_flight = liveness::InFlight::default();
+        let supervised = liveness::supervise(
             Arc::clone(&component),
             shutdown.clone(),
             liveness::restart_backoff(),
@@ -633,10 +639,28 @@ pub fn spawn_supervised(
                     Arc::clone(&ctx),
                     async move { stop.cancelled().await },
                     Some(Arc::clone(&component)),
+                    in_flight.clone(),
                 )
             },
-        )
-        .await
-        .map_err(|e| e.message)
+        );
+        let result = supervised.await;
+        // Jobs of instances that failed under them may still be running: let them finish.
+        in_flight.wait().await;
+        result.map_err(|e| e.message)
     })
+}
+
+/// The job handler the queue calls: [`handle`] in a task of its own (tracked by `in_flight`), so
+/// that a job outlives a worker instance whose queue connection fails under it.
+async fn handle_in_flight(
+    job: IngestJob,
+    ctx: Data<Arc<IngestContext>>,
+    in_flight: Data<liveness::InFlight>,
+    attempt: Attempt,
+    task_id: TaskId,
+) -> Result<(), BoxDynError> {
+    in_flight
+        .spawn(handle(job, ctx, attempt, task_id))
+        .await
+        .map_err(|e| Box::new(e) as BoxDynError)?
 }
