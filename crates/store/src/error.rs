@@ -143,4 +143,40 @@ mod tests {
         assert_eq!(lost.kind(), ErrorKind::Transient);
         assert_eq!(StoreError::NotFound("document").kind(), ErrorKind::Permanent);
     }
+
+    /// Real server errors, through the driver: raised SQLSTATEs, a backend terminated under its
+    /// own connection (57P01), and the next use of that dead connection (an I/O error).
+    #[sqlx::test(migrations = false)]
+    async fn server_errors_are_classified_as_they_arrive(pool: sqlx::PgPool) {
+        let raise = async |code: &str| {
+            let sql = format!("DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{code}'; END $$");
+            let e = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .expect_err("raised");
+            StoreError::db("raising")(e).kind()
+        };
+        for code in ["40001", "40P01", "08006", "08003", "57P01", "57P03", "53300"] {
+            assert_eq!(raise(code).await, ErrorKind::Transient, "{code}");
+        }
+        for code in ["23505", "22P02", "42501", "57014"] {
+            assert_eq!(raise(code).await, ErrorKind::Permanent, "{code}");
+        }
+
+        let mut conn = pool.acquire().await.expect("connection");
+        let terminated = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+            .execute(&mut *conn)
+            .await
+            .expect_err("terminated");
+        assert_eq!(StoreError::db("polling")(terminated).kind(), ErrorKind::Transient);
+        let dead = sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .expect_err("the connection is gone");
+        assert_eq!(
+            StoreError::db("polling")(dead).kind(),
+            ErrorKind::Transient,
+            "the next use of the dead connection"
+        );
+    }
 }
