@@ -11,6 +11,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const DOCUMENTS: usize = 6;
+/// Rounds of terminations (about 0.4 s each): enough to hit its polls many times over, few
+/// enough that its workers, restarted after each, still get the documents done.
+const ROUNDS: u32 = 12;
 
 /// Terminates the `ragpipe` process's connections to the test database (the test's own pool is
 /// not one of them): with `busy_only`, those running a statement or inside a transaction.
@@ -71,7 +74,7 @@ async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
     // Once its uploads are committed, terminate its connections in rounds while it waits for
     // its documents: each round spins for a moment on the busy connections (a progress poll,
     // the local workers' polls), then terminates all of them (the listening ones included),
-    // then lets it work for a while. Until it exits, at most 90 s.
+    // then lets it work for a while; `ROUNDS` rounds, or until it exits.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let uploaded: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")
@@ -85,7 +88,7 @@ async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
     }
     let mut terminated = 0;
     let mut rounds = 0;
-    while !output.is_finished() && Instant::now() < deadline {
+    while !output.is_finished() && Instant::now() < deadline && rounds < ROUNDS {
         rounds += 1;
         let spin = Instant::now() + Duration::from_millis(60);
         while Instant::now() < spin {
@@ -94,6 +97,9 @@ async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
         }
         terminated += terminate(&pool, false).await;
         tokio::time::sleep(Duration::from_millis(340)).await;
+    }
+    while !output.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !output.is_finished() {
         let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
