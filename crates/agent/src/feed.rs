@@ -7,10 +7,16 @@
 //! row stays the only source of truth and the feed works whichever process wrote the change.
 //!
 //! Signals can be lost (the listening connection drops and reconnects); subscribers are woken
-//! on every reconnection and should also re-read on a timer as a safety net.
+//! on every reconnection and should also re-read on a timer as a safety net. The connection is
+//! re-established after any failure, with capped exponential backoff and jitter, for as long as
+//! the feed lives. Its liveness is a [`Component`] (`message_feed`): the feed notifies itself on
+//! [`FEED_PING_CHANNEL`] every [`FEED_HEARTBEAT`] and beats when the ping comes back through
+//! the listening connection, so a connection that is up but deaf shows as stale.
 
 use ragpipe_core::{MessageId, MessageStatus};
 use ragpipe_store::conversations::MESSAGE_EVENTS_CHANNEL;
+use ragpipe_store::liveness::Component;
+use ragpipe_store::retry::Backoff;
 use ragpipe_store::{Store, StoreError};
 use sqlx::postgres::PgListener;
 use std::collections::HashMap;
@@ -42,14 +48,28 @@ fn lock(slots: &Mutex<HashMap<Uuid, Slot>>) -> MutexGuard<'_, HashMap<Uuid, Slot
     slots.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The channel a feed pings itself on (a channel of its own, so that writers' signals and
+/// older processes listening on [`MESSAGE_EVENTS_CHANNEL`] never see the pings).
+pub const FEED_PING_CHANNEL: &str = "ragpipe_feed_ping";
+
+/// How often a feed pings itself; three missed pings make it stale.
+pub const FEED_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// The feed's name as a supervised component.
+pub const FEED_COMPONENT: &str = "message_feed";
+
 struct FeedInner {
     slots: Slots,
+    component: Arc<Component>,
     task: tokio::task::JoinHandle<()>,
+    pinger: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for FeedInner {
     fn drop(&mut self) {
         self.task.abort();
+        self.pinger.abort();
+        self.component.stopped();
     }
 }
 
@@ -107,9 +127,23 @@ impl MessageFeed {
     /// A feed of its own (not shared), listening once this returns.
     pub async fn start(store: &Store) -> Result<MessageFeed, StoreError> {
         let slots: Slots = Arc::default();
+        let component = Component::new(FEED_COMPONENT, None, FEED_HEARTBEAT);
+        let ping = Uuid::new_v4().simple().to_string();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(listen(store.clone(), Arc::clone(&slots), ready_tx));
-        let inner = Arc::new(FeedInner { slots, task });
+        let task = tokio::spawn(listen(
+            store.clone(),
+            Arc::clone(&slots),
+            Arc::clone(&component),
+            ping.clone(),
+            ready_tx,
+        ));
+        let pinger = tokio::spawn(pings(store.clone(), ping));
+        let inner = Arc::new(FeedInner {
+            slots,
+            component,
+            task,
+            pinger,
+        });
         match ready_rx.await {
             Ok(Ok(())) => Ok(MessageFeed { inner }),
             Ok(Err(source)) => Err(StoreError::Database {
@@ -118,6 +152,11 @@ impl MessageFeed {
             }),
             Err(_) => Err(StoreError::Config("the message feed stopped before it started".into())),
         }
+    }
+
+    /// The feed's liveness (state, heartbeat, reconnections), for the process's registry.
+    pub fn component(&self) -> Arc<Component> {
+        Arc::clone(&self.inner.component)
     }
 
     /// Signals for `message` from now on.
@@ -208,13 +247,41 @@ fn wake_all(slots: &Slots) {
     }
 }
 
-async fn listen(store: Store, slots: Slots, ready: oneshot::Sender<Result<(), sqlx::Error>>) {
-    let mut ready = Some(ready);
-    let mut failures = 0u32;
+/// Notifies [`FEED_PING_CHANNEL`] with `ping` (this feed's id) every [`FEED_HEARTBEAT`]. A
+/// failed ping is not retried: the missing heartbeat is the report.
+async fn pings(store: Store, ping: String) {
+    let mut tick = tokio::time::interval(FEED_HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(FEED_PING_CHANNEL)
+            .bind(&ping)
+            .execute(store.pool())
+            .await
+        {
+            if matches!(e, sqlx::Error::PoolClosed) {
+                return;
+            }
+            tracing::debug!(error = %e, "message feed: ping failed");
+        }
+    }
+}
+
+async fn listen(
+    store: Store,
+    slots: Slots,
+    component: Arc<Component>,
+    ping: String,
+    ready: oneshot::Sender<Result<(), sqlx::Error>>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        component.starting();
         let connected = async {
             let mut listener = PgListener::connect_with(store.pool()).await?;
-            listener.listen(MESSAGE_EVENTS_CHANNEL).await?;
+            listener.listen_all([MESSAGE_EVENTS_CHANNEL, FEED_PING_CHANNEL]).await?;
             Ok::<_, sqlx::Error>(listener)
         }
         .await;
@@ -222,19 +289,23 @@ async fn listen(store: Store, slots: Slots, ready: oneshot::Sender<Result<(), sq
             Ok(l) => l,
             Err(e) => {
                 if let Some(ready) = ready.take() {
+                    component.dead(&e);
                     let _ = ready.send(Err(e));
                     return;
                 }
                 if matches!(e, sqlx::Error::PoolClosed) {
+                    component.stopped();
                     return;
                 }
-                failures += 1;
-                tracing::warn!(error = %e, "message feed: reconnecting");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+                component.restarting(&e);
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "message feed: reconnecting");
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
-        failures = 0;
+        backoff.reset();
+        component.heartbeat();
         match ready.take() {
             Some(ready) => {
                 let _ = ready.send(Ok(()));
@@ -243,12 +314,26 @@ async fn listen(store: Store, slots: Slots, ready: oneshot::Sender<Result<(), sq
         }
         loop {
             match listener.try_recv().await {
+                Ok(Some(n)) if n.channel() == FEED_PING_CHANNEL => {
+                    if n.payload() == ping {
+                        component.heartbeat();
+                    }
+                }
                 Ok(Some(n)) => dispatch(&slots, n.payload()),
                 // The connection was lost and has been re-established: signals may be missing.
-                Ok(None) => wake_all(&slots),
-                Err(sqlx::Error::PoolClosed) => return,
+                Ok(None) => {
+                    component.restarting(&"the listening connection was lost");
+                    wake_all(&slots);
+                }
+                Err(sqlx::Error::PoolClosed) => {
+                    component.stopped();
+                    return;
+                }
                 Err(e) => {
+                    // A terminated backend (57P01) lands here: start over on a new connection,
+                    // and wake every follower, which re-reads its row, so no change is lost.
                     tracing::warn!(error = %e, "message feed: listening failed");
+                    component.restarting(&e);
                     wake_all(&slots);
                     break;
                 }

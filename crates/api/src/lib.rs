@@ -18,7 +18,7 @@
 //! | `POST /v1/messages/{id}/cancel` | stop an answer being written |
 //! | `GET /v1/messages/{id}/events` | an answer's events (SSE), resumable with `Last-Event-ID` |
 //! | `GET /v1/usage?from=&to=&group_by=day\|model\|kind` | the caller's tokens and cost over `[from, to)`, grouped, and their quota status |
-//! | `GET /healthz`, `GET /readyz` | liveness; readiness, only `ready` or 503 `not_ready` |
+//! | `GET /healthz`, `GET /readyz` | liveness; readiness, only `ready` or 503 `not_ready` (database reachable, schema current, every worker and the message feed running) |
 //! | `GET /openapi.json` | OpenAPI 3.1 description of all of the above (`crates/api/openapi.json`) |
 //!
 //! The operations routes ([`ops_router`]: `/metrics`, `/healthz`, `/readyz` with the reason
@@ -73,6 +73,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Search, shared so that the embedding endpoint's clients and concurrency limit are too.
     pub retriever: ragpipe_agent::Retriever,
+    /// The process's supervised components (workers, message feed), for `/readyz` and
+    /// `/metrics`; empty in a process that runs none.
+    pub liveness: ragpipe_store::liveness::Liveness,
 }
 
 impl AppState {
@@ -87,7 +90,14 @@ impl AppState {
             store,
             config,
             metrics: prometheus::install_recorder(),
+            liveness: Default::default(),
         })
+    }
+
+    /// The same state reporting the components registered in `liveness`.
+    pub fn with_liveness(mut self, liveness: ragpipe_store::liveness::Liveness) -> AppState {
+        self.liveness = liveness;
+        self
     }
 }
 

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ragpipe_core::DocumentStatus;
 use ragpipe_store::jobs::{AGENT_QUEUE, INGEST_QUEUE};
+use ragpipe_store::liveness::ComponentReport;
 use ragpipe_store::stats::{self, Snapshot};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -64,6 +65,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     state.metrics.run_upkeep();
     let mut body = state.metrics.render();
     render_database_gauges(&mut body, snapshot.as_ref());
+    render_components(&mut body, &state.liveness.report());
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
@@ -121,12 +123,58 @@ pub fn render_database_gauges(out: &mut String, snapshot: Option<&Snapshot>) {
     }
 }
 
+/// Appends the supervised components' health (from the process's registry, read now, so a
+/// component that stopped beating shows as down even though nothing recorded it):
+/// `ragpipe_worker_up` (1 running with a fresh heartbeat, else 0),
+/// `ragpipe_worker_restarts_total` and `ragpipe_worker_heartbeat_age_seconds`, labelled by
+/// `component` and, for queue workers, `queue`. Nothing when the process supervises nothing.
+pub fn render_components(out: &mut String, components: &[ComponentReport]) {
+    if components.is_empty() {
+        return;
+    }
+    let labels = |c: &ComponentReport| match &c.queue {
+        Some(q) => format!("component=\"{}\",queue=\"{}\"", escape_label(&c.name), escape_label(q)),
+        None => format!("component=\"{}\"", escape_label(&c.name)),
+    };
+    gauge_header(
+        out,
+        "ragpipe_worker_up",
+        "Whether a supervised component (queue worker, message feed) is running with a fresh heartbeat.",
+    );
+    for c in components {
+        let _ = writeln!(out, "ragpipe_worker_up{{{}}} {}", labels(c), u8::from(c.up));
+    }
+    metric_header(
+        out,
+        "ragpipe_worker_restarts_total",
+        "counter",
+        "Times a supervised component was restarted after its connection or run failed.",
+    );
+    for c in components {
+        let _ = writeln!(out, "ragpipe_worker_restarts_total{{{}}} {}", labels(c), c.restarts);
+    }
+    gauge_header(
+        out,
+        "ragpipe_worker_heartbeat_age_seconds",
+        "Seconds since a supervised component's last heartbeat (absent before the first).",
+    );
+    for c in components {
+        if let Some(age) = c.seconds_since_heartbeat {
+            let _ = writeln!(out, "ragpipe_worker_heartbeat_age_seconds{{{}}} {age:.3}", labels(c));
+        }
+    }
+}
+
 fn gauge_header(out: &mut String, name: &str, help: &str) {
+    metric_header(out, name, "gauge", help);
+}
+
+fn metric_header(out: &mut String, name: &str, kind: &str, help: &str) {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Escapes a label value as the text format requires (backslash, quote, newline).
@@ -178,6 +226,34 @@ mod tests {
         render_database_gauges(&mut out, None);
         assert!(out.starts_with("some_counter 1\n# HELP"), "{out}");
         assert!(out.ends_with("ragpipe_metrics_database_up 0\n"), "{out}");
+    }
+
+    #[test]
+    fn components_render_up_restarts_and_heartbeat_age() {
+        let liveness = ragpipe_store::liveness::Liveness::new();
+        let ingest = liveness.register("ingest", Some(INGEST_QUEUE), std::time::Duration::from_secs(5));
+        ingest.heartbeat();
+        let feed = liveness.register("message_feed", None, std::time::Duration::from_secs(2));
+        feed.heartbeat();
+        feed.restarting(&"connection lost");
+        let mut out = String::new();
+        render_components(&mut out, &liveness.report());
+        assert!(
+            out.contains("ragpipe_worker_up{component=\"ingest\",queue=\"ragpipe.ingest\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ragpipe_worker_up{component=\"message_feed\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ragpipe_worker_restarts_total{component=\"message_feed\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("# TYPE ragpipe_worker_restarts_total counter\n"), "{out}");
+        let mut empty = String::new();
+        render_components(&mut empty, &[]);
+        assert!(empty.is_empty());
     }
 
     #[test]

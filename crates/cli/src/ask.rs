@@ -8,17 +8,18 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
-use ragpipe_agent::follow::Next;
+use ragpipe_agent::follow::{FollowError, Next};
 use ragpipe_agent::retrieve::SearchMode;
 use ragpipe_agent::sources::Citation;
 use ragpipe_agent::{AnswerEvent, Cursor, Follower, MessageFeed};
 use ragpipe_core::{Config, ConversationId, MessageId, MessageStatus, UserId};
 use ragpipe_store::Store;
 use ragpipe_store::conversations::{self, AskSettings};
+use ragpipe_store::retry::{RetryPolicy, retry, retry_when, worth_retrying};
 use serde::Serialize;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// After this long without progress, say what is being waited for (once).
@@ -164,7 +165,11 @@ pub async fn ask_and_stream<W: Write>(
         bail!("the question is empty");
     }
     let user = question.user;
-    let feed = MessageFeed::shared(store).await.context("listening for the answer")?;
+    let feed = retry("listening for the answer", RetryPolicy::POLLING, || {
+        MessageFeed::shared(store)
+    })
+    .await
+    .context("listening for the answer")?;
     let mut tx = store.user_tx(user).await?;
     let conversation = match question.conversation {
         Some(c) => c,
@@ -182,9 +187,15 @@ pub async fn ask_and_stream<W: Write>(
     tx.commit().await?;
     let message = MessageId(asked.assistant_message.id);
 
-    let mut follower = Follower::open(store, &feed, user, message, Cursor::Start)
-        .await
-        .context("following the answer")?;
+    // From here the question is committed: a dropped connection costs a pause while following.
+    let mut follower = retry_when(
+        "following the answer",
+        RetryPolicy::POLLING,
+        follow_error_is_transient,
+        || Follower::open(store, &feed, user, message, Cursor::Start),
+    )
+    .await
+    .context("following the answer")?;
     let mut answered = Answered {
         conversation_id: conversation.0,
         message_id: message.0,
@@ -199,8 +210,30 @@ pub async fn ask_and_stream<W: Write>(
         error: None,
     };
     let mut warned = false;
+    let mut backoff = RetryPolicy::POLLING.backoff();
+    let mut failing_since: Option<Instant> = None;
     loop {
-        match follower.next(PATIENCE).await.context("following the answer")? {
+        // A failed read leaves the follower where it was: it resumes from the same byte offset,
+        // so no text is lost or repeated.
+        let next = match follower.next(PATIENCE).await {
+            Ok(next) => {
+                backoff.reset();
+                failing_since = None;
+                next
+            }
+            Err(e)
+                if follow_error_is_transient(&e)
+                    && failing_since.get_or_insert_with(Instant::now).elapsed()
+                        < RetryPolicy::POLLING.give_up_after =>
+            {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "following the answer: retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            Err(e) => return Err(e).context("following the answer"),
+        };
+        match next {
             Next::Idle if !warned && answered.text.is_empty() => {
                 eprintln!("(waiting for an agent worker to answer; is `ragpipe worker` or `ragpipe serve` running?)");
                 warned = true;
@@ -247,6 +280,11 @@ pub async fn ask_and_stream<W: Write>(
     write_sources(out, &answered)?;
     out.flush()?;
     Ok(answered)
+}
+
+/// Whether a follower's failure is a transient database error (worth another read).
+fn follow_error_is_transient(error: &FollowError) -> bool {
+    matches!(error, FollowError::Store(e) if worth_retrying(e))
 }
 
 /// The sources block printed after an answer.

@@ -4,12 +4,15 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use ragpipe_core::{Config, DocumentId, UserId};
-use ragpipe_store::{Store, documents};
+use ragpipe_store::retry::{RetryPolicy, retry};
+use ragpipe_store::{Store, StoreError, documents};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use uuid::Uuid;
 
 #[derive(Args, Debug)]
 pub struct IngestArgs {
@@ -168,11 +171,21 @@ pub async fn ingest_paths(
             sha256: Sha256::digest(&bytes).into(),
             metadata: serde_json::json!({ "source_path": display }),
         };
-        let mut tx = store.user_tx(user).await?;
-        let stored = documents::create(&mut tx, &new, config.worker.max_attempts)
-            .await
-            .with_context(|| format!("uploading {display}"))?;
-        tx.commit().await?;
+        // Retried on a dropped connection: identical bytes return the document already created,
+        // so an upload whose commit went through before the connection dropped is not doubled.
+        let new = &new;
+        let stored = retry(
+            &format!("uploading {display}"),
+            RetryPolicy::POLLING,
+            move || async move {
+                let mut tx = store.user_tx(user).await?;
+                let stored = documents::create(&mut tx, new, config.worker.max_attempts).await?;
+                tx.commit().await?;
+                Ok(stored)
+            },
+        )
+        .await
+        .with_context(|| format!("uploading {display}"))?;
         item.document_id = Some(DocumentId(stored.document.id));
         item.duplicate = !stored.created;
         item.status = stored.document.status.clone();
@@ -183,16 +196,30 @@ pub async fn ingest_paths(
     }
 
     loop {
-        let mut open = 0;
-        let mut tx = store.user_tx(user).await?;
+        let open_ids: Vec<DocumentId> = pending
+            .iter()
+            .filter_map(|(item, bar)| match (item.document_id, bar) {
+                (Some(id), Some(bar)) if !bar.is_finished() => Some(id),
+                _ => None,
+            })
+            .collect();
+        if open_ids.is_empty() {
+            break;
+        }
+        // A dropped connection costs a pause, not the command: the uploads are committed.
+        let docs = retry("reading the documents' progress", RetryPolicy::POLLING, || {
+            read_documents(store, user, &open_ids)
+        })
+        .await
+        .context("reading a document")?;
+        let docs: HashMap<Uuid, documents::Document> = docs.into_iter().map(|d| (d.id, d)).collect();
         for (item, bar) in pending.iter_mut() {
             let (Some(id), Some(bar)) = (item.document_id, bar.as_ref()) else {
                 continue;
             };
-            if bar.is_finished() {
+            let Some(doc) = docs.get(&id.0) else {
                 continue;
-            }
-            let doc = documents::get(&mut tx, id).await?;
+            };
             item.status = doc.status.clone();
             item.chunks = doc.chunk_count;
             item.pages = doc.page_count;
@@ -204,15 +231,29 @@ pub async fn ingest_paths(
                     Some(e) => format!("failed: {e}"),
                     None => format!("ready: {} chunks", doc.chunk_count),
                 });
-            } else {
-                open += 1;
             }
         }
-        drop(tx);
-        if open == 0 {
+        if pending
+            .iter()
+            .all(|(_, bar)| bar.as_ref().is_none_or(ProgressBar::is_finished))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(pending.into_iter().map(|(i, _)| i).collect())
+}
+
+/// The documents `ids` of `user`, read in one transaction.
+async fn read_documents(
+    store: &Store,
+    user: UserId,
+    ids: &[DocumentId],
+) -> Result<Vec<documents::Document>, StoreError> {
+    let mut tx = store.user_tx(user).await?;
+    let mut docs = Vec::with_capacity(ids.len());
+    for id in ids {
+        docs.push(documents::get(&mut tx, *id).await?);
+    }
+    Ok(docs)
 }

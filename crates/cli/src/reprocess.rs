@@ -13,7 +13,8 @@ use ragpipe_core::{Config, DocumentId, DocumentStatus, UserId};
 use ragpipe_ingest::{ChunkSettings, Chunker, Limits};
 use ragpipe_llm::PriceTable;
 use ragpipe_store::reprocess::{self, Candidate, Plan, Selection, Stage, Target};
-use ragpipe_store::{Store, documents, embedding_cache, embedding_models};
+use ragpipe_store::retry::{RetryPolicy, retry};
+use ragpipe_store::{Store, StoreError, documents, embedding_cache, embedding_models};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::IsTerminal;
@@ -201,7 +202,7 @@ pub async fn run(config: Config, args: ReprocessArgs) -> anyhow::Result<bool> {
     reprocess::check_admin(&store).await?;
     let (model, dim) = target_model(&store, &config, &target.embedding_model, args.dry_run).await?;
     let run = reprocess::run_key(&selection, &target);
-    let candidates = reprocess::candidates(&store, &selection).await?;
+    let candidates = current_candidates(&store, &selection).await?;
 
     if args.dry_run {
         let plan = dry_run(&store, &config, &run, &target, &candidates, (&model, dim)).await?;
@@ -427,7 +428,7 @@ pub(crate) async fn execute(
             already_finished += 1;
         }
     }
-    let mut state = reprocess::run_state(store, run).await?;
+    let mut state = run_state(store, run).await?;
     total += state.in_flight + already_finished;
     bar.set_length(total);
     let mut last_in_flight = state.in_flight;
@@ -451,19 +452,24 @@ pub(crate) async fn execute(
                     .push((DocumentId(doc), target.pending(run, stage)));
             }
             for (user, docs) in by_user {
-                let marked = reprocess::mark_many(store, UserId(user), &docs, config.worker.max_attempts).await?;
+                // Safe to retry: a document already marked (by an attempt whose commit went
+                // through) is left alone and gets no second job.
+                let marked = retry("marking documents for reprocessing", RetryPolicy::POLLING, || {
+                    reprocess::mark_many(store, UserId(user), &docs, config.worker.max_attempts)
+                })
+                .await?;
                 result.enqueued += marked as u64;
                 // A document that changed since it was planned (deleted, or taken by another
                 // run) is not this run's any more.
                 total -= (docs.len() - marked) as u64;
             }
-            state = reprocess::run_state(store, run).await?;
+            state = run_state(store, run).await?;
             last_in_flight = state.in_flight;
             bar.set_length(total);
         }
         if queue.is_empty() && state.in_flight == 0 {
             // Everything planned is through: look again for documents that became due.
-            let fresh = reprocess::candidates(store, selection).await?;
+            let fresh = current_candidates(store, selection).await?;
             let busy = plan_into(run, target, &fresh, &mut queue, &mut total);
             bar.set_length(total);
             if queue.is_empty() {
@@ -477,7 +483,7 @@ pub(crate) async fn execute(
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = shutdown.cancelled() => {}
         }
-        state = reprocess::run_state(store, run).await?;
+        state = run_state(store, run).await?;
         if state.in_flight < last_in_flight {
             finished_here += last_in_flight - state.in_flight;
         }
@@ -488,19 +494,36 @@ pub(crate) async fn execute(
         }
     }
     bar.finish_and_clear();
-    let state = reprocess::run_state(store, run).await?;
+    let state = run_state(store, run).await?;
     result.failed = state
         .failed
         .into_iter()
         .map(|(document_id, error)| Failure { document_id, error })
         .collect();
-    let now = reprocess::candidates(store, selection).await?;
+    let now = current_candidates(store, selection).await?;
     result.finished = now
         .iter()
         .filter(|c| c.last_reprocess_run.as_deref() == Some(run))
         .count() as u64;
     result.seconds = started.elapsed().as_secs_f64();
     Ok(result)
+}
+
+/// The run's state, riding out a dropped connection (the run polls it every 250 ms for as long
+/// as it lasts).
+async fn run_state(store: &Store, run: &str) -> Result<reprocess::RunState, StoreError> {
+    retry("reading the run's state", RetryPolicy::POLLING, || {
+        reprocess::run_state(store, run)
+    })
+    .await
+}
+
+/// The selection's documents, riding out a dropped connection.
+async fn current_candidates(store: &Store, selection: &Selection) -> Result<Vec<Candidate>, StoreError> {
+    retry("listing the documents to reprocess", RetryPolicy::POLLING, || {
+        reprocess::candidates(store, selection)
+    })
+    .await
 }
 
 /// Adds the candidates the run has to redo (and has not queued yet) to `queue`; returns how many

@@ -45,10 +45,17 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {} (the operations endpoints)", config.ops_listen))?;
     let shutdown = crate::shutdown::on_signal();
+    // Supervised workers report here, and `/readyz` and `/metrics` read it.
+    let liveness = ragpipe_store::liveness::Liveness::new();
     let workers = if args.no_workers {
         None
     } else {
-        Some(crate::workers::spawn(&store, &config, shutdown.clone())?)
+        Some(crate::workers::spawn_reporting(
+            &store,
+            &config,
+            shutdown.clone(),
+            &liveness,
+        )?)
     };
     let shown = |l: &tokio::net::TcpListener, configured: &str| {
         l.local_addr()
@@ -65,7 +72,9 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
         },
         shown(&ops_listener, &config.ops_listen),
     );
-    let state = ragpipe_api::AppState::new(store, Arc::clone(&config)).map_err(anyhow::Error::msg)?;
+    let state = ragpipe_api::AppState::new(store, Arc::clone(&config))
+        .map_err(anyhow::Error::msg)?
+        .with_liveness(liveness);
     let stop = shutdown.clone();
     let ops = tokio::spawn(ragpipe_api::serve_ops(state.clone(), ops_listener, async move {
         stop.cancelled().await

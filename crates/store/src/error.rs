@@ -48,22 +48,11 @@ impl StoreError {
         move |source| StoreError::Database { context, source }
     }
 
-    /// Transient (lost connection, pool timeout, serialization failure, deadlock) or permanent.
+    /// Transient (lost connection, pool timeout, serialization failure, deadlock, server
+    /// shutting down or not yet accepting connections) or permanent. See [`sqlx_error_kind`].
     pub fn kind(&self) -> ErrorKind {
-        let source = match self {
-            StoreError::Connect { source, .. } | StoreError::Database { source, .. } => source,
-            _ => return ErrorKind::Permanent,
-        };
-        match source {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => {
-                ErrorKind::Transient
-            }
-            sqlx::Error::Database(db) => match db.code().as_deref() {
-                // serialization_failure, deadlock_detected, admin/crash shutdown, cannot_connect_now,
-                // too_many_connections
-                Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300") => ErrorKind::Transient,
-                _ => ErrorKind::Permanent,
-            },
+        match self {
+            StoreError::Connect { source, .. } | StoreError::Database { source, .. } => sqlx_error_kind(source),
             _ => ErrorKind::Permanent,
         }
     }
@@ -71,6 +60,40 @@ impl StoreError {
     /// Whether the database refused a write as violating a unique constraint.
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, StoreError::Database { source: sqlx::Error::Database(db), .. } if db.code().as_deref() == Some("23505"))
+    }
+}
+
+/// Whether retrying what failed with this driver error can help: the one classification of
+/// database errors (callers holding a bare `sqlx::Error`, such as the job queue's, use it too).
+///
+/// Transient: the connection was lost, reset or refused on the way (`Io`, `Tls`, `Protocol`:
+/// a message cut mid-way), the pool timed out waiting for a connection, and the server's
+/// SQLSTATEs for the same: class `08` (connection exception), `57P01` admin shutdown
+/// (`pg_terminate_backend`), `57P02` crash shutdown, `57P03` cannot connect now (starting up,
+/// in recovery), `53300` too many connections, `40001` serialization failure and `40P01`
+/// deadlock (the transaction was rolled back and can run again). A closed pool (this process is
+/// shutting down) is transient too: a job that meets it must go back to the queue for another
+/// process, not fail; only retrying in this process is pointless (`retry` stops at once).
+/// Everything else is permanent.
+pub fn sqlx_error_kind(error: &sqlx::Error) -> ErrorKind {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => ErrorKind::Transient,
+        sqlx::Error::Database(db) => db.code().map_or(ErrorKind::Permanent, |code| sqlstate_kind(&code)),
+        _ => ErrorKind::Permanent,
+    }
+}
+
+/// The classification of a PostgreSQL SQLSTATE (see [`sqlx_error_kind`]).
+pub fn sqlstate_kind(code: &str) -> ErrorKind {
+    match code {
+        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" => ErrorKind::Transient,
+        _ if code.starts_with("08") => ErrorKind::Transient,
+        _ => ErrorKind::Permanent,
     }
 }
 
@@ -83,5 +106,77 @@ pub fn redact(url: &str) -> String {
         }
         Ok(u) => u.to_string(),
         Err(_) => "<invalid url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified() {
+        for code in [
+            "08000", "08003", "08006", "08001", "08004", "08P01", "40001", "40P01", "57P01", "57P02", "57P03", "53300",
+        ] {
+            assert_eq!(sqlstate_kind(code), ErrorKind::Transient, "{code}");
+        }
+        for code in ["23505", "42P01", "22P02", "57014", "53100", "XX000", "55000"] {
+            assert_eq!(sqlstate_kind(code), ErrorKind::Permanent, "{code}");
+        }
+    }
+
+    #[test]
+    fn driver_errors_are_classified() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert_eq!(sqlx_error_kind(&sqlx::Error::Io(reset)), ErrorKind::Transient);
+        assert_eq!(sqlx_error_kind(&sqlx::Error::PoolTimedOut), ErrorKind::Transient);
+        assert_eq!(
+            sqlx_error_kind(&sqlx::Error::Protocol("cut".into())),
+            ErrorKind::Transient
+        );
+        assert_eq!(sqlx_error_kind(&sqlx::Error::PoolClosed), ErrorKind::Transient);
+        assert_eq!(sqlx_error_kind(&sqlx::Error::RowNotFound), ErrorKind::Permanent);
+        let lost = StoreError::Database {
+            context: "reading",
+            source: sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof")),
+        };
+        assert_eq!(lost.kind(), ErrorKind::Transient);
+        assert_eq!(StoreError::NotFound("document").kind(), ErrorKind::Permanent);
+    }
+
+    /// Real server errors, through the driver: raised SQLSTATEs, a backend terminated under its
+    /// own connection (57P01), and the next use of that dead connection (an I/O error).
+    #[sqlx::test(migrations = false)]
+    async fn server_errors_are_classified_as_they_arrive(pool: sqlx::PgPool) {
+        let raise = async |code: &str| {
+            let sql = format!("DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{code}'; END $$");
+            let e = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .expect_err("raised");
+            StoreError::db("raising")(e).kind()
+        };
+        for code in ["40001", "40P01", "08006", "08003", "57P01", "57P03", "53300"] {
+            assert_eq!(raise(code).await, ErrorKind::Transient, "{code}");
+        }
+        for code in ["23505", "22P02", "42501", "57014"] {
+            assert_eq!(raise(code).await, ErrorKind::Permanent, "{code}");
+        }
+
+        let mut conn = pool.acquire().await.expect("connection");
+        let terminated = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+            .execute(&mut *conn)
+            .await
+            .expect_err("terminated");
+        assert_eq!(StoreError::db("polling")(terminated).kind(), ErrorKind::Transient);
+        let dead = sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .expect_err("the connection is gone");
+        assert_eq!(
+            StoreError::db("polling")(dead).kind(),
+            ErrorKind::Transient,
+            "the next use of the dead connection"
+        );
     }
 }

@@ -77,3 +77,66 @@ pub fn worker_name(kind: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
 }
+
+/// Deletes the `apalis.workers` rows of `queue` whose worker has not beaten its heartbeat for
+/// `silent_for` and holds no job, and returns how many went. Every restart leaves its
+/// predecessor's row behind (names are unique per start), and nothing else removes them.
+///
+/// What makes it safe: a row holding a `Running` or `Queued` job is kept, because the job
+/// queue re-queues such a job only through its worker's row (`reenqueue_orphaned` joins on
+/// it); it clears the job's `lock_by` when it does, and a later call removes the row. Finished
+/// and failed jobs keep `lock_by` (a foreign key to the row) only as a record: it is cleared
+/// for the deleted workers (a failed job is retried whatever its `lock_by` says). The rows are
+/// locked first, so a worker that is in fact alive and registers a job meanwhile keeps its row;
+/// a live worker whose row went (it stalled for `silent_for`) fails its next heartbeat and is
+/// restarted under a new name by its supervisor.
+pub async fn remove_dead_workers(
+    store: &crate::Store,
+    queue: &str,
+    silent_for: std::time::Duration,
+) -> Result<u64, StoreError> {
+    let silent_for_us = i64::try_from(silent_for.as_micros()).unwrap_or(i64::MAX);
+    let mut tx = store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::db("removing dead workers"))?;
+    let dead: Vec<String> = sqlx::query_scalar(
+        "SELECT w.id FROM apalis.workers w \
+         WHERE w.worker_type = $1 \
+           AND w.last_seen < now() - make_interval(secs => $2::float8 / 1e6) \
+           AND NOT EXISTS (SELECT 1 FROM apalis.jobs j \
+                           WHERE j.lock_by = w.id AND j.status IN ('Running', 'Queued')) \
+         ORDER BY w.id \
+         FOR UPDATE OF w SKIP LOCKED",
+    )
+    .bind(queue)
+    .bind(silent_for_us as f64)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::db("finding dead workers"))?;
+    if dead.is_empty() {
+        return Ok(0);
+    }
+    // Re-checked under the rows' locks: a job locked by one of them since the select (which a
+    // dead worker cannot do, but a stalled one could) keeps it.
+    sqlx::query(
+        "UPDATE apalis.jobs SET lock_by = NULL \
+         WHERE lock_by = ANY($1) AND status NOT IN ('Running', 'Queued')",
+    )
+    .bind(&dead)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::db("releasing dead workers' finished jobs"))?;
+    let removed = sqlx::query(
+        "DELETE FROM apalis.workers w WHERE w.id = ANY($1) \
+           AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)",
+    )
+    .bind(&dead)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::db("removing dead workers"))?
+    .rows_affected();
+    tx.commit().await.map_err(StoreError::db("removing dead workers"))?;
+    Ok(removed)
+}

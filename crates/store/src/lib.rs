@@ -13,16 +13,18 @@ pub mod embedding_cache;
 pub mod embedding_models;
 mod error;
 pub mod jobs;
+pub mod liveness;
 pub mod migrate;
 pub mod quotas;
 pub mod reprocess;
+pub mod retry;
 pub mod search;
 pub mod stats;
 pub mod usage;
 mod user_tx;
 pub mod users;
 
-pub use error::{StoreError, redact};
+pub use error::{StoreError, redact, sqlstate_kind, sqlx_error_kind};
 pub use user_tx::UserTx;
 
 use ragpipe_core::{Config, UserId};

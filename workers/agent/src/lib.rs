@@ -11,11 +11,14 @@
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use ragpipe_agent::AnswerContext;
+use ragpipe_agent::MessageFeed;
 use ragpipe_agent::answer::answer;
 use ragpipe_core::Config;
 use ragpipe_store::Store;
 use ragpipe_store::conversations::AgentJob;
 use ragpipe_store::jobs::AGENT_QUEUE;
+use ragpipe_store::liveness::{Component, Failure, InFlight, Liveness, restart_backoff, supervise};
+use ragpipe_store::retry::{RetryPolicy, retry};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,10 +86,36 @@ pub fn concurrency(config: &Config) -> usize {
     (config.worker.concurrency.max(1) as usize).saturating_mul(ANSWERS_PER_WORKER_SLOT)
 }
 
+/// How long an agent worker row may go without a heartbeat before a starting worker removes it
+/// (when it holds no job; see [`ragpipe_store::jobs::remove_dead_workers`]): ten heartbeats.
+pub fn dead_worker_after(config: &Config) -> Duration {
+    Duration::from_secs(config.worker.heartbeat_secs.max(1)).saturating_mul(10)
+}
+
 /// Runs an agent worker until `shutdown` resolves; then it stops taking jobs, finishes the
-/// answers in flight and returns.
+/// answers in flight and returns. Unsupervised: it returns the first failure of its queue
+/// connection ([`spawn`] restarts it).
 pub async fn run(ctx: Arc<AnswerContext>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    let in_flight = InFlight::default();
+    let result = run_once(ctx, shutdown, None, in_flight.clone()).await;
+    in_flight.wait().await;
+    result.map_err(|e| e.message)
+}
+
+/// One run of an agent worker, beating `component`'s heartbeat with the queue's.
+async fn run_once(
+    ctx: Arc<AnswerContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    component: Option<Arc<Component>>,
+    in_flight: InFlight,
+) -> Result<(), Failure> {
     let config = Arc::clone(ctx.config());
+    // Every start leaves its predecessor's worker row behind (names are unique per start).
+    match ragpipe_store::jobs::remove_dead_workers(ctx.store(), AGENT_QUEUE, dead_worker_after(&config)).await {
+        Ok(0) => {}
+        Ok(removed) => info!(removed, queue = AGENT_QUEUE, "removed dead workers' rows"),
+        Err(e) => warn!(error = %e, queue = AGENT_QUEUE, "removing dead workers' rows failed"),
+    }
     // LISTEN/NOTIFY wakes the worker the moment a question is committed: the time to the first
     // delta starts there.
     let backend = PostgresStorage::<AgentJob>::new(ctx.store().pool())
@@ -98,25 +127,95 @@ pub async fn run(ctx: Arc<AnswerContext>, shutdown: impl Future<Output = ()> + S
     let worker = WorkerBuilder::new(name)
         .backend(backend)
         .data(ctx)
+        .data(in_flight)
         .concurrency(concurrency(&config))
-        .build(handle);
+        // The queue announces each heartbeat it wrote to its worker row.
+        .on_event(move |_, event| {
+            if let (Event::HeartBeat, Some(c)) = (event, &component) {
+                c.heartbeat();
+            }
+        })
+        .build(handle_in_flight);
     worker
         .run_until(async move {
             shutdown.await;
             Ok::<(), std::io::Error>(())
         })
         .await
-        .map_err(|e| format!("agent worker: {e}"))
+        .map_err(|e| Failure::transient(format!("agent worker: {e}")))
 }
 
-/// Starts an agent worker on the current runtime; it stops when `shutdown` is cancelled.
+/// Starts a supervised agent worker on the current runtime: restarted with backoff whenever
+/// its queue connection fails, stopped when `shutdown` is cancelled.
 pub fn spawn(
     store: Store,
     config: Arc<Config>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
+    spawn_supervised(store, config, shutdown, &Liveness::new())
+}
+
+/// [`spawn`], reporting into `liveness` as the component `agent`, and the process's message
+/// feed (which the worker watches for cancellations) as `message_feed`.
+pub fn spawn_supervised(
+    store: Store,
+    config: Arc<Config>,
+    shutdown: tokio_util::sync::CancellationToken,
+    liveness: &Liveness,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    let heartbeat = Duration::from_secs(config.worker.heartbeat_secs.max(1));
+    let component = liveness.register("agent", Some(AGENT_QUEUE), heartbeat);
+    let liveness = liveness.clone();
     tokio::spawn(async move {
-        let ctx = Arc::new(AnswerContext::new(store, config).await?);
-        run(ctx, async move { shutdown.cancelled().await }).await
+        // The context shares the process's feed; start it here, riding out a database that is
+        // briefly away, so that a dropped connection at start-up is not taken for a bad setup.
+        let feed = retry("starting the message feed", RetryPolicy::POLLING, || {
+            MessageFeed::shared(&store)
+        })
+        .await
+        .map_err(|e| format!("message feed: {e}"));
+        let ctx = match feed {
+            Ok(feed) => {
+                liveness.add(feed.component());
+                AnswerContext::new(store, config).await
+            }
+            Err(e) => Err(e),
+        };
+        let ctx = match ctx {
+            Ok(ctx) => Arc::new(ctx),
+            Err(e) => {
+                component.dead(&e);
+                return Err(e);
+            }
+        };
+        let in_flight = InFlight::default();
+        let supervised = supervise(Arc::clone(&component), shutdown.clone(), restart_backoff(), || {
+            let stop = shutdown.clone();
+            run_once(
+                Arc::clone(&ctx),
+                async move { stop.cancelled().await },
+                Some(Arc::clone(&component)),
+                in_flight.clone(),
+            )
+        });
+        let result = supervised.await;
+        // Jobs of instances that failed under them may still be running: let them finish.
+        in_flight.wait().await;
+        result.map_err(|e| e.message)
     })
+}
+
+/// The job handler the queue calls: [`handle`] in a task of its own (tracked by `in_flight`), so
+/// that a job outlives a worker instance whose queue connection fails under it.
+async fn handle_in_flight(
+    job: AgentJob,
+    ctx: Data<Arc<AnswerContext>>,
+    in_flight: Data<InFlight>,
+    attempt: Attempt,
+    task_id: TaskId,
+) -> Result<(), BoxDynError> {
+    in_flight
+        .spawn(handle(job, ctx, attempt, task_id))
+        .await
+        .map_err(|e| Box::new(e) as BoxDynError)?
 }

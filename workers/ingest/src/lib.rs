@@ -651,9 +651,38 @@ pub fn queue_config(config: &Config) -> apalis_postgres::Config {
         .batch_size(config.worker.concurrency.max(1) as usize)
 }
 
+use ragpipe_store::liveness;
+
+/// How long an ingest worker row may go without a heartbeat before a starting worker removes
+/// it (when it holds no job; see [`ragpipe_store::jobs::remove_dead_workers`]): ten heartbeats,
+/// where the queue takes over a worker's jobs after three.
+pub fn dead_worker_after(config: &Config) -> Duration {
+    Duration::from_secs(config.worker.heartbeat_secs.max(1)).saturating_mul(10)
+}
+
 /// Runs an ingest worker until `shutdown` resolves; then it stops taking jobs, finishes the
-/// ones in flight and returns.
+/// ones in flight and returns. Unsupervised: it returns the first failure of its queue
+/// connection ([`spawn`] restarts it).
 pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    let in_flight = liveness::InFlight::default();
+    let result = run_once(ctx, shutdown, None, in_flight.clone()).await;
+    in_flight.wait().await;
+    result.map_err(|e| e.message)
+}
+
+/// One run of an ingest worker, beating `component`'s heartbeat with the queue's.
+async fn run_once(
+    ctx: Arc<IngestContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    component: Option<Arc<liveness::Component>>,
+    in_flight: liveness::InFlight,
+) -> Result<(), liveness::Failure> {
+    // Every start leaves its predecessor's worker row behind (names are unique per start).
+    match ragpipe_store::jobs::remove_dead_workers(&ctx.store, INGEST_QUEUE, dead_worker_after(&ctx.config)).await {
+        Ok(0) => {}
+        Ok(removed) => info!(removed, queue = INGEST_QUEUE, "removed dead workers' rows"),
+        Err(e) => warn!(error = %e, queue = INGEST_QUEUE, "removing dead workers' rows failed"),
+    }
     // Chunks reference their model, and a model keeps its dimension: check both before taking jobs.
     let configured = ctx.embedders.configured();
     embedding_models::ensure(
@@ -663,7 +692,10 @@ pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + S
         ctx.config.embedding.base_url.as_deref(),
     )
     .await
-    .map_err(|e| format!("embedding model {}: {e}", configured.model()))?;
+    .map_err(|e| liveness::Failure {
+        kind: e.kind(),
+        message: format!("embedding model {}: {e}", configured.model()),
+    })?;
     let concurrency = ctx.config.worker.concurrency.max(1) as usize;
     // LISTEN/NOTIFY wakes the worker the moment a job is committed; polling alone backs off
     // while idle, so an upload after a quiet spell would wait seconds.
@@ -676,25 +708,84 @@ pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + S
     let worker = WorkerBuilder::new(name)
         .backend(backend)
         .data(ctx)
+        .data(in_flight)
         .concurrency(concurrency)
-        .build(handle);
+        // The queue announces each heartbeat it wrote to its worker row.
+        .on_event(move |_, event| {
+            if let (Event::HeartBeat, Some(c)) = (event, &component) {
+                c.heartbeat();
+            }
+        })
+        .build(handle_in_flight);
     worker
         .run_until(async move {
             shutdown.await;
             Ok::<(), std::io::Error>(())
         })
         .await
-        .map_err(|e| format!("ingest worker: {e}"))
+        .map_err(|e| liveness::Failure::transient(format!("ingest worker: {e}")))
 }
 
-/// Starts an ingest worker on the current runtime; it stops when `shutdown` is cancelled.
+/// Starts a supervised ingest worker on the current runtime: restarted with backoff whenever
+/// its queue connection fails, stopped when `shutdown` is cancelled.
 pub fn spawn(
     store: Store,
     config: Arc<Config>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
+    spawn_supervised(store, config, shutdown, &liveness::Liveness::new())
+}
+
+/// [`spawn`], reporting into `liveness` as the component `ingest`.
+pub fn spawn_supervised(
+    store: Store,
+    config: Arc<Config>,
+    shutdown: tokio_util::sync::CancellationToken,
+    liveness: &liveness::Liveness,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    let heartbeat = Duration::from_secs(config.worker.heartbeat_secs.max(1));
+    let component = liveness.register("ingest", Some(INGEST_QUEUE), heartbeat);
     tokio::spawn(async move {
-        let ctx = Arc::new(IngestContext::new(store, config)?);
-        run(ctx, async move { shutdown.cancelled().await }).await
+        let ctx = match IngestContext::new(store, config) {
+            Ok(ctx) => Arc::new(ctx),
+            Err(e) => {
+                component.dead(&e);
+                return Err(e);
+            }
+        };
+        let in_flight = liveness::InFlight::default();
+        let supervised = liveness::supervise(
+            Arc::clone(&component),
+            shutdown.clone(),
+            liveness::restart_backoff(),
+            || {
+                let stop = shutdown.clone();
+                run_once(
+                    Arc::clone(&ctx),
+                    async move { stop.cancelled().await },
+                    Some(Arc::clone(&component)),
+                    in_flight.clone(),
+                )
+            },
+        );
+        let result = supervised.await;
+        // Jobs of instances that failed under them may still be running: let them finish.
+        in_flight.wait().await;
+        result.map_err(|e| e.message)
     })
+}
+
+/// The job handler the queue calls: [`handle`] in a task of its own (tracked by `in_flight`), so
+/// that a job outlives a worker instance whose queue connection fails under it.
+async fn handle_in_flight(
+    job: IngestJob,
+    ctx: Data<Arc<IngestContext>>,
+    in_flight: Data<liveness::InFlight>,
+    attempt: Attempt,
+    task_id: TaskId,
+) -> Result<(), BoxDynError> {
+    in_flight
+        .spawn(handle(job, ctx, attempt, task_id))
+        .await
+        .map_err(|e| Box::new(e) as BoxDynError)?
 }
