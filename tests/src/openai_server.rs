@@ -328,6 +328,7 @@ struct Shared {
 struct Inner {
     embedding_dim: usize,
     embedding_max_input_tokens: Option<usize>,
+    refused_marker: Option<String>,
     api_key: Option<String>,
     llama_cpp: bool,
     default_reply: ScriptedReply,
@@ -360,6 +361,7 @@ impl OpenAiServer {
             inner: Mutex::new(Inner {
                 embedding_dim: 384,
                 embedding_max_input_tokens: None,
+                refused_marker: None,
                 api_key: None,
                 llama_cpp: false,
                 default_reply: ScriptedReply::default(),
@@ -431,6 +433,13 @@ impl OpenAiServer {
     /// `max_tokens` tokens (none: no limit).
     pub fn set_embedding_max_input_tokens(&self, max_tokens: Option<usize>) {
         self.state.lock().embedding_max_input_tokens = max_tokens;
+    }
+
+    /// Makes `/v1/embeddings` answer 400 `invalid_input` to every request with an input that
+    /// contains `marker`, every time (none: refuse nothing): a model that cannot take one
+    /// input, whatever the client retries.
+    pub fn refuse_embedding_inputs_containing(&self, marker: Option<&str>) {
+        self.state.lock().refused_marker = marker.map(str::to_owned);
     }
 
     /// Requires `Authorization: Bearer {key}` on every request (none: anything goes).
@@ -604,10 +613,25 @@ async fn embeddings(State(state): State<Arc<Shared>>, headers: HeaderMap, body: 
             );
         }
     };
-    let (dim, max_input) = {
+    let (dim, max_input, refused) = {
         let inner = state.lock();
-        (inner.embedding_dim, inner.embedding_max_input_tokens)
+        (
+            inner.embedding_dim,
+            inner.embedding_max_input_tokens,
+            inner.refused_marker.clone(),
+        )
     };
+    if let Some(marker) = refused
+        && let Some(position) = inputs.iter().position(|i| i.contains(&marker))
+    {
+        let message = format!("Input {position} contains content this model does not accept.");
+        return error(
+            StatusCode::BAD_REQUEST,
+            &message,
+            "invalid_request_error",
+            Some("invalid_input"),
+        );
+    }
     let counts: Vec<usize> = inputs.iter().map(|i| state.tokens.count(i)).collect();
     if let Some(max) = max_input
         && let Some(&longest) = counts.iter().max()

@@ -3,10 +3,17 @@
 //! Idempotent and resumable, because the job will run twice: everything is derived from the
 //! agent request's row; text is appended with the length the writer expects (a second writer
 //! is refused); the usage event's idempotency key is the request id; a request that ended is
-//! skipped. A retry may only start over while the answer is still empty: once text has been
-//! streamed to readers it cannot be taken back, so an attempt that finds text left by a dead
-//! one ends the answer `failed` (text kept) instead of writing a second, different answer
-//! after it.
+//! skipped.
+//!
+//! An answer whose stream broke after text went out (the model's stream was cut or stalled, or
+//! the worker died) is continued, not restarted: text readers have seen cannot be taken back.
+//! The next attempt asks the model again with the same prompt and checks the new answer
+//! against the text already written: while it repeats that text nothing is written; past its
+//! end, the rest is appended. If the new answer differs from the written text, the answer ends
+//! `failed` with the text kept, rather than a second, different answer after the first one's
+//! start. A model that answers one prompt the same way (greedy decoding, a cache, the test
+//! server) continues every time; one that samples continues only when its new answer happens
+//! to start with the written text.
 //!
 //! Deltas are flushed to the row at a bounded interval ([`FlushPolicy`]), not per token: the
 //! first one at once (time to first delta is what a reader feels), then at most one write per
@@ -22,6 +29,7 @@ use futures::StreamExt;
 use ragpipe_core::{Config, ConversationId, ErrorKind, MessageId, MessageStatus, RequestStatus, UserId};
 use ragpipe_llm::{ChatEvent, ChatModel, ChatRequest, Embedders, LlmError, PriceTable, TokenCounter};
 use ragpipe_store::conversations::{self, AgentJob, AgentRequest, Ending, Written};
+use ragpipe_store::retry::{RetryPolicy, retry};
 use ragpipe_store::search::SearchMode;
 use ragpipe_store::usage::{NewUsage, UsageKind, UsageOrigin};
 use ragpipe_store::{Store, StoreError};
@@ -186,7 +194,7 @@ impl AnswerContext {
 /// Answers the question of `job`. `last_attempt` says whether a retryable failure should end
 /// the answer `failed` (true) or be returned for the queue to retry (false).
 pub async fn answer(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<Outcome, AnswerError> {
-    match run(ctx, job).await {
+    match run(ctx, job, last_attempt).await {
         Err(e) if !e.kind.is_retryable() || last_attempt => {
             let reason = if e.kind.is_retryable() {
                 format!("gave up: {}", e.message)
@@ -202,7 +210,7 @@ pub async fn answer(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> R
     }
 }
 
-async fn run(ctx: &AnswerContext, job: AgentJob) -> Result<Outcome, AnswerError> {
+async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<Outcome, AnswerError> {
     let user = job.user_id;
     let mut tx = ctx.store.user_tx(user).await?;
     let request = match conversations::request(&mut tx, job.request_id).await {
@@ -218,10 +226,14 @@ async fn run(ctx: &AnswerContext, job: AgentJob) -> Result<Outcome, AnswerError>
     {
         return Ok(Outcome::Skipped("request already ended"));
     }
-    if request.message_bytes > 0 {
-        tx.rollback().await?;
-        return interrupted(ctx, user, &request).await;
-    }
+    // Text an earlier attempt streamed before it stopped: this attempt continues after it.
+    let written = if request.message_bytes > 0 {
+        conversations::message(&mut tx, MessageId(request.assistant_message_id))
+            .await?
+            .content
+    } else {
+        String::new()
+    };
     conversations::start(&mut tx, request.id).await?;
     let history = conversations::history(
         &mut tx,
@@ -300,7 +312,7 @@ async fn run(ctx: &AnswerContext, job: AgentJob) -> Result<Outcome, AnswerError>
     .await?;
     tx.commit().await?;
 
-    stream_answer(ctx, user, &request, prompt).await
+    stream_answer(ctx, user, &request, prompt, &written, last_attempt).await
 }
 
 /// Longest query sent to search, in bytes (the search refuses longer ones).
@@ -350,10 +362,50 @@ pub fn pair_turns(history: &[conversations::HistoryMessage]) -> Vec<Turn> {
 
 /// How a stream ended.
 enum End {
-    Finished { reason: String },
+    Finished {
+        reason: String,
+    },
     Failed(LlmError),
+    /// The model's new answer did not repeat the text an earlier attempt wrote.
+    Diverged,
     Cancelled,
     Superseded,
+}
+
+/// The reason an answer ends with when its continuation differs from the text already sent.
+const DIVERGED: &str = "the answer was interrupted, and the model answered differently when asked again; ask again";
+
+/// Where a (possibly continued) answer's new stream stands against the text already written.
+struct Continuation<'a> {
+    /// The text earlier attempts wrote.
+    written: &'a str,
+    /// Whether the new stream has repeated all of it.
+    caught_up: bool,
+}
+
+impl<'a> Continuation<'a> {
+    fn new(written: &'a str) -> Self {
+        Continuation {
+            written,
+            caught_up: written.is_empty(),
+        }
+    }
+
+    /// `received` (the new stream's whole text so far) just grew by `delta`: the text to
+    /// write now, or `None` when the stream departs from the written text.
+    fn advance<'r>(&mut self, received: &'r str, delta: &'r str) -> Option<&'r str> {
+        if self.caught_up {
+            return Some(delta);
+        }
+        if received.len() < self.written.len() {
+            return self.written.starts_with(received).then_some("");
+        }
+        if !received.starts_with(self.written) {
+            return None;
+        }
+        self.caught_up = true;
+        Some(&received[self.written.len()..])
+    }
 }
 
 async fn stream_answer(
@@ -361,6 +413,8 @@ async fn stream_answer(
     user: UserId,
     request: &AgentRequest,
     prompt: Prompt,
+    already: &str,
+    last_attempt: bool,
 ) -> Result<Outcome, AnswerError> {
     let message = MessageId(request.assistant_message_id);
     let mut subscription = ctx.feed.subscribe(message);
@@ -370,7 +424,7 @@ async fn stream_answer(
         sources: prompt.passages.clone(),
     };
     // Failures before the first delta were retried inside; what is left is returned for the
-    // queue to retry (the answer is still empty, so starting over is safe).
+    // queue to retry (the next attempt starts over, or continues after text already written).
     let mut stream = ctx.chat.stream(chat_request).await.map_err(|e| AnswerError {
         kind: e.kind(),
         message: format!("asking {}: {e}", ctx.chat.model()),
@@ -378,7 +432,8 @@ async fn stream_answer(
     let requests = stream.requests();
 
     let flush = ctx.flush;
-    let mut written: i64 = 0;
+    let mut written = already.len() as i64;
+    let mut continuation = Continuation::new(already);
     let mut pending = String::new();
     let mut received = String::new();
     let mut usage: Option<(u64, u64)> = None;
@@ -400,8 +455,11 @@ async fn stream_answer(
             }
             event = stream.next() => match event {
                 Some(Ok(ChatEvent::Delta(text))) => {
-                    pending.push_str(&text);
                     received.push_str(&text);
+                    match continuation.advance(&received, &text) {
+                        Some(new) => pending.push_str(new),
+                        None => break End::Diverged,
+                    }
                     if pending.len() >= flush.max_bytes || last_flush.elapsed() >= flush.interval {
                         match append(ctx, user, message, &mut written, &mut pending).await? {
                             None => last_flush = Instant::now(),
@@ -419,6 +477,7 @@ async fn stream_answer(
                         (prompt_tokens, completion_tokens)
                     });
                 }
+                Some(Ok(ChatEvent::Finish { .. })) if !continuation.caught_up => break End::Diverged,
                 Some(Ok(ChatEvent::Finish { reason })) => break End::Finished { reason: reason.as_str().to_owned() },
                 Some(Err(e)) => break End::Failed(e),
                 None => break End::Failed(LlmError::StreamIncomplete {
@@ -431,6 +490,22 @@ async fn stream_answer(
     // Stop generating now (dropping the stream closes the connection), before the writes.
     drop(stream);
     drop(subscription);
+    let end = match end {
+        // Broken after text went out: keep what arrived, and let the queue run the job again,
+        // which continues after it. Nothing is recorded: the call that completes the answer is.
+        End::Failed(e) if e.kind().is_retryable() && !last_attempt => {
+            match append(ctx, user, message, &mut written, &mut pending).await? {
+                None => {
+                    return Err(AnswerError {
+                        kind: e.kind(),
+                        message: format!("streaming from {}: {e}", ctx.chat.model()),
+                    });
+                }
+                Some(end) => end,
+            }
+        }
+        end => end,
+    };
 
     let (prompt_tokens, completion_tokens) =
         usage.unwrap_or_else(|| (prompt.tokens as u64, ctx.tokens.count(&received) as u64));
@@ -460,61 +535,81 @@ async fn stream_answer(
         request_id: Some(request.id),
         origin: UsageOrigin::User,
     };
-    let mut tx = ctx.store.user_tx(user).await?;
-    let outcome = match end {
+    // What the end writes, decided once; written in one transaction, retried whole when the
+    // connection is lost (the call was made: its usage must not be lost with it).
+    let close = match &end {
         End::Finished { reason } => {
             ending.results = serde_json::json!({ "finish_reason": reason });
             let cited = citations(&received, &prompt.context);
-            let cited = serde_json::to_value(&cited).unwrap_or_default();
-            match conversations::complete(&mut tx, &ending, &cited).await? {
-                Written::Done { bytes } => Outcome::Completed {
-                    bytes,
-                    finish_reason: reason,
-                },
-                Written::Refused {
-                    status: MessageStatus::Cancelled,
-                    ..
-                } => {
-                    ending.tail = "";
-                    conversations::settle_cancelled(&mut tx, &ending).await?;
-                    Outcome::Cancelled
-                }
-                Written::Refused { .. } => {
-                    tx.rollback().await?;
-                    return Ok(Outcome::Skipped("another run owns the message"));
-                }
+            Close::Complete {
+                reason: reason.clone(),
+                cited: serde_json::to_value(&cited).unwrap_or_default(),
             }
         }
         End::Failed(e) => {
-            let reason = e.to_string();
             ending.results = serde_json::json!({ "error_kind": e.kind() });
-            match conversations::fail(&mut tx, &ending, &reason).await? {
-                Written::Done { .. } => Outcome::Failed(reason),
+            Close::Fail { reason: e.to_string() }
+        }
+        End::Diverged => {
+            // None of the new answer is written.
+            ending.tail = "";
+            ending.results = serde_json::json!({ "error_kind": ErrorKind::Permanent });
+            Close::Fail {
+                reason: DIVERGED.to_owned(),
+            }
+        }
+        End::Cancelled => Close::Cancel,
+        End::Superseded => return Ok(Outcome::Skipped("another run owns the message")),
+    };
+    let outcome = retry("ending an answer", RetryPolicy::POLLING, || async {
+        let mut ending = ending.clone();
+        let mut tx = ctx.store.user_tx(user).await?;
+        let written = match &close {
+            Close::Complete { cited, .. } => conversations::complete(&mut tx, &ending, cited).await?,
+            Close::Fail { reason } => conversations::fail(&mut tx, &ending, reason).await?,
+            Close::Cancel => Written::Refused {
+                status: MessageStatus::Cancelled,
+                bytes: 0,
+            },
+        };
+        let outcome = match (written, &close) {
+            (Written::Done { bytes }, Close::Complete { reason, .. }) => Outcome::Completed {
+                bytes,
+                finish_reason: reason.clone(),
+            },
+            (Written::Done { .. }, Close::Fail { reason }) => Outcome::Failed(reason.clone()),
+            (Written::Done { .. }, Close::Cancel)
+            | (
                 Written::Refused {
                     status: MessageStatus::Cancelled,
                     ..
-                } => {
-                    conversations::settle_cancelled(&mut tx, &ending).await?;
-                    Outcome::Cancelled
+                },
+                _,
+            ) => {
+                if matches!(close, Close::Complete { .. }) {
+                    ending.tail = "";
                 }
-                Written::Refused { .. } => {
-                    tx.rollback().await?;
-                    return Ok(Outcome::Skipped("another run owns the message"));
-                }
+                conversations::settle_cancelled(&mut tx, &ending).await?;
+                Outcome::Cancelled
             }
-        }
-        End::Cancelled => {
-            conversations::settle_cancelled(&mut tx, &ending).await?;
-            Outcome::Cancelled
-        }
-        End::Superseded => {
-            tx.rollback().await?;
-            return Ok(Outcome::Skipped("another run owns the message"));
-        }
-    };
-    ragpipe_store::usage::record(&mut tx, &usage_event).await?;
-    tx.commit().await?;
+            (Written::Refused { .. }, _) => {
+                tx.rollback().await?;
+                return Ok(Outcome::Skipped("another run owns the message"));
+            }
+        };
+        ragpipe_store::usage::record(&mut tx, &usage_event).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    })
+    .await?;
     Ok(outcome)
+}
+
+/// What ending an answer writes.
+enum Close {
+    Complete { reason: String, cited: serde_json::Value },
+    Fail { reason: String },
+    Cancel,
 }
 
 /// The usage event key of an agent request: one event per question, whatever the retries.
@@ -533,10 +628,25 @@ async fn append(
     if pending.is_empty() {
         return Ok(None);
     }
-    let mut tx = ctx.store.user_tx(user).await?;
-    let result = conversations::append(&mut tx, message, *written, pending).await?;
-    tx.commit().await?;
+    // A lost connection costs a pause, not the answer. A retry after a commit whose reply was
+    // lost finds the text already there: the length says so.
+    let expected = *written + pending.len() as i64;
+    let result = retry("appending to an answer", RetryPolicy::POLLING, || async {
+        let mut tx = ctx.store.user_tx(user).await?;
+        let result = conversations::append(&mut tx, message, *written, pending).await?;
+        tx.commit().await?;
+        Ok(result)
+    })
+    .await?;
     Ok(match result {
+        Written::Refused {
+            status: MessageStatus::Streaming,
+            bytes,
+        } if bytes == expected => {
+            *written = bytes;
+            pending.clear();
+            None
+        }
         Written::Done { bytes } => {
             *written = bytes;
             pending.clear();
@@ -548,56 +658,6 @@ async fn append(
         } => Some(End::Cancelled),
         Written::Refused { .. } => Some(End::Superseded),
     })
-}
-
-/// A previous run streamed part of this answer and stopped (its worker died). The text
-/// readers have seen stays; the answer ends `failed`, with the tokens it is known to have used.
-async fn interrupted(ctx: &AnswerContext, user: UserId, request: &AgentRequest) -> Result<Outcome, AnswerError> {
-    let reason = "the answer was interrupted (its worker stopped); ask again".to_owned();
-    let mut tx = ctx.store.user_tx(user).await?;
-    let message = conversations::message(&mut tx, MessageId(request.assistant_message_id)).await?;
-    let prompt_tokens = request
-        .results
-        .get("prompt_tokens")
-        .and_then(|t| t.as_u64())
-        .unwrap_or(0);
-    let completion_tokens = ctx.tokens.count(&message.content) as u64;
-    let model = ctx.chat.model();
-    let ending = Ending {
-        request: request.id,
-        message: MessageId(request.assistant_message_id),
-        expected_bytes: request.message_bytes,
-        tail: "",
-        model,
-        prompt_tokens,
-        completion_tokens,
-        cost: ctx.prices.cost(model, prompt_tokens, completion_tokens),
-        results: serde_json::json!({ "error_kind": ErrorKind::Transient }),
-    };
-    if let Written::Refused { .. } = conversations::fail(&mut tx, &ending, &reason).await? {
-        tx.rollback().await?;
-        return Ok(Outcome::Skipped("request already ended"));
-    }
-    ragpipe_store::usage::record(
-        &mut tx,
-        &NewUsage {
-            kind: UsageKind::Chat,
-            model,
-            prompt_tokens,
-            completion_tokens,
-            cached_tokens: 0,
-            requests: 1,
-            cost: ending.cost,
-            idempotency_key: usage_key(request.id),
-            document_id: None,
-            message_id: Some(request.assistant_message_id),
-            request_id: Some(request.id),
-            origin: UsageOrigin::User,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Outcome::Failed(reason))
 }
 
 #[cfg(test)]
@@ -630,6 +690,65 @@ mod tests {
                 .map(|t| (t.question.as_str(), t.answer.as_str()))
                 .collect::<Vec<_>>(),
             vec![("q1", "a1"), ("q3", "a3")]
+        );
+    }
+
+    /// Feeds `deltas` to a continuation of `written`: what each step writes, `None` once it
+    /// departs.
+    fn continue_after(written: &str, deltas: &[&str]) -> Vec<Option<String>> {
+        let mut continuation = Continuation::new(written);
+        let mut received = String::new();
+        deltas
+            .iter()
+            .map(|d| {
+                received.push_str(d);
+                continuation.advance(&received, d).map(str::to_owned)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fresh_answer_writes_every_delta() {
+        assert_eq!(
+            continue_after("", &["Work", "ers ", "restart."]),
+            [Some("Work".into()), Some("ers ".into()), Some("restart.".into())]
+        );
+    }
+
+    #[test]
+    fn a_continuation_writes_only_what_follows_the_written_text() {
+        // The written text ends inside the second delta, and inside a character's bytes of
+        // no delta: the split falls where the new stream passes it.
+        assert_eq!(
+            continue_after("Workers re", &["Work", "ers restart", " after", " a drop."]),
+            [
+                Some(String::new()),
+                Some("start".into()),
+                Some(" after".into()),
+                Some(" a drop.".into())
+            ]
+        );
+        assert_eq!(
+            continue_after("Grüße ", &["Grü", "ße ", "aus ", "Köln"]),
+            [
+                Some(String::new()),
+                Some(String::new()),
+                Some("aus ".into()),
+                Some("Köln".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_continuation_that_departs_from_the_written_text_is_refused() {
+        // Differs before the written text's end, and at it.
+        assert_eq!(
+            continue_after("Workers restart", &["Work", "s fine"]),
+            [Some(String::new()), None]
+        );
+        assert_eq!(
+            continue_after("Workers", &["Worker", "z and more"]),
+            [Some(String::new()), None]
         );
     }
 }

@@ -365,7 +365,13 @@ impl Retriever {
             Err(e) => {
                 // The calls were made and billed: record them on their own (the keys make a
                 // record that did commit count once).
-                if let Err(recording) = self.record_calls(user, &calls).await {
+                let recorded = ragpipe_store::retry::retry(
+                    "recording a failed search's query embeddings",
+                    ragpipe_store::retry::RetryPolicy::POLLING,
+                    || self.record_calls(user, &calls),
+                )
+                .await;
+                if let Err(recording) = recorded {
                     tracing::warn!(error = %recording, "recording a failed search's query embeddings");
                 }
                 Err(e.into())

@@ -57,7 +57,8 @@ pub async fn run(config: Config, args: IngestArgs) -> anyhow::Result<bool> {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
     }
     let results = results?;
-    let ok = results.iter().all(|r| r.status == "ready");
+    // A document someone deleted while it was followed is an outcome, not a failure.
+    let ok = results.iter().all(|r| r.status == "ready" || r.status == "deleted");
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
@@ -212,13 +213,21 @@ pub async fn ingest_paths(
         })
         .await
         .context("reading a document")?;
-        let docs: HashMap<Uuid, documents::Document> = docs.into_iter().map(|d| (d.id, d)).collect();
+        let docs: HashMap<Uuid, Option<documents::Document>> = docs.into_iter().map(|(id, d)| (id.0, d)).collect();
         for (item, bar) in pending.iter_mut() {
             let (Some(id), Some(bar)) = (item.document_id, bar.as_ref()) else {
                 continue;
             };
-            let Some(doc) = docs.get(&id.0) else {
-                continue;
+            let doc = match docs.get(&id.0) {
+                Some(Some(doc)) => doc,
+                Some(None) => {
+                    // Deleted while it was followed (by another client): that is its outcome.
+                    item.status = "deleted".into();
+                    item.error = Some("the document was deleted while it was processed".into());
+                    bar.finish_with_message("deleted");
+                    continue;
+                }
+                None => continue,
             };
             item.status = doc.status.clone();
             item.chunks = doc.chunk_count;
@@ -244,16 +253,21 @@ pub async fn ingest_paths(
     Ok(pending.into_iter().map(|(i, _)| i).collect())
 }
 
-/// The documents `ids` of `user`, read in one transaction.
+/// The documents `ids` of `user`, read in one transaction; `None` for one that is gone.
 async fn read_documents(
     store: &Store,
     user: UserId,
     ids: &[DocumentId],
-) -> Result<Vec<documents::Document>, StoreError> {
+) -> Result<Vec<(DocumentId, Option<documents::Document>)>, StoreError> {
     let mut tx = store.user_tx(user).await?;
     let mut docs = Vec::with_capacity(ids.len());
     for id in ids {
-        docs.push(documents::get(&mut tx, *id).await?);
+        let doc = match documents::get(&mut tx, *id).await {
+            Ok(doc) => Some(doc),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        docs.push((*id, doc));
     }
     Ok(docs)
 }

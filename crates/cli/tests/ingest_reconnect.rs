@@ -125,3 +125,93 @@ async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
     assert_eq!(ready, DOCUMENTS as i64, "every document is ready");
     eprintln!("{terminated} connections terminated in {rounds} rounds while `ragpipe ingest` waited");
 }
+
+/// A document deleted (by another client) while `ragpipe ingest` follows it: the command ends,
+/// reports that document as deleted and the others as they are, and exits 0.
+#[sqlx::test(migrations = false)]
+async fn ingest_reports_a_document_deleted_while_it_follows(pool: PgPool) {
+    let server = OpenAiServer::start().await;
+    let mut config = Config::defaults();
+    config.embedding = server.embedding_endpoint();
+    let store = Store::from_pool(pool.clone());
+    store.migrate(&config.embedding).await.expect("migrate");
+    let new_user = users::NewUser {
+        email: "ingest-deleted@example.com".into(),
+        ..Default::default()
+    };
+    let user = UserId(users::create(&store, &new_user).await.expect("user").id);
+    let dir = std::env::temp_dir().join(format!("ragpipe-ingest-deleted-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("kept.txt"), "A document that stays. ".repeat(40)).expect("write document");
+    std::fs::write(dir.join("gone.txt"), "A document that is deleted. ".repeat(40)).expect("write document");
+
+    // No workers anywhere: both documents stay queued, and the command follows them.
+    let endpoint = server.embedding_endpoint();
+    let child = Command::new(env!("CARGO_BIN_EXE_ragpipe"))
+        .args(["ingest", "--no-local-workers", "--json", "--user", &user.0.to_string()])
+        .arg(&dir)
+        .env("DATABASE_URL", database_url(&pool))
+        .env("RAGPIPE_EMBEDDING_BASE_URL", server.base_url())
+        .env("RAGPIPE_EMBEDDING_MODEL", &endpoint.model)
+        .env("RAGPIPE_EMBEDDING_DIM", endpoint.dim.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ragpipe ingest");
+    let pid = child.id();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ids: Vec<(uuid::Uuid, String)> = loop {
+        let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, filename FROM documents")
+            .fetch_all(&pool)
+            .await
+            .expect("documents");
+        if rows.len() == 2 || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ids.len(), 2, "both documents were uploaded");
+    let gone = ids.iter().find(|(_, name)| name == "gone.txt").expect("gone.txt").0;
+    let kept = ids.iter().find(|(_, name)| name == "kept.txt").expect("kept.txt").0;
+    // Let it poll a few times, then delete one and make the other fail, as a worker would.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    sqlx::query("DELETE FROM documents WHERE id = $1")
+        .bind(gone)
+        .execute(&pool)
+        .await
+        .expect("deleting");
+    sqlx::query("UPDATE documents SET status = 'ready', progress = 1 WHERE id = $1")
+        .bind(kept)
+        .execute(&pool)
+        .await
+        .expect("finishing");
+    while !output.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !output.is_finished() {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    let output = output.await.expect("join").expect("wait");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        output.status.success(),
+        "ragpipe ingest ended ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON summary");
+    let status = |name: &str| {
+        summary
+            .as_array()
+            .and_then(|items| {
+                items
+                    .iter()
+                    .find(|i| i["path"].as_str().is_some_and(|p| p.ends_with(name)))
+            })
+            .map(|i| i["status"].clone())
+    };
+    assert_eq!(status("gone.txt"), Some(serde_json::json!("deleted")), "{stdout}");
+    assert_eq!(status("kept.txt"), Some(serde_json::json!("ready")), "{stdout}");
+}

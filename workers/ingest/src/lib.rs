@@ -20,6 +20,7 @@ use ragpipe_store::chunks::{ChunkSetInfo, NewChunk};
 use ragpipe_store::documents::Document;
 use ragpipe_store::jobs::{INGEST_QUEUE, IngestJob};
 use ragpipe_store::reprocess::{Pending, Stage};
+use ragpipe_store::retry::{RetryPolicy, retry};
 use ragpipe_store::usage::{NewUsage, UsageKind, UsageOrigin};
 use ragpipe_store::{Store, StoreError, documents, embedding_cache, embedding_models};
 use std::collections::{HashMap, HashSet};
@@ -470,9 +471,6 @@ async fn embed_cached(
     Ok((vectors, spent))
 }
 
-/// Attempts at writing one model call's record before giving up (transient database errors).
-const RECORD_ATTEMPTS: u32 = 4;
-
 /// Records one completed model call: its vectors in the user's cache and its usage event, in
 /// one transaction, under a key made once for the call, so that replaying the transaction
 /// (after a lost connection) cannot count the call twice.
@@ -499,25 +497,16 @@ async fn record_call(
         request_id: None,
         origin: ledger.origin,
     };
-    let mut attempt = 1;
-    loop {
-        let written = async {
-            let mut tx = ctx.store.user_tx(ledger.job.user_id).await?;
-            embedding_cache::insert(&mut tx, model, dim, entries, &key).await?;
-            ragpipe_store::usage::record(&mut tx, &usage).await?;
-            tx.commit().await
-        }
-        .await;
-        match written {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind().is_retryable() && attempt < RECORD_ATTEMPTS => {
-                warn!(error = %e, attempt, "recording an embedding call failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    // A lost connection must not lose the record: the call was made and billed. Retried as
+    // long as a polling command rides out a database restart.
+    retry("recording an embedding call", RetryPolicy::POLLING, || async {
+        let mut tx = ctx.store.user_tx(ledger.job.user_id).await?;
+        embedding_cache::insert(&mut tx, model, dim, entries, &key).await?;
+        ragpipe_store::usage::record(&mut tx, &usage).await?;
+        tx.commit().await
+    })
+    .await
+    .map_err(JobError::from)
 }
 
 /// What the cache served a job, recorded once (keyed by the job, so a retry records nothing
