@@ -470,6 +470,11 @@ impl OpenAiServer {
         queue.extend(std::iter::repeat_n(fault, times));
     }
 
+    /// Drops every fault still queued: the model behaves from now on.
+    pub fn clear_faults(&self) {
+        self.state.lock().faults.clear();
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.lock().requests.clone()

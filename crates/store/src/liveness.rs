@@ -96,6 +96,20 @@ impl Component {
         self.heartbeat_interval.saturating_mul(3) + Duration::from_secs(1)
     }
 
+    /// How long a run may go without a heartbeat (or, just started, without its first one)
+    /// before its supervisor takes it for hung and starts it again: three times
+    /// [`Component::stale_after`], so `/readyz` reports it stale well before.
+    pub fn hung_after(&self) -> Duration {
+        self.stale_after().saturating_mul(3)
+    }
+
+    /// How long since its last heartbeat, or since `started` if that is later (a run that
+    /// has just started has not had the time to beat).
+    pub fn silent_since(&self, started: Instant) -> Duration {
+        let last = self.lock().last_heartbeat.map_or(started, |t| t.max(started));
+        last.elapsed()
+    }
+
     /// It is (re)starting.
     pub fn starting(&self) {
         let mut inner = self.lock();
@@ -316,9 +330,12 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Runs `component` (one call of `run` is one run: it returns when the component stops or
 /// fails) until `shutdown` is cancelled, starting it again after every failure or unexpected
-/// end with a capped exponential backoff and jitter. `run` must itself stop promptly and
-/// gracefully when `shutdown` is cancelled. Returns `Err` only when the first start fails
-/// permanently (the component is then reported dead).
+/// end with a capped exponential backoff and jitter. A run that stays alive but stops beating
+/// its heartbeat for [`Component::hung_after`] is hung: it is dropped and started again (the
+/// jobs it holds run on in their own tasks, see [`InFlight`]). `run` must itself stop
+/// promptly and gracefully when `shutdown` is cancelled (no watchdog then: draining may be
+/// quiet). Returns `Err` only when the first start fails permanently (the component is then
+/// reported dead).
 pub async fn supervise<F, Fut>(
     component: Arc<Component>,
     shutdown: CancellationToken,
@@ -332,7 +349,7 @@ where
     loop {
         component.starting();
         let started = Instant::now();
-        let result = run().await;
+        let result = watch(&component, &shutdown, started, run()).await;
         if shutdown.is_cancelled() {
             component.stopped();
             return match result {
@@ -370,6 +387,35 @@ where
             _ = shutdown.cancelled() => {
                 component.stopped();
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// Awaits `run`, dropping it with a failure when it goes [`Component::hung_after`] without a
+/// heartbeat while the process is not shutting down.
+async fn watch(
+    component: &Component,
+    shutdown: &CancellationToken,
+    started: Instant,
+    run: impl std::future::Future<Output = Result<(), Failure>>,
+) -> Result<(), Failure> {
+    let hung_after = component.hung_after();
+    let check_every = component
+        .heartbeat_interval
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            result = &mut run => return result,
+            _ = tokio::time::sleep(check_every) => {
+                let silent = component.silent_since(started);
+                if !shutdown.is_cancelled() && silent > hung_after {
+                    return Err(Failure::transient(format!(
+                        "hung: no heartbeat for {:.0} s; dropped and started again",
+                        silent.as_secs_f64()
+                    )));
+                }
             }
         }
     }
@@ -447,6 +493,63 @@ mod tests {
         drop(handle);
         in_flight.wait().await;
         assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_run_that_stops_beating_is_dropped_and_started_again() {
+        // hung_after is 3 s with a zero interval.
+        let c = Component::new("ingest", Some("ragpipe.ingest"), Duration::from_millis(0));
+        let shutdown = CancellationToken::new();
+        let runs = std::sync::atomic::AtomicU32::new(0);
+        let stop = shutdown.clone();
+        let component = Arc::clone(&c);
+        let started = Instant::now();
+        let result = supervise(
+            Arc::clone(&c),
+            shutdown,
+            Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
+            || {
+                let run = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let stop = stop.clone();
+                let component = Arc::clone(&component);
+                async move {
+                    if run == 2 {
+                        stop.cancel();
+                        return Ok(());
+                    }
+                    // Beats once, then hangs: alive, silent, never returning.
+                    component.heartbeat();
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(runs.into_inner(), 2, "started again");
+        assert_eq!(c.restarts(), 1);
+        assert!(
+            c.report().last_error.is_some_and(|e| e.contains("hung")),
+            "{:?}",
+            c.report()
+        );
+        assert!(started.elapsed() >= c.hung_after());
+    }
+
+    #[tokio::test]
+    async fn a_shutting_down_run_is_not_taken_for_hung() {
+        let c = Component::new("ingest", None, Duration::from_millis(0));
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        // Drains quietly for longer than hung_after, then ends.
+        let result = supervise(Arc::clone(&c), shutdown, restart_backoff(), || async {
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+            Ok(())
+        })
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(c.restarts(), 0);
+        assert_eq!(c.report().state, State::Stopped);
     }
 
     #[tokio::test]

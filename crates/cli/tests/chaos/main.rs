@@ -481,7 +481,8 @@ async fn the_system_reaches_its_reference_state_through_kills_terminations_and_a
     }
     let chaos_secs = started_at.elapsed().as_secs_f64();
 
-    // Quiet: no more faults; everything must settle.
+    // Quiet: no more faults (those still queued are dropped); everything must settle.
+    server.clear_faults();
     let settle = Instant::now();
     let output = tokio::time::timeout(Duration::from_secs(300), ingest.wait_with_output())
         .await
