@@ -510,7 +510,7 @@ impl Font {
             let m: Vec<f32> = m.iter().filter_map(|o| deref(doc, o).and_then(num)).collect();
             if m.len() == 6 && m[0].is_finite() && m[3].is_finite() && m[0] != 0.0 {
                 font.width_scale = m[0].abs();
-                font.size_scale = (m[3].abs() * 1000.0).clamp(0.001, 1000.0);
+                font.size_scale = font.type3_size_scale((m[3] / m[0]).abs());
             }
         }
         font
@@ -600,21 +600,75 @@ impl Font {
         }
     }
 
-    /// Appends the text of one code; returns whether it was a space-like glyph.
-    pub(crate) fn decode_into(&self, code: u32, len: usize, out: &mut String) {
+    /// Appends the text of one code; returns whether the font maps the code to any text at
+    /// all (a code it maps to an empty string, such as TeX's `suppress`, counts as mapped).
+    pub(crate) fn decode_into(&self, code: u32, len: usize, out: &mut String) -> bool {
         match &self.codes {
             Codes::Simple(table) => {
                 if let Some(s) = table.get(code as usize).and_then(|s| s.as_deref()) {
                     crate::push_clean(out, s);
+                    return true;
                 }
+                false
             }
             Codes::Composite { to_unicode, ucs2, .. } => {
                 if let Some(s) = to_unicode.as_ref().and_then(|c| c.get(len as u8, code)) {
                     crate::push_clean(out, &s);
+                    true
                 } else if *ucs2 && let Some(c) = char::from_u32(code) {
                     crate::push_clean_char(out, c);
+                    true
+                } else {
+                    false
                 }
             }
+        }
+    }
+
+    /// How much larger than its font size a Type 3 font draws: what its glyph space means is
+    /// only known by drawing the glyphs, so it is guessed, as poppler does, from the advance
+    /// of an `m` (about 0.6 em), else of any letter or any glyph (about 0.5 em), and the
+    /// FontMatrix's aspect (`aspect` = |d / a|). Bitmap fonts from dvips and from Windows
+    /// printer drivers use glyph spaces of 1 to 100 units per em: taking the FontMatrix as if
+    /// it were 1000 units per em made their words glue together (a size 10x too large makes
+    /// every gap look small) or fall apart into letter groups (10x too small).
+    fn type3_size_scale(&self, aspect: f32) -> f32 {
+        let Codes::Simple(table) = &self.codes else {
+            return 1.0;
+        };
+        let mapped = |pred: &dyn Fn(&str) -> bool| {
+            (0..=255u32).find(|&c| {
+                table[c as usize].as_deref().is_some_and(pred) && self.explicit_width(c).is_some_and(|w| w > 0.0)
+            })
+        };
+        let (code, em_share) = if let Some(c) = mapped(&|s| s == "m") {
+            (Some(c), 0.6)
+        } else if let Some(c) = mapped(&|s| s.chars().next().is_some_and(char::is_alphabetic)) {
+            (Some(c), 0.5)
+        } else {
+            (
+                (0..=255u32).find(|&c| self.explicit_width(c).is_some_and(|w| w > 0.0)),
+                0.5,
+            )
+        };
+        let scale = match code {
+            Some(c) => self.width(c) / em_share * aspect,
+            None => aspect,
+        };
+        if scale.is_finite() && scale > 0.0 {
+            scale.clamp(0.01, 100.0)
+        } else {
+            1.0
+        }
+    }
+
+    /// The width a simple font's `/Widths` gives a code, in glyph space units.
+    fn explicit_width(&self, code: u32) -> Option<f32> {
+        match &self.widths {
+            Widths::Simple { first, widths, .. } => {
+                code.checked_sub(*first).and_then(|i| widths.get(i as usize)).copied()
+            }
+            Widths::Cid { .. } => None,
         }
     }
 

@@ -90,7 +90,14 @@ pub(crate) struct PageRun<'a> {
     items: Vec<Item>,
     fallback: Arc<Font>,
     forms_seen: Vec<ObjectId>,
+    /// Glyphs shown on the page, and how many of them the font maps to no text.
+    glyphs: u32,
+    undecoded: u32,
 }
+
+/// Fewest unmapped glyphs that make a page's text layer undecodable (a page with a handful
+/// of unnamed symbols is not).
+const MIN_UNDECODED: u32 = 16;
 
 /// Deepest nesting of form XObjects followed.
 const MAX_FORM_DEPTH: usize = 12;
@@ -113,6 +120,8 @@ impl<'a> PageRun<'a> {
             items: Vec::new(),
             fallback: Arc::new(Font::fallback()),
             forms_seen: Vec::new(),
+            glyphs: 0,
+            undecoded: 0,
         }
     }
 
@@ -348,7 +357,10 @@ impl<'a> PageRun<'a> {
         while !rest.is_empty() {
             let (code, n) = font.next_code(rest);
             let n = n.max(1);
-            font.decode_into(code, n, &mut self.buf);
+            self.glyphs = self.glyphs.saturating_add(1);
+            if !font.decode_into(code, n, &mut self.buf) {
+                self.undecoded = self.undecoded.saturating_add(1);
+            }
             let mut tx = font.width(code) * ts.size + ts.char_space;
             if n == 1 && code == 32 && font.is_simple() {
                 tx += ts.word_space;
@@ -357,9 +369,19 @@ impl<'a> PageRun<'a> {
             *tm = Matrix([1.0, 0.0, 0.0, 1.0, tx, 0.0]).then(tm);
             rest = &rest[n.min(rest.len())..];
         }
-        let (x1, _) = Matrix([ts.size * ts.scale, 0.0, 0.0, ts.size, 0.0, ts.rise])
+        let (x1, y1) = Matrix([ts.size * ts.scale, 0.0, 0.0, ts.size, 0.0, ts.rise])
             .then(&tm.then(ctm))
             .apply(0.0, 0.0);
+        // Rotated text (a landscape table on a portrait page, a label up a margin) is laid out
+        // in its own frame: the baseline's direction becomes x, so the line rules below hold.
+        let (dx, dy) = (trm0.0[0], trm0.0[1]);
+        let len = dx.hypot(dy);
+        let (x0, y0, x1) = if len > 0.0 && dy.abs() > 0.02 * len {
+            let (dx, dy) = (dx / len, dy / len);
+            (x0 * dx + y0 * dy, y0 * dx - x0 * dy, x1 * dx + y1 * dy)
+        } else {
+            (x0, y0, x1)
+        };
         if self.buf.len() > start && x0.is_finite() && y0.is_finite() && x1.is_finite() {
             self.items.push(Item {
                 x: x0,
@@ -369,6 +391,12 @@ impl<'a> PageRun<'a> {
                 text: start..self.buf.len(),
             });
         }
+    }
+
+    /// Whether the page draws text that cannot be read: at least [`MIN_UNDECODED`] glyphs,
+    /// and most of its glyphs, in fonts that map them to no character.
+    pub(crate) fn undecodable(&self) -> bool {
+        self.undecoded >= MIN_UNDECODED && self.undecoded * 2 > self.glyphs
     }
 
     /// Lays the collected text out as lines.
