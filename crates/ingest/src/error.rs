@@ -26,7 +26,8 @@ pub enum ExtractError {
     /// Every page with text draws it in fonts whose glyphs map to no characters, so the text
     /// layer exists but cannot be read (old TeX bitmap fonts, unnamed Type 3 glyphs).
     #[error(
-        "the text layer cannot be decoded (pages {}): its fonts map glyphs to no characters",
+        "the text layer cannot be decoded ({} {}): its fonts map glyphs to no characters",
+        if pages.len() == 1 { "page" } else { "pages" },
         page_list(pages)
     )]
     UndecodableText {

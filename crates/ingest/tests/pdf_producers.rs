@@ -140,3 +140,16 @@ fn pdf_producers_match_pdftotext() {
     assert!(low.is_empty(), "files under {MIN_FILE_F1}: {low:?}\n{}", table);
     assert!(mean >= MIN_MEAN_F1, "mean F1 {mean:.3} under {MIN_MEAN_F1}\n{}", table);
 }
+
+#[test]
+fn a_page_drawn_in_unnamed_glyphs_is_reported_and_the_rest_is_read() {
+    // Ghostscript from `_source/type3-unnamed.ps`: page 1 in Times, page 2 in a Type 3 font
+    // whose glyphs are named box1..box26 at codes 1..26, with no ToUnicode.
+    let bytes = std::fs::read(dir().join("ghostscript-type3-unnamed-glyphs.pdf")).expect("fixture");
+    let doc = extract(&bytes, &Limits::default()).expect("page 1 has text");
+    assert_eq!(
+        serde_json::to_value(&doc.warnings).expect("serialisable"),
+        serde_json::json!([{"code": "undecodable_text_layer", "pages": [2]}])
+    );
+    assert!(doc.text.contains("can be read by anyone"), "{:?}", doc.text);
+}

@@ -283,6 +283,67 @@ pub(crate) fn glyph_str(name: &str) -> Option<String> {
     }
 }
 
+/// pdfTeX names the glyphs of the bitmap (PK) fonts it embeds as Type 3 fonts `a0` to `a255`,
+/// after their codes, and writes no `ToUnicode` and no font name: the names say nothing about
+/// the characters (and `a1`..`a191` would read as Zapf Dingbats). The codes follow the TeX
+/// font's encoding, which the glyphs in use tell apart: Russian text set in the LH fonts (T2A,
+/// X2) draws mostly from 0xC0-0xFF, where those encodings have А-я in order; Latin text draws
+/// mostly ASCII letters, which OT1, T1 and the Cyrillic encodings all keep at their ASCII
+/// codes. Renames such glyphs to the characters their codes mean (`uniXXXX`); leaves fonts with
+/// any other naming alone.
+fn tex_bitmap_names(diffs: &mut [(u8, String)]) {
+    // pdfTeX fills the gaps between the glyphs of a subset with `.notdef`.
+    let named = || diffs.iter().filter(|(_, name)| name != ".notdef");
+    if named().next().is_none()
+        || !named().all(|(code, name)| {
+            name.strip_prefix('a')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n.parse() == Ok(*code))
+        })
+    {
+        return;
+    }
+    let cyrillic = named().filter(|(c, _)| *c >= 0xC0).count();
+    let latin = named().filter(|(c, _)| c.is_ascii_alphabetic()).count();
+    let t2a = cyrillic > latin;
+    for (code, name) in diffs.iter_mut().filter(|(_, name)| name != ".notdef") {
+        let text = match *code {
+            0x0B | 0x1B => "ff",
+            0x0C | 0x1C => "fi",
+            0x0D | 0x1D => "fl",
+            0x0E | 0x1E => "ffi",
+            0x0F | 0x1F => "ffl",
+            _ => "",
+        };
+        let c = match *code {
+            _ if !text.is_empty() => None,
+            0x21..=0x7E
+                if *code != 0x22
+                    && *code != 0x3C
+                    && *code != 0x3E
+                    && *code != 0x5C
+                    && *code != 0x7B
+                    && *code != 0x7D
+                    && *code != 0x5F
+                    && *code != 0x7C =>
+            {
+                Some(char::from(*code))
+            }
+            0xC0..=0xFF if t2a => char::from_u32(0x0410 + u32::from(*code - 0xC0)),
+            0x9C if t2a => Some('Ё'),
+            0xBC if t2a => Some('ё'),
+            0x9D if t2a => Some('№'),
+            0xC0..=0xFF => Some(char::from(*code)),
+            _ => None,
+        };
+        *name = match c {
+            Some(c) => format!("uni{:04X}", u32::from(c)),
+            None if !text.is_empty() => text.to_owned(),
+            // A code whose meaning differs between the TeX encodings: no text.
+            None => ".notdef".to_owned(),
+        };
+    }
+}
+
 /// WinAnsi and Latin-1 put the "hyphen" glyph at 0xAD (U+00AD, the soft hyphen), which PDF
 /// fonts draw as a visible hyphen.
 fn visible_hyphen(c: char) -> char {
@@ -450,6 +511,17 @@ impl Font {
             diffs = builtin_type1_encoding(&program).unwrap_or_default();
         }
         let _ = flags;
+        if subtype == b"Type3" {
+            tex_bitmap_names(&mut diffs);
+            // Other Type 3 glyph names that mean nothing (`box12`, `g7`): a printable ASCII
+            // code is taken as itself, as poppler does; producers that keep ASCII codes are
+            // read, and the rest stays undecodable and is reported.
+            for (code, name) in &mut diffs {
+                if (0x21..=0x7E).contains(code) && name != ".notdef" && glyph_str(name).is_none() {
+                    *name = format!("uni{:04X}", u32::from(*code));
+                }
+            }
+        }
         let first = d
             .get(b"FirstChar")
             .ok()
@@ -625,10 +697,11 @@ impl Font {
         }
     }
 
-    /// How much larger than its font size a Type 3 font draws: what its glyph space means is
-    /// only known by drawing the glyphs, so it is guessed, as poppler does, from the advance
-    /// of an `m` (about 0.6 em), else of any letter or any glyph (about 0.5 em), and the
-    /// FontMatrix's aspect (`aspect` = |d / a|). Bitmap fonts from dvips and from Windows
+    /// How much larger than its font size a Type 3 font draws. What its glyph space means is
+    /// only known by drawing the glyphs, so it is guessed, as poppler does, from advances: an
+    /// `m` is about 0.8 em in text fonts, the average letter about 0.5 em (poppler takes 0.6
+    /// for `m`, which suits its lower word-gap threshold; these keep a usual font at 1), times
+    /// the FontMatrix's aspect (`aspect` = |d / a|). Bitmap fonts from dvips and from Windows
     /// printer drivers use glyph spaces of 1 to 100 units per em: taking the FontMatrix as if
     /// it were 1000 units per em made their words glue together (a size 10x too large makes
     /// every gap look small) or fall apart into letter groups (10x too small).
@@ -636,25 +709,21 @@ impl Font {
         let Codes::Simple(table) = &self.codes else {
             return 1.0;
         };
-        let mapped = |pred: &dyn Fn(&str) -> bool| {
-            (0..=255u32).find(|&c| {
-                table[c as usize].as_deref().is_some_and(pred) && self.explicit_width(c).is_some_and(|w| w > 0.0)
-            })
-        };
-        let (code, em_share) = if let Some(c) = mapped(&|s| s == "m") {
-            (Some(c), 0.6)
-        } else if let Some(c) = mapped(&|s| s.chars().next().is_some_and(char::is_alphabetic)) {
-            (Some(c), 0.5)
+        let advance = |c: u32| self.explicit_width(c).filter(|w| *w > 0.0).map(|_| self.width(c));
+        let text = |c: u32| table[c as usize].as_deref();
+        let m = (0..=255u32).find_map(|c| (text(c) == Some("m")).then(|| advance(c)).flatten());
+        let em = if let Some(w) = m {
+            Some(w / 0.8)
         } else {
-            (
-                (0..=255u32).find(|&c| self.explicit_width(c).is_some_and(|w| w > 0.0)),
-                0.5,
-            )
+            let letters: Vec<f32> = (0..=255u32)
+                .filter(|&c| text(c).and_then(|s| s.chars().next()).is_some_and(char::is_alphabetic))
+                .filter_map(advance)
+                .collect();
+            let all: Vec<f32> = (0..=255u32).filter_map(advance).collect();
+            let pick = if letters.is_empty() { all } else { letters };
+            (!pick.is_empty()).then(|| pick.iter().sum::<f32>() / pick.len() as f32 / 0.5)
         };
-        let scale = match code {
-            Some(c) => self.width(c) / em_share * aspect,
-            None => aspect,
-        };
+        let scale = em.map_or(aspect, |e| e * aspect);
         if scale.is_finite() && scale > 0.0 {
             scale.clamp(0.01, 100.0)
         } else {
