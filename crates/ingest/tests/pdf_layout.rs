@@ -172,3 +172,44 @@ fn a_document_whose_only_text_is_undecodable_says_which_pages() {
         "the text layer cannot be decoded (page 1): its fonts map glyphs to no characters"
     );
 }
+
+#[test]
+fn text_turned_a_quarter_reads_in_lines() {
+    // A landscape table printed on a portrait page (itext's Senate expenditure report): every
+    // line runs up the page, the next line to its right.
+    let pdf = one_page_pdf(
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        "BT /F1 10 Tf 0 1 -1 0 100 20 Tm (DISTRICT DIRECTOR) Tj 0 1 -1 0 112 20 Tm (LEGISLATIVE ASSISTANT) Tj ET",
+    );
+    assert_eq!(text_of(&pdf), "DISTRICT DIRECTOR\nLEGISLATIVE ASSISTANT");
+}
+
+#[test]
+fn glyphs_jittered_by_a_few_degrees_stay_on_their_line() {
+    // LaTeX's typewriter package turns each glyph by a random small angle and draws it twice.
+    let content: String = "Introduction"
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let a: f32 = if i % 2 == 0 { 0.05 } else { -0.04 };
+            let x = 20.0 + 6.0 * i as f32;
+            format!(
+                "{:.4} {:.4} {:.4} {:.4} {x:.2} 100 Tm ({c}) Tj {:.4} {:.4} {:.4} {:.4} {:.2} 100.2 Tm ({c}) Tj ",
+                10.0 * a.cos(),
+                10.0 * a.sin(),
+                -10.0 * a.sin(),
+                10.0 * a.cos(),
+                10.0 * a.cos(),
+                10.0 * a.sin(),
+                -10.0 * a.sin(),
+                10.0 * a.cos(),
+                x + 0.3,
+            )
+        })
+        .collect();
+    let pdf = one_page_pdf(
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Courier >>",
+        &format!("BT /F1 1 Tf {content}ET"),
+    );
+    assert_eq!(text_of(&pdf), "Introduction");
+}

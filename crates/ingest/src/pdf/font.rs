@@ -316,18 +316,8 @@ fn tex_bitmap_names(diffs: &mut [(u8, String)]) {
         };
         let c = match *code {
             _ if !text.is_empty() => None,
-            0x21..=0x7E
-                if *code != 0x22
-                    && *code != 0x3C
-                    && *code != 0x3E
-                    && *code != 0x5C
-                    && *code != 0x7B
-                    && *code != 0x7D
-                    && *code != 0x5F
-                    && *code != 0x7C =>
-            {
-                Some(char::from(*code))
-            }
+            // ASCII but for the codes where OT1 has other glyphs (quotes, dashes, ¡ ¿).
+            0x21..=0x7E if !b"\"<>\\_{|}".contains(code) => Some(char::from(*code)),
             0xC0..=0xFF if t2a => char::from_u32(0x0410 + u32::from(*code - 0xC0)),
             0x9C if t2a => Some('Ё'),
             0xBC if t2a => Some('ё'),

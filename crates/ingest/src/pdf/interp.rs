@@ -373,14 +373,18 @@ impl<'a> PageRun<'a> {
             .then(&tm.then(ctm))
             .apply(0.0, 0.0);
         // Rotated text (a landscape table on a portrait page, a label up a margin) is laid out
-        // in its own frame: the baseline's direction becomes x, so the line rules below hold.
+        // in its own frame: the quarter turn nearest its baseline's direction becomes x, so
+        // the line rules below hold. Text turned by less than 45 degrees (jittered glyphs, a
+        // slanted title) stays in the page's frame.
         let (dx, dy) = (trm0.0[0], trm0.0[1]);
-        let len = dx.hypot(dy);
-        let (x0, y0, x1) = if len > 0.0 && dy.abs() > 0.02 * len {
-            let (dx, dy) = (dx / len, dy / len);
-            (x0 * dx + y0 * dy, y0 * dx - x0 * dy, x1 * dx + y1 * dy)
-        } else {
+        let (x0, y0, x1) = if dx >= dy.abs() {
             (x0, y0, x1)
+        } else if dy > dx.abs() {
+            (y0, -x0, y1)
+        } else if -dy > dx.abs() {
+            (-y0, x0, -y1)
+        } else {
+            (-x0, -y0, -x1)
         };
         if self.buf.len() > start && x0.is_finite() && y0.is_finite() && x1.is_finite() {
             self.items.push(Item {
@@ -431,7 +435,7 @@ impl<'a> PageRun<'a> {
                     if same_line && !stray {
                         // Overprinted duplicates (fake bold, shadows) draw the same text again
                         // in about the same place.
-                        if gap < -0.5 * tall && !blank && cur.text.ends_with(text) {
+                        if gap < -0.3 * tall && !blank && cur.text.ends_with(text) {
                             continue;
                         }
                         let space = gap > 0.15 * tall && !cur.text.ends_with(' ') && !text.starts_with(' ');
