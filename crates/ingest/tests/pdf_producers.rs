@@ -174,3 +174,18 @@ fn a_page_drawn_in_unnamed_glyphs_is_reported_and_the_rest_is_read() {
     );
     assert!(doc.text.contains("can be read by anyone"), "{:?}", doc.text);
 }
+
+#[test]
+fn old_pdftex_lh_cyrillic_bitmap_fonts_read_as_russian() {
+    // pdfTeX with the LH fonts from Metafont (`_source/cyrillic-lh.tex`): Type 3 bitmap fonts
+    // with glyphs named a0..a255, no font name, no ToUnicode. pdftotext prints the codes as
+    // Latin-1 ("Èçâëå÷åíèå"), so this file is checked against its expected text instead.
+    let cyrillic = dir().join("cyrillic");
+    let bytes = std::fs::read(cyrillic.join("pdftex-lh-cyrillic-type3-bitmap.pdf")).expect("fixture");
+    let expected =
+        std::fs::read_to_string(cyrillic.join("pdftex-lh-cyrillic-type3-bitmap.txt")).expect("expected text");
+    let doc = extract(&bytes, &Limits::default()).expect("the text decodes");
+    assert_eq!(doc.text, expected);
+    assert!(doc.text.contains("Извлечение текста из документов"), "{:?}", doc.text);
+    assert!(doc.warnings.is_empty(), "{:?}", doc.warnings);
+}
