@@ -189,3 +189,16 @@ fn old_pdftex_lh_cyrillic_bitmap_fonts_read_as_russian() {
     assert!(doc.text.contains("Извлечение текста из документов"), "{:?}", doc.text);
     assert!(doc.warnings.is_empty(), "{:?}", doc.warnings);
 }
+
+#[test]
+fn a_cff_font_without_an_encoding_entry_reads_through_its_own_encoding() {
+    // `_source/gen_cff_cyrillic.py`: a Type 1C program whose built-in encoding puts afii10017..
+    // at the Windows-1251 codes; the font dictionary has no /Encoding and there is no
+    // ToUnicode, as Ghostscript 7 wrote Cyrillic fonts (pdftotext reads it the same way).
+    let cyrillic = dir().join("cyrillic");
+    let bytes = std::fs::read(cyrillic.join("cff-builtin-encoding-cyrillic.pdf")).expect("fixture");
+    let expected = std::fs::read_to_string(cyrillic.join("cff-builtin-encoding-cyrillic.txt")).expect("expected text");
+    let doc = extract(&bytes, &Limits::default()).expect("the text decodes");
+    assert_eq!(doc.text.trim_end(), expected.trim_end());
+    assert!(doc.warnings.is_empty(), "{:?}", doc.warnings);
+}

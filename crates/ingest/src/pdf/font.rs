@@ -499,6 +499,13 @@ impl Font {
             && let Some(program) = stream_bytes(doc, ff, limit)
         {
             diffs = builtin_type1_encoding(&program).unwrap_or_default();
+        } else if dict_get(doc, d, b"Encoding").is_none()
+            && let Some(ff) = descriptor.and_then(|fd| fd.get(b"FontFile3").ok())
+            && let Some(program) = stream_bytes(doc, ff, limit)
+        {
+            // The same for a CFF (Type 1C) program: its encoding and charset name the glyphs
+            // (Distiller and Ghostscript write Cyrillic Type 1C fonts this way: `afii10017`).
+            diffs = builtin_cff_encoding(&program);
         }
         let _ = flags;
         if subtype == b"Type3" {
@@ -817,6 +824,25 @@ impl Std14 {
             }
         }
     }
+}
+
+/// The encoding built into a CFF font program (a PDF's `FontFile3` of subtype `Type1C`): each
+/// code the program's encoding maps, with the charset's name for its glyph. Empty when the
+/// program cannot be read or maps nothing (a CID-keyed program has no names).
+fn builtin_cff_encoding(program: &[u8]) -> Vec<(u8, String)> {
+    let Some(table) = ttf_parser::cff::Table::parse(program) else {
+        return Vec::new();
+    };
+    (0..=255u8)
+        .filter_map(|code| {
+            let gid = table.glyph_index(code)?;
+            if gid.0 == 0 {
+                return None;
+            }
+            let name = table.glyph_name(gid)?;
+            Some((code, name.to_owned()))
+        })
+        .collect()
 }
 
 /// The `/Encoding` of a Type 1 font program: `dup <code> /<name> put` entries in its clear
