@@ -827,8 +827,9 @@ impl Std14 {
 }
 
 /// The encoding built into a CFF font program (a PDF's `FontFile3` of subtype `Type1C`): each
-/// code the program's encoding maps, with the charset's name for its glyph. Empty when the
-/// program cannot be read or maps nothing (a CID-keyed program has no names).
+/// code the program's encoding maps to a glyph whose charset name means a character, with that
+/// name. Empty when the program cannot be read or maps nothing (a CID-keyed program has no
+/// names).
 fn builtin_cff_encoding(program: &[u8]) -> Vec<(u8, String)> {
     let Some(table) = ttf_parser::cff::Table::parse(program) else {
         return Vec::new();
@@ -839,7 +840,9 @@ fn builtin_cff_encoding(program: &[u8]) -> Vec<(u8, String)> {
             if gid.0 == 0 {
                 return None;
             }
-            let name = table.glyph_name(gid)?;
+            // A name that means nothing (a symbol font's `Pickup`) leaves the code to the base
+            // encoding, as readers do, rather than to no text at all.
+            let name = table.glyph_name(gid).filter(|n| glyph_str(n).is_some())?;
             Some((code, name.to_owned()))
         })
         .collect()

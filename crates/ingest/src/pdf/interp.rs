@@ -400,7 +400,7 @@ impl<'a> PageRun<'a> {
     /// Whether the page draws text that cannot be read: at least [`MIN_UNDECODED`] glyphs,
     /// and most of its glyphs, in fonts that map them to no character.
     pub(crate) fn undecodable(&self) -> bool {
-        self.undecoded >= MIN_UNDECODED && self.undecoded * 2 > self.glyphs
+        self.undecoded >= MIN_UNDECODED && u64::from(self.undecoded) * 2 > u64::from(self.glyphs)
     }
 
     /// Lays the collected text out as lines.
