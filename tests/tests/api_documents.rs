@@ -422,6 +422,7 @@ async fn give_chunks(app: &TestApp, user: ragpipe_core::UserId, id: &str, n: u32
         language: None,
         page_count: None,
         failed_pages: json!([]),
+        warnings: json!([]),
         run: None,
     };
     let mut tx = app.store.user_tx(user).await.expect("tx");

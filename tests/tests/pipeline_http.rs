@@ -117,3 +117,34 @@ async fn fixture_documents_uploaded_over_http_end_ready_with_their_golden_chunk_
     assert!(with_golden >= 8, "only {with_golden} fixtures had goldens");
     app.shutdown().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_page_whose_text_cannot_be_decoded_is_named_on_the_document(pool: PgPool) {
+    // Page 2 is drawn in a Type 3 font with meaningless glyph names and no ToUnicode
+    // (fixtures/pdf-producers/_source/type3-unnamed.ps): the document is ready with page 1's
+    // text, and says which page search cannot see.
+    let app = TestApp::builder(pool)
+        .with_task("ingest worker", |store, config, shutdown| {
+            ragpipe_ingest_worker::spawn(store, config, shutdown)
+        })
+        .start()
+        .await;
+    let user = app.create_user("warnings@example.com").await;
+    let name = "ghostscript-type3-unnamed-glyphs.pdf";
+    let bytes = std::fs::read(fixtures().join("pdf-producers").join(name)).expect("fixture");
+    let (status, body) = app.upload_json(&user.key, vec![UploadFile::new(name, bytes)]).await;
+    assert_eq!(status.as_u16(), 201, "{body}");
+    assert_eq!(body["documents"][0]["warnings"], serde_json::json!([]), "{body}");
+    let id = body["documents"][0]["id"].as_str().expect("id").to_owned();
+    let doc = app.wait_for_document(&user.key, &id, Duration::from_secs(120)).await;
+    assert_eq!(doc["status"], "ready", "{doc}");
+    assert_eq!(
+        doc["warnings"],
+        serde_json::json!([{"code": "undecodable_text_layer", "pages": [2]}]),
+        "{doc}"
+    );
+    let (code, listed) = app.get_json(&user.key, &format!("/v1/documents/{id}")).await;
+    assert_eq!(code.as_u16(), 200);
+    assert_eq!(listed["warnings"][0]["pages"], serde_json::json!([2]), "{listed}");
+    app.shutdown().await;
+}

@@ -73,6 +73,10 @@ pub fn run(args: &ExtractArgs, config: &ragpipe_core::Config) -> anyhow::Result<
     for f in &doc.failed_pages {
         eprintln!("page {} failed: {}", f.page, f.reason);
     }
+    for w in &doc.warnings {
+        let pages: Vec<String> = w.pages.iter().map(u32::to_string).collect();
+        eprintln!("warning {}: pages {}", w.code, pages.join(", "));
+    }
     match &chunks {
         None => {
             out.write_all(doc.text.as_bytes())?;

@@ -23,6 +23,17 @@ pub enum ExtractError {
     /// The document has no text layer (a scanned PDF, an empty page set); OCR is out of scope.
     #[error("no extractable text (a scanned or image-only document? OCR is not supported)")]
     NoExtractableText,
+    /// Every page with text draws it in fonts whose glyphs map to no characters, so the text
+    /// layer exists but cannot be read (old TeX bitmap fonts, unnamed Type 3 glyphs).
+    #[error(
+        "the text layer cannot be decoded ({} {}): its fonts map glyphs to no characters",
+        if pages.len() == 1 { "page" } else { "pages" },
+        page_list(pages)
+    )]
+    UndecodableText {
+        /// 1-based pages that draw text that cannot be decoded.
+        pages: Vec<u32>,
+    },
     /// The input is over one of the configured [`crate::Limits`].
     #[error("{what} is over the limit of {limit}")]
     TooLarge {
@@ -70,6 +81,28 @@ impl ExtractError {
             limit,
         }
     }
+}
+
+/// `1-3, 5` for pages 1, 2, 3 and 5.
+fn page_list(pages: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < pages.len() {
+        let mut j = i;
+        while j + 1 < pages.len() && pages[j + 1] == pages[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(&pages[i].to_string());
+        if j > i {
+            out.push('-');
+            out.push_str(&pages[j].to_string());
+        }
+        i = j + 1;
+    }
+    out
 }
 
 /// Why a [`crate::Chunker`] could not be built.

@@ -31,7 +31,7 @@ pub use pdf::running_key;
 /// Identifies the code that produced an [`Extracted`]; stored with every chunk set so that
 /// reprocessing knows which documents an extractor change affects. Bump it whenever the
 /// text this crate produces for the same bytes changes.
-pub const EXTRACTOR_VERSION: &str = concat!("ragpipe-ingest/", env!("CARGO_PKG_VERSION"), "+x3");
+pub const EXTRACTOR_VERSION: &str = concat!("ragpipe-ingest/", env!("CARGO_PKG_VERSION"), "+x4");
 
 /// Bounds on what one document may cost. Hostile input hits one of these and fails with
 /// [`ExtractError::TooLarge`] or [`ExtractError::Timeout`] instead of exhausting the worker.
@@ -157,6 +157,21 @@ pub struct PageFailure {
     pub reason: String,
 }
 
+/// Something a user should know about a document's text: part of it is missing, and why.
+/// Serialised as `{"code": "undecodable_text_layer", "pages": [3, 4]}`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ExtractWarning {
+    /// What happened, as a stable machine-readable code; see the `WARNING_*` constants.
+    pub code: &'static str,
+    /// 1-based pages it concerns, in order.
+    pub pages: Vec<u32>,
+}
+
+/// Pages whose text is drawn in fonts that map their glyphs to no characters (no
+/// `ToUnicode`, no usable encoding, glyph names that mean nothing): the page has a text layer,
+/// but its text cannot be read, so search will not find it.
+pub const WARNING_UNDECODABLE_TEXT_LAYER: &str = "undecodable_text_layer";
+
 /// The text of one document and what is known about its structure.
 ///
 /// Guarantees: `text` holds no NUL or other C0 control characters except `\n` and `\t`;
@@ -180,6 +195,8 @@ pub struct Extracted {
     pub headings: Vec<Heading>,
     /// Pages that failed (PDF only); their text is missing from `text`.
     pub failed_pages: Vec<PageFailure>,
+    /// What is missing from `text` although the document has it, by page (PDF only).
+    pub warnings: Vec<ExtractWarning>,
     /// The extractor that produced this, see [`EXTRACTOR_VERSION`].
     pub extractor_version: &'static str,
 }
@@ -276,6 +293,7 @@ pub(crate) fn unpaged(format: Format, text: String, title: Option<String>, headi
         language: None,
         headings,
         failed_pages: Vec::new(),
+        warnings: Vec::new(),
         extractor_version: EXTRACTOR_VERSION,
     }
 }

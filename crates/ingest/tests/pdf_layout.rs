@@ -87,3 +87,129 @@ fn accents_drawn_over_letters_compose_with_them() {
     // An accent that overprints nothing (a backtick in running text) stays.
     assert_eq!(text_of(&pdf), "Hàn and café\nsay`hi");
 }
+
+/// Times-Roman advances (1/1000 em) of `a`..`z`, for fonts built here with other glyph spaces.
+const TIMES_LOWER: [u32; 26] = [
+    444, 500, 444, 500, 444, 333, 500, 500, 278, 278, 500, 278, 778, 500, 500, 500, 500, 333, 389, 278, 500, 500, 722,
+    500, 500, 444,
+];
+
+/// A Type 3 font for `a`..`z` (and the space at 32) whose glyph space has `units_per_em` units,
+/// as bitmap fonts downloaded by printer drivers and dvips have: widths and FontMatrix follow.
+fn type3_font(units_per_em: f32) -> String {
+    let scale = units_per_em / 1000.0;
+    let widths: Vec<String> = std::iter::once(250)
+        .chain(std::iter::repeat_n(0, 64))
+        .chain(TIMES_LOWER)
+        .map(|w| format!("{}", (w as f32 * scale).round()))
+        .collect();
+    let names: Vec<String> = (b'a'..=b'z').map(|c| format!("/{}", c as char)).collect();
+    format!(
+        "<< /Type /Font /Subtype /Type3 /FontBBox [0 0 {u} {u}] /FontMatrix [{m} 0 0 {m} 0 0] \
+         /CharProcs << >> /Resources << >> /FirstChar 32 /LastChar 122 /Widths [{}] \
+         /Encoding << /Type /Encoding /Differences [32 /space 97 {}] >> >>",
+        widths.join(" "),
+        names.join(" "),
+        u = units_per_em,
+        m = 1.0 / units_per_em,
+    )
+}
+
+#[test]
+fn distiller_pscript5_letter_groups_stay_words() {
+    // Word printing through PScript5 to Distiller: a bitmap Type 3 font with a fine glyph space
+    // (10,000 units per em), each word shown as letter groups with small kerning between them,
+    // and the space as a larger kern. Read as if its glyph space were 1,000 units per em the
+    // font was 10x too small, every kern looked like a space: "fe atur es ar e a v".
+    let pdf = one_page_pdf(
+        &type3_font(10_000.0),
+        "BT /F1 10 Tf 20 100 Td [(fe)-30(atur)-25(es)-250(ar)18(e)-250(a)-12(v)-8(ailable)] TJ ET",
+    );
+    assert_eq!(text_of(&pdf), "features are available");
+}
+
+#[test]
+fn distiller_dvips_words_spaced_by_kerning_stay_apart() {
+    // dvips output through Distiller: a bitmap Type 3 font with a coarse glyph space (100 units
+    // per em) and words spaced only by TJ kerning of about a third of an em. Taken as 1,000
+    // units per em the font was 10x too large, so no gap looked like a space: "isfixed".
+    let pdf = one_page_pdf(
+        &type3_font(100.0),
+        "BT /F1 10 Tf 20 100 Td [(the)-333(width)-333(is)-280(fixed)-333(at)-333(eight)] TJ ET",
+    );
+    assert_eq!(text_of(&pdf), "the width is fixed at eight");
+}
+
+#[test]
+fn distiller_small_moves_between_words_are_spaces() {
+    // Distiller from dvips with outline fonts: each word placed by a relative move from the
+    // start of the previous one, leaving a gap of 0.26 to 0.3 em (justified TeX lines), with
+    // no space glyph; and a word whose letters are kerned apart by less than that.
+    // Times-Roman: "Token" is 25.55 pt wide at 10 pt, "should" 26.67, "not" 12.78.
+    let pdf = one_page_pdf(
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Times-Roman >>",
+        "BT /F1 10 Tf 1 0 0 1 20 100 Tm (Token) Tj 28.35 0 Td (should) Tj 29.47 0 Td (not) Tj \
+         15.38 0 Td [(g)-60(l)-60(u)-60(e)-60(d)] TJ ET",
+    );
+    assert_eq!(text_of(&pdf), "Token should not glued");
+}
+
+#[test]
+fn a_document_whose_only_text_is_undecodable_says_which_pages() {
+    // Every glyph in a Type 3 font whose names mean nothing, at codes that are not characters.
+    let font = "<< /Type /Font /Subtype /Type3 /FontBBox [0 0 1000 1000] /FontMatrix [0.001 0 0 0.001 0 0] \
+                /CharProcs << >> /Resources << >> /FirstChar 1 /LastChar 26 /Widths [500 500 500 500 500 500 \
+                500 500 500 500 500 500 500 500 500 500 500 500 500 500 500 500 500 500 500 500] \
+                /Encoding << /Type /Encoding /Differences [1 /g1 /g2 /g3 /g4 /g5 /g6 /g7 /g8 /g9 /g10 /g11 \
+                /g12 /g13 /g14 /g15 /g16 /g17 /g18 /g19 /g20 /g21 /g22 /g23 /g24 /g25 /g26] >> >>";
+    let pdf = one_page_pdf(
+        font,
+        "BT /F1 10 Tf 20 100 Td <0102030405060708090a0b0c0d0e0f101112131415161718191a> Tj ET",
+    );
+    let err = extract(&pdf, &Limits::default()).expect_err("nothing can be read");
+    assert_eq!(
+        err.to_string(),
+        "the text layer cannot be decoded (page 1): its fonts map glyphs to no characters"
+    );
+}
+
+#[test]
+fn text_turned_a_quarter_reads_in_lines() {
+    // A landscape table printed on a portrait page (itext's Senate expenditure report): every
+    // line runs up the page, the next line to its right.
+    let pdf = one_page_pdf(
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        "BT /F1 10 Tf 0 1 -1 0 100 20 Tm (DISTRICT DIRECTOR) Tj 0 1 -1 0 112 20 Tm (LEGISLATIVE ASSISTANT) Tj ET",
+    );
+    assert_eq!(text_of(&pdf), "DISTRICT DIRECTOR\nLEGISLATIVE ASSISTANT");
+}
+
+#[test]
+fn glyphs_jittered_by_a_few_degrees_stay_on_their_line() {
+    // LaTeX's typewriter package turns each glyph by a random small angle and draws it twice.
+    let content: String = "Introduction"
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let a: f32 = if i % 2 == 0 { 0.05 } else { -0.04 };
+            let x = 20.0 + 6.0 * i as f32;
+            format!(
+                "{:.4} {:.4} {:.4} {:.4} {x:.2} 100 Tm ({c}) Tj {:.4} {:.4} {:.4} {:.4} {:.2} 100.2 Tm ({c}) Tj ",
+                10.0 * a.cos(),
+                10.0 * a.sin(),
+                -10.0 * a.sin(),
+                10.0 * a.cos(),
+                10.0 * a.cos(),
+                10.0 * a.sin(),
+                -10.0 * a.sin(),
+                10.0 * a.cos(),
+                x + 0.3,
+            )
+        })
+        .collect();
+    let pdf = one_page_pdf(
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Courier >>",
+        &format!("BT /F1 1 Tf {content}ET"),
+    );
+    assert_eq!(text_of(&pdf), "Introduction");
+}

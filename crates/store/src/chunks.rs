@@ -50,6 +50,8 @@ pub struct ChunkSetInfo<'a> {
     pub page_count: Option<u32>,
     /// Pages that failed, as JSON.
     pub failed_pages: serde_json::Value,
+    /// Extraction warnings (pages whose text layer cannot be decoded), as JSON.
+    pub warnings: serde_json::Value,
     /// The reprocessing run that produced the set, if one did: its pending mark is cleared and
     /// it is recorded as the document's last completed run.
     pub run: Option<&'a str>,
@@ -116,7 +118,7 @@ pub async fn replace(
     sqlx::query(
         "UPDATE documents SET status = 'ready', progress = 1, error = NULL, chunk_count = $2, embedding_model = $3, \
          chunk_max_tokens = $4, chunk_overlap_tokens = $5, tokenizer = $6, extractor_version = $7, title = $8, \
-         language = $9, page_count = $10, failed_pages = $11, updated_at = now(), ready_at = now(), \
+         language = $9, page_count = $10, failed_pages = $11, warnings = $13, updated_at = now(), ready_at = now(), \
          reprocess = CASE WHEN reprocess ->> 'run' = $12 THEN NULL ELSE reprocess END, \
          last_reprocess_run = coalesce($12, last_reprocess_run) WHERE id = $1",
     )
@@ -132,6 +134,7 @@ pub async fn replace(
     .bind(info.page_count.map(|p| p as i32))
     .bind(&info.failed_pages)
     .bind(info.run)
+    .bind(&info.warnings)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("marking the document ready"))?;

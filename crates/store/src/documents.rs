@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 const DOCUMENT_COLUMNS: &str = "id, user_id, filename, content_type, byte_size, encode(sha256, 'hex') AS sha256, status, \
-     progress, error, title, language, page_count, chunk_count, failed_pages, metadata, embedding_model, \
+     progress, error, title, language, page_count, chunk_count, failed_pages, warnings, metadata, embedding_model, \
      chunk_max_tokens, chunk_overlap_tokens, tokenizer, extractor_version, reprocess, created_at, updated_at, ready_at";
 
 /// A document as its owner sees it.
@@ -42,6 +42,9 @@ pub struct Document {
     pub chunk_count: i32,
     /// Pages that could not be extracted, with reasons.
     pub failed_pages: serde_json::Value,
+    /// What the text is missing although the document has it, by kind and page:
+    /// `[{"code": "undecodable_text_layer", "pages": [3, 4]}]`.
+    pub warnings: serde_json::Value,
     /// Caller-supplied metadata.
     pub metadata: serde_json::Value,
     /// Model that embedded the current chunks.

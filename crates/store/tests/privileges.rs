@@ -35,7 +35,7 @@ const ALLOWED: &[&str] = &[
     "public.documents: SELECT \
      INSERT(id, user_id, filename, content_type, byte_size, sha256, metadata) \
      UPDATE(status, progress, error, title, language, page_count, chunk_count, failed_pages, embedding_model, \
-     chunk_max_tokens, chunk_overlap_tokens, tokenizer, extractor_version, attempts, updated_at, ready_at, reprocess, last_reprocess_run) \
+     chunk_max_tokens, chunk_overlap_tokens, tokenizer, extractor_version, attempts, updated_at, ready_at, reprocess, last_reprocess_run, warnings) \
      DELETE",
     "public.embedding_cache: SELECT(user_id, model, dim, text_sha256, embedding, usage_key) \
      INSERT(user_id, model, dim, text_sha256, embedding, usage_key)",

@@ -257,6 +257,7 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
         })
         .collect();
     let failed_pages = serde_json::to_value(&extracted.failed_pages).unwrap_or_default();
+    let warnings = serde_json::to_value(&extracted.warnings).unwrap_or_default();
     let settings = chunker.settings();
     let model = embedder.model();
     let mut tx = store.user_tx(job.user_id).await?;
@@ -285,6 +286,7 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
             language: extracted.language.as_deref(),
             page_count: Some(extracted.pages.len() as u32).filter(|n| *n > 0),
             failed_pages,
+            warnings,
             run,
         },
     )

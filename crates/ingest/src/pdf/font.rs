@@ -283,6 +283,57 @@ pub(crate) fn glyph_str(name: &str) -> Option<String> {
     }
 }
 
+/// pdfTeX names the glyphs of the bitmap (PK) fonts it embeds as Type 3 fonts `a0` to `a255`,
+/// after their codes, and writes no `ToUnicode` and no font name: the names say nothing about
+/// the characters (and `a1`..`a191` would read as Zapf Dingbats). The codes follow the TeX
+/// font's encoding, which the glyphs in use tell apart: Russian text set in the LH fonts (T2A,
+/// X2) draws mostly from 0xC0-0xFF, where those encodings have А-я in order; Latin text draws
+/// mostly ASCII letters, which OT1, T1 and the Cyrillic encodings all keep at their ASCII
+/// codes. Renames such glyphs to the characters their codes mean (`uniXXXX`); leaves fonts with
+/// any other naming alone.
+fn tex_bitmap_names(diffs: &mut [(u8, String)]) {
+    // pdfTeX fills the gaps between the glyphs of a subset with `.notdef`.
+    let named = || diffs.iter().filter(|(_, name)| name != ".notdef");
+    if named().next().is_none()
+        || !named().all(|(code, name)| {
+            name.strip_prefix('a')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n.parse() == Ok(*code))
+        })
+    {
+        return;
+    }
+    let cyrillic = named().filter(|(c, _)| *c >= 0xC0).count();
+    let latin = named().filter(|(c, _)| c.is_ascii_alphabetic()).count();
+    let t2a = cyrillic > latin;
+    for (code, name) in diffs.iter_mut().filter(|(_, name)| name != ".notdef") {
+        let text = match *code {
+            0x0B | 0x1B => "ff",
+            0x0C | 0x1C => "fi",
+            0x0D | 0x1D => "fl",
+            0x0E | 0x1E => "ffi",
+            0x0F | 0x1F => "ffl",
+            _ => "",
+        };
+        let c = match *code {
+            _ if !text.is_empty() => None,
+            // ASCII but for the codes where OT1 has other glyphs (quotes, dashes, ¡ ¿).
+            0x21..=0x7E if !b"\"<>\\_{|}".contains(code) => Some(char::from(*code)),
+            0xC0..=0xFF if t2a => char::from_u32(0x0410 + u32::from(*code - 0xC0)),
+            0x9C if t2a => Some('Ё'),
+            0xBC if t2a => Some('ё'),
+            0x9D if t2a => Some('№'),
+            0xC0..=0xFF => Some(char::from(*code)),
+            _ => None,
+        };
+        *name = match c {
+            Some(c) => format!("uni{:04X}", u32::from(c)),
+            None if !text.is_empty() => text.to_owned(),
+            // A code whose meaning differs between the TeX encodings: no text.
+            None => ".notdef".to_owned(),
+        };
+    }
+}
+
 /// WinAnsi and Latin-1 put the "hyphen" glyph at 0xAD (U+00AD, the soft hyphen), which PDF
 /// fonts draw as a visible hyphen.
 fn visible_hyphen(c: char) -> char {
@@ -448,8 +499,26 @@ impl Font {
             && let Some(program) = stream_bytes(doc, ff, limit)
         {
             diffs = builtin_type1_encoding(&program).unwrap_or_default();
+        } else if dict_get(doc, d, b"Encoding").is_none()
+            && let Some(ff) = descriptor.and_then(|fd| fd.get(b"FontFile3").ok())
+            && let Some(program) = stream_bytes(doc, ff, limit)
+        {
+            // The same for a CFF (Type 1C) program: its encoding and charset name the glyphs
+            // (Distiller and Ghostscript write Cyrillic Type 1C fonts this way: `afii10017`).
+            diffs = builtin_cff_encoding(&program);
         }
         let _ = flags;
+        if subtype == b"Type3" {
+            tex_bitmap_names(&mut diffs);
+            // Other Type 3 glyph names that mean nothing (`box12`, `g7`): a printable ASCII
+            // code is taken as itself, as poppler does; producers that keep ASCII codes are
+            // read, and the rest stays undecodable and is reported.
+            for (code, name) in &mut diffs {
+                if (0x21..=0x7E).contains(code) && name != ".notdef" && glyph_str(name).is_none() {
+                    *name = format!("uni{:04X}", u32::from(*code));
+                }
+            }
+        }
         let first = d
             .get(b"FirstChar")
             .ok()
@@ -510,7 +579,7 @@ impl Font {
             let m: Vec<f32> = m.iter().filter_map(|o| deref(doc, o).and_then(num)).collect();
             if m.len() == 6 && m[0].is_finite() && m[3].is_finite() && m[0] != 0.0 {
                 font.width_scale = m[0].abs();
-                font.size_scale = (m[3].abs() * 1000.0).clamp(0.001, 1000.0);
+                font.size_scale = font.type3_size_scale((m[3] / m[0]).abs());
             }
         }
         font
@@ -600,21 +669,72 @@ impl Font {
         }
     }
 
-    /// Appends the text of one code; returns whether it was a space-like glyph.
-    pub(crate) fn decode_into(&self, code: u32, len: usize, out: &mut String) {
+    /// Appends the text of one code; returns whether the font maps the code to any text at
+    /// all (a code it maps to an empty string, such as TeX's `suppress`, counts as mapped).
+    pub(crate) fn decode_into(&self, code: u32, len: usize, out: &mut String) -> bool {
         match &self.codes {
             Codes::Simple(table) => {
                 if let Some(s) = table.get(code as usize).and_then(|s| s.as_deref()) {
                     crate::push_clean(out, s);
+                    return true;
                 }
+                false
             }
             Codes::Composite { to_unicode, ucs2, .. } => {
                 if let Some(s) = to_unicode.as_ref().and_then(|c| c.get(len as u8, code)) {
                     crate::push_clean(out, &s);
+                    true
                 } else if *ucs2 && let Some(c) = char::from_u32(code) {
                     crate::push_clean_char(out, c);
+                    true
+                } else {
+                    false
                 }
             }
+        }
+    }
+
+    /// How much larger than its font size a Type 3 font draws. What its glyph space means is
+    /// only known by drawing the glyphs, so it is guessed, as poppler does, from advances: an
+    /// `m` is about 0.8 em in text fonts, the average letter about 0.5 em (poppler takes 0.6
+    /// for `m`, which suits its lower word-gap threshold; these keep a usual font at 1), times
+    /// the FontMatrix's aspect (`aspect` = |d / a|). Bitmap fonts from dvips and from Windows
+    /// printer drivers use glyph spaces of 1 to 100 units per em: taking the FontMatrix as if
+    /// it were 1000 units per em made their words glue together (a size 10x too large makes
+    /// every gap look small) or fall apart into letter groups (10x too small).
+    fn type3_size_scale(&self, aspect: f32) -> f32 {
+        let Codes::Simple(table) = &self.codes else {
+            return 1.0;
+        };
+        let advance = |c: u32| self.explicit_width(c).filter(|w| *w > 0.0).map(|_| self.width(c));
+        let text = |c: u32| table[c as usize].as_deref();
+        let m = (0..=255u32).find_map(|c| (text(c) == Some("m")).then(|| advance(c)).flatten());
+        let em = if let Some(w) = m {
+            Some(w / 0.8)
+        } else {
+            let letters: Vec<f32> = (0..=255u32)
+                .filter(|&c| text(c).and_then(|s| s.chars().next()).is_some_and(char::is_alphabetic))
+                .filter_map(advance)
+                .collect();
+            let all: Vec<f32> = (0..=255u32).filter_map(advance).collect();
+            let pick = if letters.is_empty() { all } else { letters };
+            (!pick.is_empty()).then(|| pick.iter().sum::<f32>() / pick.len() as f32 / 0.5)
+        };
+        let scale = em.map_or(aspect, |e| e * aspect);
+        if scale.is_finite() && scale > 0.0 {
+            scale.clamp(0.01, 100.0)
+        } else {
+            1.0
+        }
+    }
+
+    /// The width a simple font's `/Widths` gives a code, in glyph space units.
+    fn explicit_width(&self, code: u32) -> Option<f32> {
+        match &self.widths {
+            Widths::Simple { first, widths, .. } => {
+                code.checked_sub(*first).and_then(|i| widths.get(i as usize)).copied()
+            }
+            Widths::Cid { .. } => None,
         }
     }
 
@@ -704,6 +824,28 @@ impl Std14 {
             }
         }
     }
+}
+
+/// The encoding built into a CFF font program (a PDF's `FontFile3` of subtype `Type1C`): each
+/// code the program's encoding maps to a glyph whose charset name means a character, with that
+/// name. Empty when the program cannot be read or maps nothing (a CID-keyed program has no
+/// names).
+fn builtin_cff_encoding(program: &[u8]) -> Vec<(u8, String)> {
+    let Some(table) = ttf_parser::cff::Table::parse(program) else {
+        return Vec::new();
+    };
+    (0..=255u8)
+        .filter_map(|code| {
+            let gid = table.glyph_index(code)?;
+            if gid.0 == 0 {
+                return None;
+            }
+            // A name that means nothing (a symbol font's `Pickup`) leaves the code to the base
+            // encoding, as readers do, rather than to no text at all.
+            let name = table.glyph_name(gid).filter(|n| glyph_str(n).is_some())?;
+            Some((code, name.to_owned()))
+        })
+        .collect()
 }
 
 /// The `/Encoding` of a Type 1 font program: `dup <code> /<name> put` entries in its clear

@@ -90,7 +90,14 @@ pub(crate) struct PageRun<'a> {
     items: Vec<Item>,
     fallback: Arc<Font>,
     forms_seen: Vec<ObjectId>,
+    /// Glyphs shown on the page, and how many of them the font maps to no text.
+    glyphs: u32,
+    undecoded: u32,
 }
+
+/// Fewest unmapped glyphs that make a page's text layer undecodable (a page with a handful
+/// of unnamed symbols is not).
+const MIN_UNDECODED: u32 = 16;
 
 /// Deepest nesting of form XObjects followed.
 const MAX_FORM_DEPTH: usize = 12;
@@ -113,6 +120,8 @@ impl<'a> PageRun<'a> {
             items: Vec::new(),
             fallback: Arc::new(Font::fallback()),
             forms_seen: Vec::new(),
+            glyphs: 0,
+            undecoded: 0,
         }
     }
 
@@ -348,7 +357,10 @@ impl<'a> PageRun<'a> {
         while !rest.is_empty() {
             let (code, n) = font.next_code(rest);
             let n = n.max(1);
-            font.decode_into(code, n, &mut self.buf);
+            self.glyphs = self.glyphs.saturating_add(1);
+            if !font.decode_into(code, n, &mut self.buf) {
+                self.undecoded = self.undecoded.saturating_add(1);
+            }
             let mut tx = font.width(code) * ts.size + ts.char_space;
             if n == 1 && code == 32 && font.is_simple() {
                 tx += ts.word_space;
@@ -357,9 +369,23 @@ impl<'a> PageRun<'a> {
             *tm = Matrix([1.0, 0.0, 0.0, 1.0, tx, 0.0]).then(tm);
             rest = &rest[n.min(rest.len())..];
         }
-        let (x1, _) = Matrix([ts.size * ts.scale, 0.0, 0.0, ts.size, 0.0, ts.rise])
+        let (x1, y1) = Matrix([ts.size * ts.scale, 0.0, 0.0, ts.size, 0.0, ts.rise])
             .then(&tm.then(ctm))
             .apply(0.0, 0.0);
+        // Rotated text (a landscape table on a portrait page, a label up a margin) is laid out
+        // in its own frame: the quarter turn nearest its baseline's direction becomes x, so
+        // the line rules below hold. Text turned by less than 45 degrees (jittered glyphs, a
+        // slanted title) stays in the page's frame.
+        let (dx, dy) = (trm0.0[0], trm0.0[1]);
+        let (x0, y0, x1) = if dx >= dy.abs() {
+            (x0, y0, x1)
+        } else if dy > dx.abs() {
+            (y0, -x0, y1)
+        } else if -dy > dx.abs() {
+            (-y0, x0, -y1)
+        } else {
+            (-x0, -y0, -x1)
+        };
         if self.buf.len() > start && x0.is_finite() && y0.is_finite() && x1.is_finite() {
             self.items.push(Item {
                 x: x0,
@@ -369,6 +395,12 @@ impl<'a> PageRun<'a> {
                 text: start..self.buf.len(),
             });
         }
+    }
+
+    /// Whether the page draws text that cannot be read: at least [`MIN_UNDECODED`] glyphs,
+    /// and most of its glyphs, in fonts that map them to no character.
+    pub(crate) fn undecodable(&self) -> bool {
+        self.undecoded >= MIN_UNDECODED && u64::from(self.undecoded) * 2 > u64::from(self.glyphs)
     }
 
     /// Lays the collected text out as lines.
@@ -403,7 +435,7 @@ impl<'a> PageRun<'a> {
                     if same_line && !stray {
                         // Overprinted duplicates (fake bold, shadows) draw the same text again
                         // in about the same place.
-                        if gap < -0.5 * tall && !blank && cur.text.ends_with(text) {
+                        if gap < -0.3 * tall && !blank && cur.text.ends_with(text) {
                             continue;
                         }
                         let space = gap > 0.15 * tall && !cur.text.ends_with(' ') && !text.starts_with(' ');

@@ -12,7 +12,7 @@ mod interp;
 mod lexer;
 mod std14;
 
-use crate::{Deadline, ExtractError, Extracted, Format, Heading, Limits, PageFailure, PageSpan};
+use crate::{Deadline, ExtractError, ExtractWarning, Extracted, Format, Heading, Limits, PageFailure, PageSpan};
 use font::{deref, get_dict};
 use interp::{FontCache, Line, Matrix0, PageRun};
 use lopdf::{Dictionary, Document, LoadOptions, Object, ObjectId};
@@ -52,6 +52,7 @@ pub(crate) fn extract(bytes: &[u8], limits: &Limits, deadline: &Deadline) -> Res
     let mut page_lines: Vec<Vec<Line>> = Vec::with_capacity(pages.len());
     let mut failed = Vec::new();
     let mut first_error = None;
+    let mut undecodable_pages = Vec::new();
     let mut chars = 0u64;
     for (&number, &id) in &pages {
         deadline.check()?;
@@ -59,7 +60,10 @@ pub(crate) fn extract(bytes: &[u8], limits: &Limits, deadline: &Deadline) -> Res
             page_text(&doc, id, &mut fonts, stream_limit, deadline)
         }));
         let error = match result {
-            Ok(Ok(lines)) => {
+            Ok(Ok((lines, undecodable))) => {
+                if undecodable {
+                    undecodable_pages.push(number);
+                }
                 chars += lines.iter().map(|l| l.text.len() as u64).sum::<u64>();
                 // Bytes bound characters from above; checked properly at the end.
                 if chars > limits.max_chars.saturating_mul(4) {
@@ -88,7 +92,20 @@ pub(crate) fn extract(bytes: &[u8], limits: &Limits, deadline: &Deadline) -> Res
     let numbers: Vec<u32> = pages.keys().copied().collect();
     let (text, spans, offsets) = assemble(&numbers, &page_lines);
     if text.trim().is_empty() {
-        return Err(ExtractError::NoExtractableText);
+        return Err(if undecodable_pages.is_empty() {
+            ExtractError::NoExtractableText
+        } else {
+            ExtractError::UndecodableText {
+                pages: undecodable_pages,
+            }
+        });
+    }
+    let mut warnings = Vec::new();
+    if !undecodable_pages.is_empty() {
+        warnings.push(ExtractWarning {
+            code: crate::WARNING_UNDECODABLE_TEXT_LAYER,
+            pages: undecodable_pages,
+        });
     }
     let outline = catch_unwind(AssertUnwindSafe(|| outline_headings(&doc, &text, &spans))).unwrap_or_default();
     let (sized, size_title) = size_headings(&page_lines, &offsets);
@@ -102,6 +119,7 @@ pub(crate) fn extract(bytes: &[u8], limits: &Limits, deadline: &Deadline) -> Res
         language: None,
         headings,
         failed_pages: failed,
+        warnings,
         extractor_version: crate::EXTRACTOR_VERSION,
     })
 }
@@ -149,7 +167,7 @@ fn page_text(
     fonts: &mut FontCache,
     stream_limit: usize,
     deadline: &Deadline,
-) -> Result<Vec<Line>, ExtractError> {
+) -> Result<(Vec<Line>, bool), ExtractError> {
     let content = doc
         .get_page_content_with_limit(page, stream_limit)
         .map_err(|e| match e {
@@ -161,7 +179,8 @@ fn page_text(
     let resources = resources_of(doc, page);
     let mut run = PageRun::new(doc, fonts, stream_limit, deadline);
     run.run(&content, resources, Matrix0::default())?;
-    Ok(run.lines())
+    let undecodable = run.undecodable();
+    Ok((run.lines(), undecodable))
 }
 
 /// Normalised form of a line for recognising running headers and footers: page numbers and
