@@ -142,18 +142,9 @@ fn print_reports(
         fusion.text_weight,
         fusion.text_k
     );
-    let kinds: Vec<&str> = first.recall_by_kind.iter().map(|(k, _)| k.as_str()).collect();
-    print!("{:<8} {:>9} {:>7}", "mode", format!("recall@{}", first.k), "MRR@10");
-    for kind in &kinds {
-        print!(" {:>13}", kind);
-    }
-    println!();
+    println!("{:<8} {:>9} {:>7}", "mode", format!("recall@{}", first.k), "MRR@10");
     for r in reports {
-        print!("{:<8} {:>9.3} {:>7.3}", r.mode.as_str(), r.recall, r.mrr);
-        for (_, recall) in &r.recall_by_kind {
-            print!(" {:>13.3}", recall);
-        }
-        println!();
+        println!("{:<8} {:>9.3} {:>7.3}", r.mode.as_str(), r.recall, r.mrr);
     }
     if first.by_kind.len() > 1 {
         println!("\nper kind: recall@{} / MRR@10 (questions)", first.k);
