@@ -27,7 +27,9 @@ fn questions() -> Vec<EvalQuestion> {
 fn the_set_is_large_split_in_halves_and_labelled() {
     let questions = questions();
     assert!(questions.len() >= 300, "{} questions", questions.len());
-    let documents = std::fs::read_dir(set_dir().join("documents")).expect("documents").count();
+    let documents = std::fs::read_dir(set_dir().join("documents"))
+        .expect("documents")
+        .count();
     assert!(documents >= 500, "{documents} documents");
 
     let mut halves: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
@@ -88,5 +90,9 @@ fn every_quote_is_in_a_chunk_of_its_gold_document() {
             missing.push(format!("{} ({gold}): {quote:?}", q.id));
         }
     }
-    assert!(missing.is_empty(), "quotes not found in a chunk:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "quotes not found in a chunk:\n{}",
+        missing.join("\n")
+    );
 }
