@@ -381,3 +381,42 @@ pub async fn check_quotes(
     tx.rollback().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    }
+
+    #[test]
+    fn a_set_folder_has_its_own_questions_corpus_and_user() {
+        let set = fixtures().join("eval-unseen");
+        let questions = load_questions(&set).expect("the unseen questions");
+        assert!(questions.iter().all(|q| q.split.is_some()));
+        let files = corpus_files(&set).expect("the unseen corpus");
+        assert!(
+            files
+                .iter()
+                .all(|f| f.parent() == Some(set.join("documents").as_path()))
+        );
+        let user = EvalSet::at(&set);
+        assert_ne!(user.user, EVAL_USER);
+        // Derived from the folder's name, so every run (from any working directory) finds the
+        // documents the previous one ingested.
+        assert_eq!(user.user, EvalSet::at(&set.join("../eval-unseen/")).user);
+        assert_eq!(user.email, "eval+eval-unseen@ragpipe.invalid");
+    }
+
+    #[test]
+    fn the_fixtures_folder_keeps_the_old_layout() {
+        let dir = fixtures();
+        let questions = load_questions(&dir).expect("the fixture questions");
+        assert!(questions.iter().all(|q| q.split.is_none()));
+        assert_eq!(EvalSet::at(&dir).user, EVAL_USER);
+        let files = corpus_files(&dir).expect("the fixture corpus");
+        assert!(files.iter().any(|f| f.starts_with(dir.join("eval/documents"))));
+        assert!(!files.iter().any(|f| f.starts_with(dir.join("eval-unseen"))));
+    }
+}
