@@ -125,9 +125,11 @@ def ragpipe_binary(arg):
 
 
 def extracted(binary, name):
-    """ragpipe's extraction and chunks of a document, cached by the file's and binary's hashes."""
+    """ragpipe's extraction and chunks of a document, cached by the file's bytes, the binary's
+    modification time and the RAGPIPE_* settings (which change the chunking)."""
     data = (DOCS / name).read_bytes()
-    key = hashlib.sha256(data + str(binary.stat().st_mtime_ns).encode()).hexdigest()
+    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("RAGPIPE_"))
+    key = hashlib.sha256(data + str(binary.stat().st_mtime_ns).encode() + repr(settings).encode()).hexdigest()
     cached = CACHE / f"{key}.json"
     if cached.exists():
         return json.loads(cached.read_text(encoding="utf-8"))
