@@ -1,16 +1,23 @@
-//! `ragpipe eval [--mode M]... [--k K] [--json]`: retrieval quality on the fixture set.
+//! `ragpipe eval [--mode M]... [--k K] [--split S] [--fixtures DIR] [--json]`: retrieval
+//! quality on a question set.
 //!
-//! Self-contained: it makes sure a dedicated eval user exists, uploads the fixture documents
-//! (`fixtures/documents`, less the deliberately hostile ones, and `fixtures/eval/documents`)
-//! for that user — uploads dedupe by sha256, so a second run uploads nothing — ingests any that
-//! are not done yet inline with the configured embedding model, checks that every question's
-//! quote occurs in its gold document, then asks `fixtures/eval/questions.jsonl` in each mode and
-//! prints recall@k and MRR@10 at document level.
+//! Two layouts of DIR are understood:
+//! - the fixtures folder (`fixtures`, the default): the corpus is `fixtures/documents`, less the
+//!   deliberately hostile ones, and `fixtures/eval/documents`; the questions are
+//!   `fixtures/eval/questions.jsonl`;
+//! - an eval set folder (`fixtures/eval-unseen`): `DIR/documents` and `DIR/questions.jsonl`.
+//!
+//! Self-contained: it makes sure a dedicated eval user exists (one per set, so two sets'
+//! corpora never mix), uploads the corpus for that user — uploads dedupe by sha256, so a second
+//! run uploads nothing — ingests any that are not done yet inline with the configured embedding
+//! model, checks that every question's quote occurs in a chunk of its gold document, then asks
+//! the questions of the chosen split in each mode and prints recall@k and MRR@10 at document
+//! level, overall and per question kind. Unanswerable questions are counted, not asked.
 
 use anyhow::{Context, bail};
 use clap::Args;
 use ragpipe_agent::Retriever;
-use ragpipe_agent::eval::{self, EvalQuestion, ModeReport};
+use ragpipe_agent::eval::{self, EvalQuestion, ModeReport, Split};
 use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_ingest_worker::{IngestContext, Outcome, ingest_document};
 use ragpipe_llm::Embedders;
@@ -38,9 +45,14 @@ pub struct EvalArgs {
     /// Print the reports as JSON.
     #[arg(long)]
     pub json: bool,
-    /// The fixtures directory (default: ./fixtures, else the source tree's).
+    /// The fixtures directory (default: ./fixtures, else the source tree's), or an eval set
+    /// directory holding `documents/` and `questions.jsonl` (e.g. fixtures/eval-unseen).
     #[arg(long, value_name = "DIR")]
     pub fixtures: Option<PathBuf>,
+    /// Which half of a split set to ask: tune, test or all (questions without a split are in
+    /// every half).
+    #[arg(long, default_value = "all", value_name = "SPLIT")]
+    pub split: Split,
     /// Print every question's rank and top documents.
     #[arg(long)]
     pub verbose: bool,
@@ -60,12 +72,17 @@ pub struct EvalArgs {
 
 pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
     let fixtures = args.fixtures.clone().unwrap_or_else(default_fixtures);
-    let questions = load_questions(&fixtures)?;
+    let set = EvalSet::at(&fixtures);
+    let all_questions = load_questions(&fixtures)?;
+    let questions = eval::select_split(&all_questions, args.split);
+    if questions.is_empty() {
+        bail!("no questions in the {} split of {}", args.split, fixtures.display());
+    }
     let store = Store::connect(&config).await?;
     store.migrate(&config.embedding).await.context("migrating")?;
-    ensure_eval_user(&store).await?;
-    let corpus = ingest_corpus(&store, &config, EVAL_USER, &fixtures).await?;
-    check_quotes(&store, EVAL_USER, &corpus, &questions).await?;
+    ensure_eval_user(&store, &set).await?;
+    let corpus = ingest_corpus(&store, &config, set.user, &fixtures).await?;
+    check_quotes(&store, set.user, &corpus, &questions).await?;
 
     let embedders = Embedders::new(&config.embedding).context("embedding model")?;
     let defaults = ragpipe_agent::retrieve::default_fusion_for(embedders.configured());
@@ -83,26 +100,40 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
     };
     let mut reports = Vec::new();
     for mode in modes {
-        reports.push(eval::evaluate(&retriever, EVAL_USER, &questions, mode, args.k).await?);
+        reports.push(eval::evaluate(&retriever, set.user, &questions, mode, args.k).await?);
     }
     if args.json {
         let out = serde_json::json!({
             "embedding_model": config.embedding.model,
+            "fixtures": fixtures.display().to_string(),
+            "split": args.split,
             "documents": corpus.len(),
             "fusion": fusion,
             "reports": reports,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_reports(&config, corpus.len(), &fusion, &reports, args.verbose);
+        print_reports(&config, corpus.len(), args.split, &fusion, &reports, args.verbose);
     }
     Ok(())
 }
 
-fn print_reports(config: &Config, documents: usize, fusion: &Fusion, reports: &[ModeReport], verbose: bool) {
+fn print_reports(
+    config: &Config,
+    documents: usize,
+    split: Split,
+    fusion: &Fusion,
+    reports: &[ModeReport],
+    verbose: bool,
+) {
     let Some(first) = reports.first() else { return };
+    let unanswerable = if first.unanswerable > 0 {
+        format!(" (and {} unanswerable, not asked)", first.unanswerable)
+    } else {
+        String::new()
+    };
     println!(
-        "{} questions over {documents} documents, embeddings {} ({}-d); fusion: vector {}/(k={}) text {}/(k={})",
+        "{} questions{unanswerable} of split {split} over {documents} documents, embeddings {} ({}-d); fusion: vector {}/(k={}) text {}/(k={})",
         first.questions,
         config.embedding.model,
         config.embedding.dim,
@@ -111,18 +142,24 @@ fn print_reports(config: &Config, documents: usize, fusion: &Fusion, reports: &[
         fusion.text_weight,
         fusion.text_k
     );
-    let kinds: Vec<&str> = first.recall_by_kind.iter().map(|(k, _)| k.as_str()).collect();
-    print!("{:<8} {:>9} {:>7}", "mode", format!("recall@{}", first.k), "MRR@10");
-    for kind in &kinds {
-        print!(" {:>13}", kind);
-    }
-    println!();
+    println!("{:<8} {:>9} {:>7}", "mode", format!("recall@{}", first.k), "MRR@10");
     for r in reports {
-        print!("{:<8} {:>9.3} {:>7.3}", r.mode.as_str(), r.recall, r.mrr);
-        for (_, recall) in &r.recall_by_kind {
-            print!(" {:>13.3}", recall);
+        println!("{:<8} {:>9.3} {:>7.3}", r.mode.as_str(), r.recall, r.mrr);
+    }
+    if first.by_kind.len() > 1 {
+        println!("\nper kind: recall@{} / MRR@10 (questions)", first.k);
+        print!("{:<8}", "mode");
+        for kind in &first.by_kind {
+            print!(" {:>20}", format!("{} ({})", kind.kind, kind.questions));
         }
         println!();
+        for r in reports {
+            print!("{:<8}", r.mode.as_str());
+            for kind in &r.by_kind {
+                print!(" {:>20}", format!("{:.3} / {:.3}", kind.recall, kind.mrr));
+            }
+            println!();
+        }
     }
     if verbose {
         for r in reports {
@@ -135,6 +172,56 @@ fn print_reports(config: &Config, documents: usize, fusion: &Fusion, reports: &[
     }
 }
 
+/// Which layout a fixtures directory has, and whose documents it is searched as.
+struct EvalSet {
+    /// The eval user of this set.
+    user: UserId,
+    /// Its email.
+    email: String,
+}
+
+impl EvalSet {
+    /// The set at `dir`: the fixtures folder's set is the eval user's; a set folder (one with
+    /// its own `questions.jsonl`) gets a user of its own, derived from the folder's name, so
+    /// its corpus is searched alone.
+    fn at(dir: &Path) -> EvalSet {
+        if !is_set_dir(dir) {
+            return EvalSet {
+                user: EVAL_USER,
+                email: EVAL_EMAIL.to_owned(),
+            };
+        }
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        let digest = Sha256::digest(format!("ragpipe eval set {name}").as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        let slug: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        EvalSet {
+            user: UserId(uuid::Builder::from_random_bytes(bytes).into_uuid()),
+            email: format!("eval+{slug}@ragpipe.invalid"),
+        }
+    }
+}
+
+/// Whether `dir` is an eval set folder (`documents/` and `questions.jsonl`) rather than the
+/// fixtures folder.
+fn is_set_dir(dir: &Path) -> bool {
+    dir.join("questions.jsonl").is_file()
+}
+
 fn default_fixtures() -> PathBuf {
     let local = PathBuf::from("fixtures");
     if local.join("eval").is_dir() {
@@ -143,38 +230,47 @@ fn default_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
-/// The question set.
+/// The question set (`DIR/questions.jsonl` of a set folder, else `DIR/eval/questions.jsonl`).
 pub fn load_questions(fixtures: &Path) -> anyhow::Result<Vec<EvalQuestion>> {
-    let path = fixtures.join("eval/questions.jsonl");
+    let path = if is_set_dir(fixtures) {
+        fixtures.join("questions.jsonl")
+    } else {
+        fixtures.join("eval/questions.jsonl")
+    };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     eval::parse_questions(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// Creates the eval user when missing, with its fixed id.
-async fn ensure_eval_user(store: &Store) -> anyhow::Result<()> {
-    match users::get(store, EVAL_USER).await {
+/// Creates the set's eval user when missing, with its fixed id.
+async fn ensure_eval_user(store: &Store, set: &EvalSet) -> anyhow::Result<()> {
+    match users::get(store, set.user).await {
         Ok(_) => Ok(()),
         Err(StoreError::NotFound(_)) => {
             let new = users::NewUser {
-                id: Some(EVAL_USER),
-                email: EVAL_EMAIL.into(),
+                id: Some(set.user),
+                email: set.email.clone(),
                 display_name: Some("ragpipe eval".into()),
                 ..Default::default()
             };
             users::create(store, &new)
                 .await
-                .with_context(|| format!("creating the eval user {EVAL_USER} ({EVAL_EMAIL})"))?;
+                .with_context(|| format!("creating the eval user {} ({})", set.user, set.email))?;
             Ok(())
         }
         Err(e) => Err(e).context("reading the eval user"),
     }
 }
 
-/// Files of the eval corpus: the fixture documents (not the hostile ones, which exist to fail)
-/// and the eval documents, sorted.
+/// Files of the eval corpus, sorted: for the fixtures folder, the fixture documents (not the
+/// hostile ones, which exist to fail) and the eval documents; for a set folder, its documents.
 pub fn corpus_files(fixtures: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for dir in [fixtures.join("documents"), fixtures.join("eval/documents")] {
+    let dirs = if is_set_dir(fixtures) {
+        vec![fixtures.join("documents")]
+    } else {
+        vec![fixtures.join("documents"), fixtures.join("eval/documents")]
+    };
+    for dir in dirs {
         for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -240,29 +336,87 @@ pub async fn ingest_corpus(
     Ok(ready)
 }
 
-/// Fails when a question's gold document is missing or does not contain its quote (so a typo
-/// in the set, or an extraction change, shows up instead of silently lowering the figures).
+/// Fails when a question's gold document is missing or no chunk of it contains its quote (so a
+/// typo in the set, or an extraction change, shows up instead of silently lowering the
+/// figures). Unanswerable questions have nothing to check.
 pub async fn check_quotes(
     store: &Store,
     user: UserId,
     corpus: &[(String, DocumentId)],
     questions: &[EvalQuestion],
 ) -> anyhow::Result<()> {
+    /// Chunks read per page.
+    const PAGE: u32 = 1000;
     let mut tx = store.user_tx(user).await?;
     for q in questions {
-        let gold = &q.documents[0];
+        let (Some(gold), Some(quote)) = (q.documents.first(), q.quote.as_deref()) else {
+            continue;
+        };
         let Some((_, id)) = corpus.iter().find(|(name, _)| name == gold) else {
             bail!("{}: gold document {gold} is not in the corpus", q.id);
         };
-        let chunks = ragpipe_store::chunks::list(&mut tx, *id, 0, 1000).await?;
-        let quote = eval::normalise_whitespace(&q.quote);
-        if !chunks
-            .iter()
-            .any(|c| eval::normalise_whitespace(&c.content).contains(&quote))
-        {
-            bail!("{}: the quote is not in {gold}: {:?}", q.id, q.quote);
+        let quote = eval::normalise_whitespace(quote);
+        let mut found = false;
+        let mut offset = 0;
+        loop {
+            let chunks = ragpipe_store::chunks::list(&mut tx, *id, offset, PAGE)
+                .await
+                .with_context(|| format!("reading the chunks of {gold}"))?;
+            if chunks
+                .iter()
+                .any(|c| eval::normalise_whitespace(&c.content).contains(&quote))
+            {
+                found = true;
+                break;
+            }
+            if chunks.len() < PAGE as usize {
+                break;
+            }
+            offset += PAGE;
+        }
+        if !found {
+            bail!("{}: the quote is not in a chunk of {gold}: {quote:?}", q.id);
         }
     }
     tx.rollback().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    }
+
+    #[test]
+    fn a_set_folder_has_its_own_questions_corpus_and_user() {
+        let set = fixtures().join("eval-unseen");
+        let questions = load_questions(&set).expect("the unseen questions");
+        assert!(questions.iter().all(|q| q.split.is_some()));
+        let files = corpus_files(&set).expect("the unseen corpus");
+        assert!(
+            files
+                .iter()
+                .all(|f| f.parent() == Some(set.join("documents").as_path()))
+        );
+        let user = EvalSet::at(&set);
+        assert_ne!(user.user, EVAL_USER);
+        // Derived from the folder's name, so every run (from any working directory) finds the
+        // documents the previous one ingested.
+        assert_eq!(user.user, EvalSet::at(&set.join("../eval-unseen/")).user);
+        assert_eq!(user.email, "eval+eval-unseen@ragpipe.invalid");
+    }
+
+    #[test]
+    fn the_fixtures_folder_keeps_the_old_layout() {
+        let dir = fixtures();
+        let questions = load_questions(&dir).expect("the fixture questions");
+        assert!(questions.iter().all(|q| q.split.is_none()));
+        assert_eq!(EvalSet::at(&dir).user, EVAL_USER);
+        let files = corpus_files(&dir).expect("the fixture corpus");
+        assert!(files.iter().any(|f| f.starts_with(dir.join("eval/documents"))));
+        assert!(!files.iter().any(|f| f.starts_with(dir.join("eval-unseen"))));
+    }
 }
