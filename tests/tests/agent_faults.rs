@@ -314,3 +314,67 @@ async fn a_job_run_again_writes_no_second_text_or_usage(options: PgPoolOptions, 
     assert!(matches!(answer(&ctx, gone, false).await, Ok(Outcome::Skipped(_))));
     system.app.shutdown().await;
 }
+
+/// Two runs of one answer (a job delivered again while its first run still streams): the run
+/// that loses the race to write has still made a model call that was billed, and it is
+/// recorded, under a key of its own.
+#[sqlx::test(migrations = false)]
+async fn a_run_superseded_after_its_call_finished_still_records_the_call(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let system = start(agent_support::pool(options, connect).await, true).await;
+    let reply = ScriptedReply::fixture("cites-two-sources").expect("fixture");
+    system.model().push_reply(reply.clone());
+    let alice = &system.alice;
+    let conversation = system.conversation(alice).await;
+    let asked = system.ask(alice, &conversation, QUESTION).await;
+    let message_id = asked["assistant_message"]["id"].as_str().expect("id").to_owned();
+    let message_uuid = uuid::Uuid::parse_str(&message_id).expect("uuid");
+    let request_id: uuid::Uuid = asked["request_id"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .expect("request id");
+    system.wait_finished(alice, &message_id).await;
+    let job = AgentJob {
+        user_id: alice.id,
+        request_id,
+    };
+    let ctx = AnswerContext::new(system.app.store.clone(), Arc::clone(&system.app.config))
+        .await
+        .expect("context");
+
+    // The answer is back to streaming with all its text, as if its run had died before the
+    // end: a second run repeats the text (slowly) and would only complete it.
+    sqlx::query("UPDATE copilot_messages SET status = 'streaming', completed_at = NULL WHERE id = $1")
+        .bind(message_uuid)
+        .execute(system.app.pool())
+        .await
+        .expect("rewind");
+    sqlx::query("UPDATE agent_requests SET status = 'running' WHERE id = $1")
+        .bind(request_id)
+        .execute(system.app.pool())
+        .await
+        .expect("rewind");
+    system
+        .model()
+        .push_reply(reply.clone().with_delta_delay(Duration::from_millis(150)));
+    let run = tokio::spawn(async move { answer(&ctx, job, false).await });
+    // Meanwhile another run writes to the message: the second run's ending is refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("UPDATE copilot_messages SET content = content || ' (another run)' WHERE id = $1")
+        .bind(message_uuid)
+        .execute(system.app.pool())
+        .await
+        .expect("another writer");
+    let outcome = run.await.expect("join").expect("answer");
+    assert!(matches!(outcome, Outcome::Skipped(_)), "{outcome:?}");
+    assert_eq!(system.model().requests_to(Route::ChatCompletions).len(), 2);
+    let rows = system.chat_usage().await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().any(|r| r.3.contains(":superseded:")), "{rows:?}");
+    let billed = system.model().billed(Route::ChatCompletions);
+    let recorded: i64 = rows.iter().map(|r| r.1 + r.2).sum();
+    assert_eq!(recorded as u64, billed.prompt_tokens + billed.completion_tokens);
+    system.app.shutdown().await;
+}

@@ -561,6 +561,8 @@ async fn stream_answer(
         End::Cancelled => Close::Cancel,
         End::Superseded => return Ok(Outcome::Skipped("another run owns the message")),
     };
+    // Made once, so that replaying the transaction cannot count the call twice.
+    let superseded_key = format!("{}:superseded:{}", usage_key(request.id), Uuid::new_v4());
     let outcome = retry("ending an answer", RetryPolicy::POLLING, || async {
         let mut ending = ending.clone();
         let mut tx = ctx.store.user_tx(user).await?;
@@ -591,6 +593,18 @@ async fn stream_answer(
                 }
                 conversations::settle_cancelled(&mut tx, &ending).await?;
                 Outcome::Cancelled
+            }
+            (Written::Refused { .. }, Close::Complete { .. }) => {
+                // Another run of the job (a duplicate delivery) wrote the answer first. This
+                // run's call finished all the same and was billed: it is recorded, under a key
+                // of its own (the answer's key is the other run's).
+                let superseded = NewUsage {
+                    idempotency_key: superseded_key.clone(),
+                    ..usage_event.clone()
+                };
+                ragpipe_store::usage::record(&mut tx, &superseded).await?;
+                tx.commit().await?;
+                return Ok(Outcome::Skipped("another run owns the message"));
             }
             (Written::Refused { .. }, _) => {
                 tx.rollback().await?;
