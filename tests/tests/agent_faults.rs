@@ -256,23 +256,13 @@ async fn refusals_before_the_first_delta_are_retried_and_the_answer_written_once
 async fn a_job_run_again_writes_no_second_text_or_usage(options: PgPoolOptions, connect: PgConnectOptions) {
     let system = start(agent_support::pool(options, connect).await, true).await;
     let reply = ScriptedReply::fixture("cites-two-sources").expect("fixture");
-    system.model().push_reply(reply.clone());
-    let alice = &system.alice;
-    let conversation = system.conversation(alice).await;
-    let asked = system.ask(alice, &conversation, QUESTION).await;
-    let message_id = asked["assistant_message"]["id"].as_str().expect("id").to_owned();
-    let request_id: uuid::Uuid = asked["request_id"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .expect("request id");
-    system.wait_finished(alice, &message_id).await;
-    let job = AgentJob {
-        user_id: alice.id,
+    let Answered {
+        message_id,
         request_id,
-    };
-    let ctx = AnswerContext::new(system.app.store.clone(), Arc::clone(&system.app.config))
-        .await
-        .expect("context");
+        job,
+        ctx,
+    } = answered_once(&system, &reply).await;
+    let alice = &system.alice;
 
     // Delivered again after it completed: nothing to do.
     assert!(matches!(answer(&ctx, job, false).await, Ok(Outcome::Skipped(_))));
@@ -325,24 +315,13 @@ async fn a_run_superseded_after_its_call_finished_still_records_the_call(
 ) {
     let system = start(agent_support::pool(options, connect).await, true).await;
     let reply = ScriptedReply::fixture("cites-two-sources").expect("fixture");
-    system.model().push_reply(reply.clone());
-    let alice = &system.alice;
-    let conversation = system.conversation(alice).await;
-    let asked = system.ask(alice, &conversation, QUESTION).await;
-    let message_id = asked["assistant_message"]["id"].as_str().expect("id").to_owned();
-    let message_uuid = uuid::Uuid::parse_str(&message_id).expect("uuid");
-    let request_id: uuid::Uuid = asked["request_id"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .expect("request id");
-    system.wait_finished(alice, &message_id).await;
-    let job = AgentJob {
-        user_id: alice.id,
+    let Answered {
+        message_id,
         request_id,
-    };
-    let ctx = AnswerContext::new(system.app.store.clone(), Arc::clone(&system.app.config))
-        .await
-        .expect("context");
+        job,
+        ctx,
+    } = answered_once(&system, &reply).await;
+    let message_uuid = uuid::Uuid::parse_str(&message_id).expect("uuid");
 
     // The answer is back to streaming with all its text, as if its run had died before the
     // end: a second run repeats the text (slowly) and would only complete it.
@@ -377,4 +356,38 @@ async fn a_run_superseded_after_its_call_finished_still_records_the_call(
     let recorded: i64 = rows.iter().map(|r| r.1 + r.2).sum();
     assert_eq!(recorded as u64, billed.prompt_tokens + billed.completion_tokens);
     system.app.shutdown().await;
+}
+
+/// A question answered once, end to end, with `reply`; and what it takes to run its job again.
+struct Answered {
+    message_id: String,
+    request_id: uuid::Uuid,
+    job: AgentJob,
+    ctx: AnswerContext,
+}
+
+async fn answered_once(system: &agent_support::System, reply: &ScriptedReply) -> Answered {
+    system.model().push_reply(reply.clone());
+    let alice = &system.alice;
+    let conversation = system.conversation(alice).await;
+    let asked = system.ask(alice, &conversation, QUESTION).await;
+    let message_id = asked["assistant_message"]["id"].as_str().expect("id").to_owned();
+    let request_id: uuid::Uuid = asked["request_id"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .expect("request id");
+    system.wait_finished(alice, &message_id).await;
+    let job = AgentJob {
+        user_id: alice.id,
+        request_id,
+    };
+    let ctx = AnswerContext::new(system.app.store.clone(), Arc::clone(&system.app.config))
+        .await
+        .expect("context");
+    Answered {
+        message_id,
+        request_id,
+        job,
+        ctx,
+    }
 }

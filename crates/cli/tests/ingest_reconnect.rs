@@ -29,8 +29,8 @@ async fn terminate(pool: &PgPool, busy_only: bool) -> i64 {
     .expect("terminating backends")
 }
 
-#[sqlx::test(migrations = false)]
-async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
+/// A model server, the schema, and a user to ingest as.
+async fn migrated_with_a_user(pool: &PgPool) -> (OpenAiServer, UserId) {
     let server = OpenAiServer::start().await;
     let mut config = Config::defaults();
     config.embedding = server.embedding_endpoint();
@@ -41,6 +41,12 @@ async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
         ..Default::default()
     };
     let user = UserId(users::create(&store, &new_user).await.expect("user").id);
+    (server, user)
+}
+
+#[sqlx::test(migrations = false)]
+async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
+    let (server, user) = migrated_with_a_user(&pool).await;
 
     let dir = std::env::temp_dir().join(format!("ragpipe-ingest-reconnect-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -130,16 +136,7 @@ async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
 /// reports that document as deleted and the others as they are, and exits 0.
 #[sqlx::test(migrations = false)]
 async fn ingest_reports_a_document_deleted_while_it_follows(pool: PgPool) {
-    let server = OpenAiServer::start().await;
-    let mut config = Config::defaults();
-    config.embedding = server.embedding_endpoint();
-    let store = Store::from_pool(pool.clone());
-    store.migrate(&config.embedding).await.expect("migrate");
-    let new_user = users::NewUser {
-        email: "ingest-deleted@example.com".into(),
-        ..Default::default()
-    };
-    let user = UserId(users::create(&store, &new_user).await.expect("user").id);
+    let (server, user) = migrated_with_a_user(&pool).await;
     let dir = std::env::temp_dir().join(format!("ragpipe-ingest-deleted-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("kept.txt"), "A document that stays. ".repeat(40)).expect("write document");
