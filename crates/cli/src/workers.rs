@@ -70,14 +70,11 @@ pub async fn run(config: Config, concurrency: Option<u32>, metrics_listen: Optio
             let state = ragpipe_api::AppState::new(store.clone(), Arc::clone(&config))
                 .map_err(anyhow::Error::msg)?
                 .with_liveness(liveness.clone());
-            let router = ragpipe_api::ops_router(state);
             let stop = shutdown.clone();
             eprintln!("ragpipe worker: metrics on http://{addr}/metrics");
-            Some(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }))
+            Some(tokio::spawn(ragpipe_api::serve_ops(state, listener, async move {
+                stop.cancelled().await
+            })))
         }
         None => None,
     };
