@@ -147,7 +147,10 @@ impl AnswerContext {
         let chat = ChatModel::new(&config.chat).map_err(|e| format!("chat model: {e}"))?;
         let embedders = Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
         let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
-        let retriever = Retriever::new(store.clone(), embedders).with_prices(prices.clone());
+        let reranker = ragpipe_llm::Reranker::new(&config.rerank).map_err(|e| format!("reranker: {e}"))?;
+        let retriever = Retriever::new(store.clone(), embedders)
+            .with_prices(prices.clone())
+            .with_reranker(reranker);
         let prompts = Prompts::from_config(&config).map_err(|e| e.to_string())?;
         if !prompts.overridden().is_empty() {
             tracing::info!(overridden = ?prompts.overridden(), "prompt templates overridden");

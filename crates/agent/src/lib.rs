@@ -26,4 +26,6 @@ pub use answer::{AnswerContext, AnswerError, FlushPolicy, Outcome};
 pub use feed::MessageFeed;
 pub use follow::{AnswerEvent, Cursor, Follower};
 pub use prompt::{Prompt, Prompts};
-pub use retrieve::{QueryUsage, RetrieveError, Retriever, SearchHit, SearchMode, SearchRequest};
+pub use retrieve::{
+    QueryUsage, RerankReport, RetrieveError, Retriever, SearchHit, SearchMode, SearchRequest, Searched,
+};
