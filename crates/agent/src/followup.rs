@@ -12,6 +12,75 @@
 //! With a chat model, the agent condenses the conversation into a standalone query instead
 //! (`prompts/condense.md`, [`crate::answer`]) and falls back to this when that call fails.
 
+use crate::prompt::Prompts;
+use ragpipe_llm::{ChatMessage, TokenCounter};
+
+/// Tokens of earlier conversation sent to the condense prompt at most.
+pub const CONDENSE_BUDGET: usize = 1024;
+/// Tokens of one earlier message kept for the condense prompt (answers are long; their start
+/// names the subject).
+pub const CONDENSE_MESSAGE_TOKENS: usize = 192;
+/// Most tokens the condensed query may have (`max_tokens` of the condense call).
+pub const CONDENSE_MAX_TOKENS: u32 = 96;
+/// Longest condensed query used, in bytes (search refuses longer ones).
+const MAX_QUERY_BYTES: usize = 4096;
+
+/// One earlier message of the conversation, for the condense prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Said<'a> {
+    /// Whether the user said it (else the assistant).
+    pub user: bool,
+    /// Its text.
+    pub text: &'a str,
+}
+
+/// The condense call's messages: the conversation (newest messages first until
+/// [`CONDENSE_BUDGET`] tokens, each cut to [`CONDENSE_MESSAGE_TOKENS`], then laid out oldest
+/// first) and the question, in `prompts/condense.md`.
+pub fn condense_messages(
+    prompts: &Prompts,
+    tokens: &TokenCounter,
+    earlier: &[Said<'_>],
+    question: &str,
+) -> Vec<ChatMessage> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut used = 0;
+    for said in earlier.iter().rev() {
+        let text = tokens.truncate(said.text.trim(), CONDENSE_MESSAGE_TOKENS);
+        if text.is_empty() {
+            continue;
+        }
+        let line = format!(
+            "{}: {}",
+            if said.user { "User" } else { "Assistant" },
+            text.replace('\n', " ")
+        );
+        let n = tokens.count(&line);
+        if used + n > CONDENSE_BUDGET {
+            break;
+        }
+        used += n;
+        lines.push(line);
+    }
+    lines.reverse();
+    vec![ChatMessage::user(prompts.render_condense(&lines.join("\n"), question))]
+}
+
+/// The model's condensed query, cleaned: its first non-empty line, without a leading label
+/// or surrounding quotes. `None` when nothing usable is left.
+pub fn clean_condensed(answer: &str) -> Option<String> {
+    let line = answer.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let line = ["Standalone query:", "Query:", "standalone query:", "query:"]
+        .iter()
+        .find_map(|label| line.strip_prefix(label))
+        .unwrap_or(line)
+        .trim();
+    let line = line
+        .trim_matches(|c| matches!(c, '"' | '\'' | '`' | '“' | '”' | '«' | '»'))
+        .trim();
+    (!line.is_empty() && line.len() <= MAX_QUERY_BYTES).then(|| line.to_owned())
+}
+
 /// Own salient terms below which a question is taken to lean on the conversation.
 pub const MIN_OWN_TERMS: usize = 4;
 /// Most terms carried over from earlier questions.
@@ -167,6 +236,40 @@ mod tests {
             retrieval_query("and then?", &["What does rclone copyurl do?", "ok"]),
             "and then? rclone copyurl"
         );
+    }
+
+    #[test]
+    fn the_condense_prompt_holds_the_conversation_within_its_budget() {
+        let prompts = Prompts::embedded();
+        let tokens = TokenCounter::default();
+        let long = "word ".repeat(5000);
+        let earlier = [
+            Said {
+                user: true,
+                text: "What does KeepAliveTimeout control?",
+            },
+            Said {
+                user: false,
+                text: &long,
+            },
+        ];
+        let messages = condense_messages(&prompts, &tokens, &earlier, "And its default?");
+        assert_eq!(messages.len(), 1);
+        let text = &messages[0].content;
+        assert!(text.contains("User: What does KeepAliveTimeout control?"), "{text}");
+        assert!(text.contains("Last question: And its default?"), "{text}");
+        assert!(tokens.count(text) < CONDENSE_BUDGET + 300, "{}", tokens.count(text));
+        // Oldest first.
+        assert!(text.find("User:") < text.find("Assistant:"));
+    }
+
+    #[test]
+    fn condensed_answers_are_cleaned() {
+        assert_eq!(
+            clean_condensed("\n  Standalone query: \"KeepAliveTimeout default value\"\nBecause...").as_deref(),
+            Some("KeepAliveTimeout default value")
+        );
+        assert_eq!(clean_condensed("  \n \"\" "), None);
     }
 
     #[test]
