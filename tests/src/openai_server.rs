@@ -11,6 +11,9 @@
 //! - `POST /v1/rerank` (and `/rerank`): the `/rerank` wire format of Cohere, Jina, TEI and
 //!   vLLM, scoring each document by the share of the query's distinct words it contains (a
 //!   deterministic stand-in for a cross-encoder), with `usage.total_tokens` counted by tiktoken.
+//!   A condense request (its last message ends with [`CONDENSE_MARKER`]) is answered from
+//!   its own queue ([`OpenAiServer::push_condense_reply`]) or with [`default_condensed`], never
+//!   with an answer's scripted reply.
 //! - `GET /v1/models`.
 //! - A llama.cpp mode ([`OpenAiServer::set_llama_cpp_mode`]) imitating its server as measured
 //!   (FACTS.md): LF-only event separators, a role-only first chunk, `: ping` comment lines,
@@ -338,6 +341,7 @@ struct Inner {
     llama_cpp: bool,
     default_reply: ScriptedReply,
     replies: VecDeque<ScriptedReply>,
+    condense_replies: VecDeque<ScriptedReply>,
     faults: HashMap<Route, VecDeque<Fault>>,
     requests: Vec<RecordedRequest>,
 }
@@ -371,6 +375,7 @@ impl OpenAiServer {
                 llama_cpp: false,
                 default_reply: ScriptedReply::default(),
                 replies: VecDeque::new(),
+                condense_replies: VecDeque::new(),
                 faults: HashMap::new(),
                 requests: Vec::new(),
             }),
@@ -473,6 +478,12 @@ impl OpenAiServer {
     /// the default reply answers).
     pub fn push_reply(&self, reply: ScriptedReply) {
         self.state.lock().replies.push_back(reply);
+    }
+
+    /// Queues the reply to the next condense request (a chat request whose last message ends
+    /// with [`CONDENSE_MARKER`]); without one, the server answers [`default_condensed`].
+    pub fn push_condense_reply(&self, reply: ScriptedReply) {
+        self.state.lock().condense_replies.push_back(reply);
     }
 
     /// Sets the reply used when none is queued.
@@ -708,6 +719,41 @@ async fn embeddings(State(state): State<Arc<Shared>>, headers: HeaderMap, body: 
     }
 }
 
+/// How the condense prompt (`prompts/condense.md`) ends: the test server tells a condense
+/// request from an answer's by it.
+pub const CONDENSE_MARKER: &str = "Standalone query:";
+
+/// Whether a chat request body is a condense request.
+pub fn is_condense_request(body: &Value) -> bool {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(plain_content)
+        .is_some_and(|c| c.trim_end().ends_with(CONDENSE_MARKER))
+}
+
+/// The server's condensed query when none is scripted: the last question followed by the
+/// latest earlier user question (a crude but deterministic stand-in for a model's rewrite).
+pub fn default_condensed(body: &Value) -> String {
+    let prompt = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(plain_content)
+        .unwrap_or_default();
+    let question = prompt
+        .lines()
+        .find_map(|l| l.strip_prefix("Last question:"))
+        .unwrap_or_default()
+        .trim();
+    let earlier = prompt
+        .lines()
+        .filter_map(|l| l.strip_prefix("User:"))
+        .last()
+        .unwrap_or_default()
+        .trim();
+    format!("{question} {earlier}").trim().to_owned()
+}
+
 /// Lower-cased words of two or more letters or digits.
 fn words(text: &str) -> std::collections::HashSet<String> {
     text.split(|c: char| !c.is_alphanumeric())
@@ -860,7 +906,15 @@ async fn chat_completions(State(state): State<Arc<Shared>>, headers: HeaderMap, 
     }
     let (llama, reply) = {
         let mut inner = state.lock();
-        let reply = inner.replies.pop_front().unwrap_or_else(|| inner.default_reply.clone());
+        let reply = if is_condense_request(&request) {
+            // Condense calls have their own replies, so they never take an answer's.
+            inner
+                .condense_replies
+                .pop_front()
+                .unwrap_or_else(|| ScriptedReply::text(&default_condensed(&request)))
+        } else {
+            inner.replies.pop_front().unwrap_or_else(|| inner.default_reply.clone())
+        };
         (inner.llama_cpp, reply)
     };
     let Some(raw_messages) = request["messages"].as_array() else {
