@@ -747,8 +747,8 @@ pub fn default_condensed(body: &Value) -> String {
         .trim();
     let earlier = prompt
         .lines()
-        .filter_map(|l| l.strip_prefix("User:"))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("User:"))
         .unwrap_or_default()
         .trim();
     format!("{question} {earlier}").trim().to_owned()

@@ -70,8 +70,9 @@ pub(crate) struct ApiClient {
     pub client: async_openai::Client<EndpointConfig>,
     pub base_url: String,
     pub timeout: Duration,
-    http: reqwest::Client,
-    config: EndpointConfig,
+    /// The client and headers for routes async-openai does not know ([`ApiClient::post_json`]),
+    /// behind one pointer so that the client stays small.
+    json: std::sync::Arc<(reqwest::Client, HeaderMap)>,
 }
 
 impl fmt::Debug for ApiClient {
@@ -125,14 +126,13 @@ impl ApiClient {
             key: SecretString::from(key.unwrap_or_default()),
             headers,
         };
-        let client = async_openai::Client::build(http.clone(), config.clone())
-            .with_http_service(HttpTransport { http: http.clone() });
+        let json = std::sync::Arc::new((http.clone(), config.headers.clone()));
+        let client = async_openai::Client::build(http.clone(), config).with_http_service(HttpTransport { http });
         Ok(ApiClient {
             client,
             base_url,
             timeout,
-            http,
-            config,
+            json,
         })
     }
 
@@ -151,10 +151,10 @@ impl ApiClient {
             context: context.to_owned(),
             message: error_chain(&e),
         };
-        let response = self
-            .http
+        let (http, headers) = &*self.json;
+        let response = http
             .post(&url)
-            .headers(self.config.headers.clone())
+            .headers(headers.clone())
             .json(body)
             .send()
             .await
