@@ -8,6 +8,7 @@ use ragpipe_agent::{QueryUsage, Retriever, SearchHit, SearchRequest};
 use ragpipe_core::{Config, ErrorKind, UserId};
 use ragpipe_llm::{Embedders, Reranker};
 use ragpipe_store::Store;
+use ragpipe_store::usage::{self, GroupBy, Period};
 use ragpipe_tests::openai_server::{Fault, OpenAiServer, Route, lexical_overlap};
 use search_support::*;
 use sqlx::PgPool;
@@ -110,6 +111,19 @@ async fn the_reranker_reorders_the_fused_top_n_and_is_billed(pool: PgPool) {
             .iter()
             .all(|e| e.0 == endpoint.model && e.2 == 1 && e.3.starts_with("search:rerank:"))
     );
+
+    // The usage report (`GET /v1/usage?group_by=kind`, `ragpipe usage --by kind`) shows them.
+    let mut tx = store.user_tx(user).await.expect("tx");
+    let report = usage::report(
+        &mut tx,
+        Period::from_bounds_now(None, None).expect("this month"),
+        GroupBy::Kind,
+    )
+    .await
+    .expect("report");
+    let rerank = report.rows.iter().find(|r| r.key == "rerank").expect("a rerank row");
+    assert_eq!(rerank.totals.events, QUERIES.len() as i64);
+    assert_eq!(rerank.totals.prompt_tokens as u64, billed.prompt_tokens);
 }
 
 #[sqlx::test(migrations = false)]
