@@ -8,12 +8,12 @@
 //!   `fixtures/replies/*.json` or built in code) split into deltas with an optional delay each,
 //!   `usage` in a final chunk only when `stream_options.include_usage` is true, `max_tokens`
 //!   honoured (finish reason `length`).
-//! - `POST /v1/rerank` (and `/rerank`): the `/rerank` wire format of Cohere, Jina, TEI and
-//!   vLLM, scoring each document by the share of the query's distinct words it contains (a
-//!   deterministic stand-in for a cross-encoder), with `usage.total_tokens` counted by tiktoken.
 //!   A condense request (its last message ends with [`CONDENSE_MARKER`]) is answered from
 //!   its own queue ([`OpenAiServer::push_condense_reply`]) or with [`default_condensed`], never
 //!   with an answer's scripted reply.
+//! - `POST /v1/rerank` (and `/rerank`): the `/rerank` wire format of Cohere, Jina, TEI and
+//!   vLLM, scoring each document by the share of the query's distinct words it contains (a
+//!   deterministic stand-in for a cross-encoder), with `usage.total_tokens` counted by tiktoken.
 //! - `GET /v1/models`.
 //! - A llama.cpp mode ([`OpenAiServer::set_llama_cpp_mode`]) imitating its server as measured
 //!   (FACTS.md): LF-only event separators, a role-only first chunk, `: ping` comment lines,

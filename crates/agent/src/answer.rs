@@ -268,13 +268,14 @@ async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<O
         metadata: None,
         highlight: false,
     };
-    let sources: Vec<Source> = if search.query.trim().is_empty() {
-        Vec::new()
+    let (sources, rerank): (Vec<Source>, _) = if search.query.trim().is_empty() {
+        (Vec::new(), None)
     } else {
-        // The query's embedding calls are recorded as they happen, under keys of their own:
-        // an attempt that fails later (or is retried) has still made them.
-        ctx.retriever
-            .search_for(
+        // The query's embedding calls (and a rerank call) are recorded as they happen, under
+        // keys of their own: an attempt that fails later (or is retried) has still made them.
+        let searched = ctx
+            .retriever
+            .search_ranked(
                 user,
                 &search,
                 &QueryUsage::agent(request.id, request.assistant_message_id),
@@ -283,10 +284,8 @@ async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<O
             .map_err(|e| AnswerError {
                 kind: e.kind(),
                 message: format!("retrieving passages: {e}"),
-            })?
-            .iter()
-            .map(source_of)
-            .collect()
+            })?;
+        (searched.hits.iter().map(source_of).collect(), searched.rerank)
     };
 
     let turns = pair_turns(&history);
@@ -313,6 +312,7 @@ async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<O
             "model": ctx.chat.model(),
             "search_query": search.query,
             "search_query_from": query_from,
+            "rerank": rerank,
         }),
         0.3,
     )
