@@ -147,6 +147,7 @@ async fn a_failing_reranker_leaves_the_fused_order_and_says_so(pool: PgPool) {
     assert!(!report.applied, "{report:?}");
     let reason = report.reason.as_deref().expect("a reason");
     assert!(reason.contains(&format!("{:?}", ErrorKind::Transient)), "{reason}");
+    assert!(reason.contains("HTTP 500") && !reason.contains("127.0.0.1"), "{reason}");
     assert_eq!(ids(&out.hits), ids(&plain), "fused order");
     assert_eq!(
         server.requests_to(Route::Rerank).len(),

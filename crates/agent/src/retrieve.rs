@@ -372,10 +372,7 @@ impl Retriever {
                     model: reranker.model().to_owned(),
                     reranked: 0,
                     scores: Vec::new(),
-                    reason: Some(format!(
-                        "the reranker failed ({:?}); results are in fused order: {e}",
-                        e.kind()
-                    )),
+                    reason: Some(rerank_failure(&e)),
                 }
             }
         };
@@ -523,6 +520,22 @@ impl Retriever {
     }
 }
 
+/// Why the rerank stage was skipped, for whoever searched: the failure's class and what the
+/// reranker said, without the endpoint's address (which the log has).
+fn rerank_failure(e: &LlmError) -> String {
+    let what = match e {
+        LlmError::Status { status, message, .. } => format!("HTTP {status}: {message}"),
+        LlmError::Timeout { after, .. } => format!("no answer within {}s", after.as_secs_f64()),
+        LlmError::Connection { .. } | LlmError::Truncated { .. } => "the connection failed".to_owned(),
+        LlmError::Protocol { message, .. } => format!("unreadable answer: {message}"),
+        other => other.to_string(),
+    };
+    format!(
+        "the reranker failed ({:?}: {what}); results are in fused order",
+        e.kind()
+    )
+}
+
 /// A search's hits and what the rerank stage did with them.
 #[derive(Clone, Debug, Serialize)]
 pub struct Searched {
@@ -542,8 +555,8 @@ pub struct RerankReport {
     pub model: String,
     /// Fused hits the reranker ordered.
     pub reranked: usize,
-    /// The reranker's score of each returned hit, in order, when applied (none for a hit it
-    /// left unscored).
+    /// The reranker's scores of the returned hits it ordered (the first `min(k, reranked)`),
+    /// in order, when applied (none for a hit it left unscored).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scores: Vec<Option<f64>>,
     /// Why the fused order was kept.
