@@ -8,6 +8,12 @@
 //!   `fixtures/replies/*.json` or built in code) split into deltas with an optional delay each,
 //!   `usage` in a final chunk only when `stream_options.include_usage` is true, `max_tokens`
 //!   honoured (finish reason `length`).
+//!   A condense request (its last message ends with [`CONDENSE_MARKER`]) is answered from
+//!   its own queue ([`OpenAiServer::push_condense_reply`]) or with [`default_condensed`], never
+//!   with an answer's scripted reply.
+//! - `POST /v1/rerank` (and `/rerank`): the `/rerank` wire format of Cohere, Jina, TEI and
+//!   vLLM, scoring each document by the share of the query's distinct words it contains (a
+//!   deterministic stand-in for a cross-encoder), with `usage.total_tokens` counted by tiktoken.
 //! - `GET /v1/models`.
 //! - A llama.cpp mode ([`OpenAiServer::set_llama_cpp_mode`]) imitating its server as measured
 //!   (FACTS.md): LF-only event separators, a role-only first chunk, `: ping` comment lines,
@@ -46,13 +52,15 @@ pub const CHAT_MODEL: &str = "test-chat";
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 32 * 1024 * 1024;
 
-/// The two model routes, for fault injection and filtering the request log.
+/// The model routes, for fault injection and filtering the request log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
     /// `POST /v1/embeddings`.
     Embeddings,
     /// `POST /v1/chat/completions`.
     ChatCompletions,
+    /// `POST /v1/rerank` (also `POST /rerank`).
+    Rerank,
 }
 
 /// A failure the server produces instead of (or in the middle of) a normal answer.
@@ -333,6 +341,7 @@ struct Inner {
     llama_cpp: bool,
     default_reply: ScriptedReply,
     replies: VecDeque<ScriptedReply>,
+    condense_replies: VecDeque<ScriptedReply>,
     faults: HashMap<Route, VecDeque<Fault>>,
     requests: Vec<RecordedRequest>,
 }
@@ -366,6 +375,7 @@ impl OpenAiServer {
                 llama_cpp: false,
                 default_reply: ScriptedReply::default(),
                 replies: VecDeque::new(),
+                condense_replies: VecDeque::new(),
                 faults: HashMap::new(),
                 requests: Vec::new(),
             }),
@@ -374,6 +384,8 @@ impl OpenAiServer {
         let app = Router::new()
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/rerank", post(rerank))
+            .route("/rerank", post(rerank))
             .route("/v1/models", get(models))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(state.clone());
@@ -410,6 +422,16 @@ impl OpenAiServer {
         e.dim = self.state.lock().embedding_dim as u32;
         e.timeout_secs = 10;
         e.max_retries = 3;
+        e
+    }
+
+    /// A reranker endpoint pointing here: the configuration defaults with this server's
+    /// `/v1` URL, a 5 s timeout and 1 retry.
+    pub fn rerank_endpoint(&self) -> ModelEndpoint {
+        let mut e = Config::defaults().rerank;
+        e.base_url = Some(self.base_url.clone());
+        e.timeout_secs = 5;
+        e.max_retries = 1;
         e
     }
 
@@ -456,6 +478,12 @@ impl OpenAiServer {
     /// the default reply answers).
     pub fn push_reply(&self, reply: ScriptedReply) {
         self.state.lock().replies.push_back(reply);
+    }
+
+    /// Queues the reply to the next condense request (a chat request whose last message ends
+    /// with [`CONDENSE_MARKER`]); without one, the server answers [`default_condensed`].
+    pub fn push_condense_reply(&self, reply: ScriptedReply) {
+        self.state.lock().condense_replies.push_back(reply);
     }
 
     /// Sets the reply used when none is queued.
@@ -691,6 +719,126 @@ async fn embeddings(State(state): State<Arc<Shared>>, headers: HeaderMap, body: 
     }
 }
 
+/// How the condense prompt (`prompts/condense.md`) ends: the test server tells a condense
+/// request from an answer's by it.
+pub const CONDENSE_MARKER: &str = "Standalone query:";
+
+/// Whether a chat request body is a condense request.
+pub fn is_condense_request(body: &Value) -> bool {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(plain_content)
+        .is_some_and(|c| c.trim_end().ends_with(CONDENSE_MARKER))
+}
+
+/// The server's condensed query when none is scripted: the last question followed by the
+/// latest earlier user question (a crude but deterministic stand-in for a model's rewrite).
+pub fn default_condensed(body: &Value) -> String {
+    let prompt = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(plain_content)
+        .unwrap_or_default();
+    let question = prompt
+        .lines()
+        .find_map(|l| l.strip_prefix("Last question:"))
+        .unwrap_or_default()
+        .trim();
+    let earlier = prompt
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("User:"))
+        .unwrap_or_default()
+        .trim();
+    format!("{question} {earlier}").trim().to_owned()
+}
+
+/// Lower-cased words of two or more letters or digits.
+fn words(text: &str) -> std::collections::HashSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 2)
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// The share of the query's distinct words found in the document, in `[0, 1]`.
+pub fn lexical_overlap(query: &str, document: &str) -> f64 {
+    let q = words(query);
+    if q.is_empty() {
+        return 0.0;
+    }
+    let d = words(document);
+    q.iter().filter(|w| d.contains(*w)).count() as f64 / q.len() as f64
+}
+
+async fn rerank(State(state): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (index, request, fault) = match admit(&state, Route::Rerank, "/v1/rerank", &headers, &body) {
+        Ok(admitted) => admitted,
+        Err(response) => return *response,
+    };
+    if let Err(response) = apply_fault(&fault).await {
+        return *response;
+    }
+    let Some(query) = request["query"].as_str() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "'query' must be a string.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    // Cohere and vLLM take strings; Jina and TEI also `{"text": ...}` objects.
+    let documents: Option<Vec<String>> = request["documents"].as_array().map(|items| {
+        items
+            .iter()
+            .filter_map(|v| v.as_str().or_else(|| v["text"].as_str()).map(str::to_owned))
+            .collect()
+    });
+    let Some(documents) = documents.filter(|d| Some(d.len()) == request["documents"].as_array().map(Vec::len)) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "'documents' must be an array of strings.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    let top_n = request["top_n"].as_u64().map_or(documents.len(), |n| n as usize);
+    let mut results: Vec<(usize, f64)> = documents
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i, lexical_overlap(query, d)))
+        .collect();
+    results.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    results.truncate(top_n);
+    let query_tokens = state.tokens.count(query);
+    let tokens: usize = documents.iter().map(|d| query_tokens + state.tokens.count(d)).sum();
+    let model = request["model"].as_str().unwrap_or("test-rerank");
+    let body = json!({
+        "model": model,
+        "results": results.iter().map(|(i, score)| json!({"index": i, "relevance_score": score})).collect::<Vec<_>>(),
+        "usage": {"total_tokens": tokens}
+    });
+    let text = body.to_string();
+    match fault {
+        Some(Fault::Truncated { framing }) => {
+            let half = Bytes::from(text.as_bytes()[..text.len() / 2].to_vec());
+            cut_response("application/json", half, framing, text.len())
+        }
+        _ => {
+            record_usage(
+                &state,
+                index,
+                ReplyUsage {
+                    prompt_tokens: tokens as u64,
+                    completion_tokens: 0,
+                },
+            );
+            ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+        }
+    }
+}
+
 /// Notes in the request log what the server counted for a request it answered whole.
 fn record_usage(state: &Shared, index: usize, usage: ReplyUsage) {
     if let Some(r) = state.lock().requests.get_mut(index) {
@@ -758,7 +906,15 @@ async fn chat_completions(State(state): State<Arc<Shared>>, headers: HeaderMap, 
     }
     let (llama, reply) = {
         let mut inner = state.lock();
-        let reply = inner.replies.pop_front().unwrap_or_else(|| inner.default_reply.clone());
+        let reply = if is_condense_request(&request) {
+            // Condense calls have their own replies, so they never take an answer's.
+            inner
+                .condense_replies
+                .pop_front()
+                .unwrap_or_else(|| ScriptedReply::text(&default_condensed(&request)))
+        } else {
+            inner.replies.pop_front().unwrap_or_else(|| inner.default_reply.clone())
+        };
         (inner.llama_cpp, reply)
     };
     let Some(raw_messages) = request["messages"].as_array() else {

@@ -5,7 +5,7 @@ mod agent_support;
 
 use agent_support::{QUESTION, delta_text, shape, start};
 use ragpipe_llm::TokenCounter;
-use ragpipe_tests::openai_server::{Route, ScriptedReply};
+use ragpipe_tests::openai_server::{Route, ScriptedReply, is_condense_request};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -332,8 +332,14 @@ async fn a_follow_up_carries_the_conversation_and_chains_its_request(
     assert_eq!(done["status"], "complete");
     assert_eq!(delta_text(&events), second.full_text());
 
+    // Before retrieving, the second question was condensed with the conversation.
+    let (condense, requests): (Vec<_>, Vec<_>) = system
+        .model()
+        .requests_to(Route::ChatCompletions)
+        .into_iter()
+        .partition(|r| is_condense_request(&r.body));
+    assert_eq!(condense.len(), 1);
     // The second prompt holds the first exchange, its answer without the old [n] markers.
-    let requests = system.model().requests_to(Route::ChatCompletions);
     let messages = requests[1].body["messages"].as_array().expect("messages").clone();
     let roles: Vec<&str> = messages.iter().filter_map(|m| m["role"].as_str()).collect();
     assert_eq!(roles, ["system", "user", "assistant", "user"]);

@@ -22,6 +22,7 @@
 //! deltas when it is (dropping the model stream closes the connection).
 
 use crate::feed::MessageFeed;
+use crate::followup;
 use crate::prompt::{Prompt, PromptInput, Prompts, Turn, assemble, prompt_budget};
 use crate::retrieve::{QueryUsage, Retriever, SearchHit, SearchRequest};
 use crate::sources::{Source, citations};
@@ -147,7 +148,10 @@ impl AnswerContext {
         let chat = ChatModel::new(&config.chat).map_err(|e| format!("chat model: {e}"))?;
         let embedders = Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
         let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
-        let retriever = Retriever::new(store.clone(), embedders).with_prices(prices.clone());
+        let reranker = ragpipe_llm::Reranker::new(&config.rerank).map_err(|e| format!("reranker: {e}"))?;
+        let retriever = Retriever::new(store.clone(), embedders)
+            .with_prices(prices.clone())
+            .with_reranker(reranker);
         let prompts = Prompts::from_config(&config).map_err(|e| e.to_string())?;
         if !prompts.overridden().is_empty() {
             tracing::info!(overridden = ?prompts.overridden(), "prompt templates overridden");
@@ -255,21 +259,23 @@ async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<O
         .get("k")
         .and_then(|k| k.as_u64())
         .map_or(8, |k| k.clamp(1, 100) as u32);
+    let (query, query_from) = retrieval_query(ctx, user, &request, &history).await;
     let search = SearchRequest {
-        query: search_query(&request.question).to_owned(),
+        query: search_query(&query).to_owned(),
         mode,
         k,
         document_ids: Vec::new(),
         metadata: None,
         highlight: false,
     };
-    let sources: Vec<Source> = if search.query.trim().is_empty() {
-        Vec::new()
+    let (sources, rerank): (Vec<Source>, _) = if search.query.trim().is_empty() {
+        (Vec::new(), None)
     } else {
-        // The query's embedding calls are recorded as they happen, under keys of their own:
-        // an attempt that fails later (or is retried) has still made them.
-        ctx.retriever
-            .search_for(
+        // The query's embedding calls (and a rerank call) are recorded as they happen, under
+        // keys of their own: an attempt that fails later (or is retried) has still made them.
+        let searched = ctx
+            .retriever
+            .search_ranked(
                 user,
                 &search,
                 &QueryUsage::agent(request.id, request.assistant_message_id),
@@ -278,10 +284,8 @@ async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<O
             .map_err(|e| AnswerError {
                 kind: e.kind(),
                 message: format!("retrieving passages: {e}"),
-            })?
-            .iter()
-            .map(source_of)
-            .collect()
+            })?;
+        (searched.hits.iter().map(source_of).collect(), searched.rerank)
     };
 
     let turns = pair_turns(&history);
@@ -306,6 +310,9 @@ async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<O
             "history_turns": prompt.history_turns,
             "sources_dropped": prompt.sources_dropped,
             "model": ctx.chat.model(),
+            "search_query": search.query,
+            "search_query_from": query_from,
+            "rerank": rerank,
         }),
         0.3,
     )
@@ -313,6 +320,140 @@ async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<O
     tx.commit().await?;
 
     stream_answer(ctx, user, &request, prompt, &written, last_attempt).await
+}
+
+/// What to search for the question of `request`, and where that came from: the question
+/// itself (`question`: a first turn), a query condensed from the conversation by the chat model
+/// (`condensed`, kept in the request's results so a retry reuses it instead of asking again),
+/// or the offline carry-over of the earlier questions' salient terms (`carried`: no chat model,
+/// or the condense call failed).
+async fn retrieval_query(
+    ctx: &AnswerContext,
+    user: UserId,
+    request: &AgentRequest,
+    history: &[conversations::HistoryMessage],
+) -> (String, &'static str) {
+    let earlier_questions: Vec<&str> = history
+        .iter()
+        .filter(|m| m.role == "user" && !m.content.trim().is_empty())
+        .map(|m| m.content.as_str())
+        .collect();
+    if earlier_questions.is_empty() {
+        return (request.question.clone(), "question");
+    }
+    if request.results.get("search_query_from").and_then(|v| v.as_str()) == Some("condensed")
+        && let Some(q) = request.results.get("search_query").and_then(|v| v.as_str())
+    {
+        return (q.to_owned(), "condensed");
+    }
+    let carried = || {
+        (
+            followup::retrieval_query(&request.question, &earlier_questions),
+            "carried",
+        )
+    };
+    if ctx.chat.is_offline() {
+        return carried();
+    }
+    match condense(ctx, user, request, history).await {
+        Ok(query) => (query, "condensed"),
+        Err(e) => {
+            tracing::warn!(request_id = %request.id, error = %e, kind = ?e.kind, "condensing the follow-up failed; carrying its terms over");
+            carried()
+        }
+    }
+}
+
+/// Asks the chat model for a standalone query (`prompts/condense.md`), records the call as a
+/// chat usage event keyed `agent:{request}:condense` and keeps the query in the request's
+/// results, both in one transaction.
+async fn condense(
+    ctx: &AnswerContext,
+    user: UserId,
+    request: &AgentRequest,
+    history: &[conversations::HistoryMessage],
+) -> Result<String, AnswerError> {
+    let earlier: Vec<followup::Said<'_>> = history
+        .iter()
+        .filter(|m| m.role == "user" || (m.role == "assistant" && m.status == "complete"))
+        .map(|m| followup::Said {
+            user: m.role == "user",
+            text: m.content.as_str(),
+        })
+        .collect();
+    let messages = followup::condense_messages(&ctx.prompts, &ctx.tokens, &earlier, &request.question);
+    let prompt_tokens_counted = ragpipe_llm::count_prompt_tokens(&ctx.tokens, &messages);
+    let model_error = |e: LlmError| AnswerError {
+        kind: e.kind(),
+        message: format!("condensing the question with {}: {e}", ctx.chat.model()),
+    };
+    let mut stream = ctx
+        .chat
+        .stream(ChatRequest {
+            messages,
+            max_tokens: followup::CONDENSE_MAX_TOKENS,
+            sources: Vec::new(),
+        })
+        .await
+        .map_err(model_error)?;
+    let requests = stream.requests();
+    let mut text = String::new();
+    let mut usage = None;
+    loop {
+        match stream.next().await {
+            Some(Ok(ChatEvent::Delta(delta))) => text.push_str(&delta),
+            Some(Ok(ChatEvent::Usage {
+                prompt_tokens,
+                completion_tokens,
+                counted_locally,
+            })) if !counted_locally => usage = Some((prompt_tokens, completion_tokens)),
+            Some(Ok(ChatEvent::Finish { .. })) => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(model_error(e)),
+            None => {
+                return Err(model_error(LlmError::StreamIncomplete {
+                    context: format!("condensing with {}", ctx.chat.model()),
+                    deltas: 0,
+                }));
+            }
+        }
+    }
+    drop(stream);
+    let (prompt_tokens, completion_tokens) =
+        usage.unwrap_or_else(|| (prompt_tokens_counted, ctx.tokens.count(&text) as u64));
+    let model = ctx.chat.model();
+    let event = NewUsage {
+        kind: UsageKind::Chat,
+        model,
+        prompt_tokens,
+        completion_tokens,
+        cached_tokens: 0,
+        requests,
+        cost: ctx.prices.cost(model, prompt_tokens, completion_tokens),
+        idempotency_key: format!("{}:condense", usage_key(request.id)),
+        document_id: None,
+        message_id: Some(request.assistant_message_id),
+        request_id: Some(request.id),
+        origin: UsageOrigin::User,
+    };
+    let query = followup::clean_condensed(&text);
+    // The call was made: it is recorded whether or not its answer is usable.
+    retry("recording the condense call", RetryPolicy::POLLING, || async {
+        let mut tx = ctx.store.user_tx(user).await?;
+        ragpipe_store::usage::record(&mut tx, &event).await?;
+        if let Some(q) = &query {
+            conversations::merge_results(
+                &mut tx,
+                request.id,
+                &serde_json::json!({ "search_query": q, "search_query_from": "condensed" }),
+                0.1,
+            )
+            .await?;
+        }
+        tx.commit().await
+    })
+    .await?;
+    query.ok_or_else(|| AnswerError::permanent(format!("{model} gave no usable query: {text:?}")))
 }
 
 /// Longest query sent to search, in bytes (the search refuses longer ones).

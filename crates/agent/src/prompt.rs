@@ -55,6 +55,13 @@ const NO_SOURCES: TemplateSpec = TemplateSpec {
     required: &[],
 };
 
+const CONDENSE: TemplateSpec = TemplateSpec {
+    file: "condense.md",
+    embedded: include_str!("../../../prompts/condense.md"),
+    allowed: &["conversation", "question"],
+    required: &["conversation", "question"],
+};
+
 /// Why the prompt templates could not be loaded, or a prompt not assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
@@ -160,6 +167,7 @@ pub struct Prompts {
     source: Template,
     question: Template,
     no_sources: String,
+    condense: Template,
     /// Override files that were used, for logs.
     overridden: Vec<String>,
 }
@@ -193,6 +201,7 @@ impl Prompts {
         let source = text(&SOURCE)?;
         let question = text(&QUESTION)?;
         let no_sources = text(&NO_SOURCES)?;
+        let condense = text(&CONDENSE)?;
         let plain = |spec: &TemplateSpec, t: &str| -> Result<String, PromptError> {
             Template::parse(spec, t)?;
             Ok(t.trim_end().to_owned())
@@ -202,6 +211,7 @@ impl Prompts {
             source: Template::parse(&SOURCE, &source)?,
             question: Template::parse(&QUESTION, &question)?,
             no_sources: plain(&NO_SOURCES, &no_sources)?,
+            condense: Template::parse(&CONDENSE, &condense)?,
             overridden,
         })
     }
@@ -242,6 +252,13 @@ impl Prompts {
             ("text", text),
         ]);
         self.source.render(&values)
+    }
+
+    /// The condense prompt: earlier turns (`User: ...` / `Assistant: ...` lines) and the
+    /// question to rewrite as a standalone search query.
+    pub fn render_condense(&self, conversation: &str, question: &str) -> String {
+        let values = HashMap::from([("conversation", conversation), ("question", question)]);
+        self.condense.render(&values)
     }
 
     /// The last user message: the laid-out sources (or the no-sources note) and the question.

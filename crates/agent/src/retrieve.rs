@@ -3,7 +3,7 @@
 //! measurement with `ragpipe eval` over `fixtures/eval/` (see [`DEFAULT_FUSION`]).
 
 use ragpipe_core::{ErrorKind, UserId};
-use ragpipe_llm::{Embedded, Embedder, Embedders, LlmError, PriceTable};
+use ragpipe_llm::{Embedded, Embedder, Embedders, LlmError, PriceTable, Reranker};
 use ragpipe_store::embedding_models::{self, EmbeddingModel};
 use ragpipe_store::search::{self, Bm25, Fusion, MAX_DEPTH, MAX_K, MAX_MODELS, QueryVector, SearchQuery};
 use ragpipe_store::usage::{NewUsage, UsageKind, UsageOrigin};
@@ -198,6 +198,7 @@ pub struct Retriever {
     bm25: Bm25,
     refresh: Duration,
     models: Arc<Mutex<Option<ModelsRead>>>,
+    reranker: Option<Reranker>,
 }
 
 /// The embedding models with chunks, and when that was read.
@@ -215,7 +216,20 @@ impl Retriever {
             bm25: Bm25::default(),
             refresh: MODELS_REFRESH,
             models: Arc::default(),
+            reranker: None,
         }
+    }
+
+    /// The same retriever reordering the fused top `reranker.top_n()` with `reranker` (none:
+    /// no reranking, the default).
+    pub fn with_reranker(mut self, reranker: Option<Reranker>) -> Retriever {
+        self.reranker = reranker;
+        self
+    }
+
+    /// The reranker in use, if any.
+    pub fn reranker(&self) -> Option<&Reranker> {
+        self.reranker.as_ref()
     }
 
     /// The same retriever pricing the query embeddings it records by `prices` (the default
@@ -283,12 +297,108 @@ impl Retriever {
         self.search_for(user, request, &QueryUsage::search()).await
     }
 
+    /// [`Retriever::search_for`] with what the rerank stage did. With a reranker configured,
+    /// the fused top `max(k, top_n)` is fetched, its first `top_n` reordered by the reranker
+    /// and the first `k` returned; the call is recorded as a `rerank` usage event keyed
+    /// `{usage.key_prefix}rerank:{uuid}`. A reranker that fails (after its own retries) does
+    /// not fail the search: the fused order is returned and [`RerankReport::reason`] says why.
+    pub async fn search_ranked(
+        &self,
+        user: UserId,
+        request: &SearchRequest,
+        usage: &QueryUsage,
+    ) -> Result<Searched, RetrieveError> {
+        let Some(reranker) = &self.reranker else {
+            let hits = self.fused(user, request, usage).await?;
+            return Ok(Searched { hits, rerank: None });
+        };
+        let k = request.k as usize;
+        let widened = SearchRequest {
+            k: request.k.max(reranker.top_n().min(MAX_K as usize) as u32),
+            ..request.clone()
+        };
+        let mut hits = self.fused(user, &widened, usage).await?;
+        let n = reranker.top_n().min(hits.len());
+        let documents: Vec<&str> = hits[..n].iter().map(|h| h.content.as_str()).collect();
+        let report = match reranker.rerank(&request.query, &documents).await {
+            Ok(out) => {
+                let call = NewUsage {
+                    kind: UsageKind::Rerank,
+                    model: reranker.model(),
+                    prompt_tokens: out.tokens,
+                    completion_tokens: 0,
+                    cached_tokens: 0,
+                    requests: out.requests,
+                    cost: self.prices.cost(reranker.model(), out.tokens, 0),
+                    idempotency_key: format!("{}rerank:{}", usage.key_prefix, Uuid::new_v4()),
+                    document_id: None,
+                    message_id: usage.message_id,
+                    request_id: usage.request_id,
+                    origin: UsageOrigin::User,
+                };
+                let recorded = ragpipe_store::retry::retry(
+                    "recording a search's rerank call",
+                    ragpipe_store::retry::RetryPolicy::POLLING,
+                    || self.record_calls(user, std::slice::from_ref(&call)),
+                )
+                .await;
+                if let Err(e) = recorded {
+                    tracing::warn!(error = %e, "recording a search's rerank call");
+                }
+                let mut slots: Vec<Option<SearchHit>> = hits.drain(..n).map(Some).collect();
+                let mut reordered = Vec::with_capacity(n);
+                let mut scores = Vec::with_capacity(n);
+                for r in &out.order {
+                    if let Some(hit) = slots.get_mut(r.index).and_then(Option::take) {
+                        reordered.push(hit);
+                        scores.push(r.score.is_finite().then_some(r.score));
+                    }
+                }
+                reordered.append(&mut hits);
+                hits = reordered;
+                scores.truncate(k);
+                RerankReport {
+                    applied: true,
+                    model: reranker.model().to_owned(),
+                    reranked: n,
+                    scores,
+                    reason: None,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, kind = ?e.kind(), "reranker failed; keeping the fused order");
+                RerankReport {
+                    applied: false,
+                    model: reranker.model().to_owned(),
+                    reranked: 0,
+                    scores: Vec::new(),
+                    reason: Some(rerank_failure(&e)),
+                }
+            }
+        };
+        hits.truncate(k);
+        Ok(Searched {
+            hits,
+            rerank: Some(report),
+        })
+    }
+
     /// [`Retriever::search`], recording the query's model calls as `usage` says. Every call
     /// that succeeded is recorded once (a key made per call before any transaction), whether
     /// the search then succeeds or fails: with the search in its transaction, or, when that
     /// fails, in a transaction of its own. The offline hashed embedder makes no model call and
     /// records nothing.
     pub async fn search_for(
+        &self,
+        user: UserId,
+        request: &SearchRequest,
+        usage: &QueryUsage,
+    ) -> Result<Vec<SearchHit>, RetrieveError> {
+        Ok(self.search_ranked(user, request, usage).await?.hits)
+    }
+
+    /// The fused search, without the rerank stage.
+    async fn fused(
         &self,
         user: UserId,
         request: &SearchRequest,
@@ -408,6 +518,50 @@ impl Retriever {
         }
         tx.commit().await
     }
+}
+
+/// Why the rerank stage was skipped, for whoever searched: the failure's class and what the
+/// reranker said, without the endpoint's address (which the log has).
+fn rerank_failure(e: &LlmError) -> String {
+    let what = match e {
+        LlmError::Status { status, message, .. } => format!("HTTP {status}: {message}"),
+        LlmError::Timeout { after, .. } => format!("no answer within {}s", after.as_secs_f64()),
+        LlmError::Connection { .. } | LlmError::Truncated { .. } => "the connection failed".to_owned(),
+        LlmError::Protocol { message, .. } => format!("unreadable answer: {message}"),
+        other => other.to_string(),
+    };
+    format!(
+        "the reranker failed ({:?}: {what}); results are in fused order",
+        e.kind()
+    )
+}
+
+/// A search's hits and what the rerank stage did with them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Searched {
+    /// The hits, best first (at most `k`).
+    pub hits: Vec<SearchHit>,
+    /// The rerank stage's report; none when no reranker is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<RerankReport>,
+}
+
+/// What the rerank stage did with one search.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RerankReport {
+    /// Whether the hits are in the reranker's order (false: fused order).
+    pub applied: bool,
+    /// The reranker's model.
+    pub model: String,
+    /// Fused hits the reranker ordered.
+    pub reranked: usize,
+    /// The reranker's scores of the returned hits it ordered (the first `min(k, reranked)`),
+    /// in order, when applied (none for a hit it left unscored).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<Option<f64>>,
+    /// Why the fused order was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What a search's query embedding calls are recorded as: the key prefix (a fresh uuid per

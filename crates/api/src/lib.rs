@@ -85,8 +85,11 @@ impl AppState {
         let embedders = ragpipe_llm::Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
         let prices = ragpipe_llm::PriceTable::from_setting(config.prices.as_deref())
             .map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
+        let reranker = ragpipe_llm::Reranker::new(&config.rerank).map_err(|e| format!("reranker: {e}"))?;
         Ok(AppState {
-            retriever: ragpipe_agent::Retriever::new(store.clone(), embedders).with_prices(prices),
+            retriever: ragpipe_agent::Retriever::new(store.clone(), embedders)
+                .with_prices(prices)
+                .with_reranker(reranker),
             store,
             config,
             metrics: prometheus::install_recorder(),

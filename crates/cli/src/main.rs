@@ -4,6 +4,7 @@
 mod admin;
 mod ask;
 mod bench;
+mod bench_followup;
 mod bench_ingest;
 mod bench_reprocess;
 mod bench_search;
@@ -100,6 +101,8 @@ enum BenchCommand {
     Search(bench_search::BenchSearchArgs),
     /// Reprocessing throughput (re-ingest, re-embed, re-chunk) against a first ingestion.
     Reprocess(bench_reprocess::BenchReprocessArgs),
+    /// Follow-up retrieval with and without the conversation (and the reranker, if set).
+    Followup(bench_followup::BenchFollowupArgs),
 }
 
 fn main() -> ExitCode {
@@ -172,6 +175,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ask(args) => ask::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Search(args)) => bench_search::run(config, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Followup(args)) => {
+            bench_followup::run(config, args).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Reprocess(args)) => {
             bench_reprocess::run(config, args).await.map(|()| ExitCode::SUCCESS)
         }

@@ -51,12 +51,21 @@ pub async fn run(config: Config, args: SearchArgs) -> anyhow::Result<()> {
     };
     let store = Store::connect(&config).await?;
     let embedders = Embedders::new(&config.embedding).context("embedding model")?;
-    let retriever = Retriever::new(store, embedders);
-    let hits = retriever.search(args.user, &request).await?;
+    let reranker = ragpipe_llm::Reranker::new(&config.rerank).context("reranker")?;
+    let retriever = Retriever::new(store, embedders).with_reranker(reranker);
+    let searched = retriever
+        .search_ranked(args.user, &request, &ragpipe_agent::QueryUsage::search())
+        .await?;
+    if let Some(report) = searched.rerank.as_ref().filter(|r| !r.applied) {
+        eprintln!(
+            "note: not reranked: {}",
+            report.reason.as_deref().unwrap_or("the reranker did not answer")
+        );
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&hits)?);
+        println!("{}", serde_json::to_string_pretty(&searched.hits)?);
     } else {
-        print_hits(&hits);
+        print_hits(&searched.hits);
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct Config {
     pub embedding: ModelEndpoint,
     /// Chat model settings.
     pub chat: ModelEndpoint,
+    /// Reranker settings (a `/rerank` cross-encoder over the fused top N; no `base_url`: off).
+    pub rerank: ModelEndpoint,
     /// Chunking settings.
     pub chunking: Chunking,
     /// Input limits.
@@ -63,6 +65,8 @@ pub struct ModelEndpoint {
     pub timeout_secs: u64,
     /// Retries of a transient failure (429, 5xx, timeouts) before giving up.
     pub max_retries: u32,
+    /// Fused results the reranker reorders (rerank only).
+    pub top_n: u32,
 }
 
 /// How documents are cut into chunks.
@@ -278,6 +282,48 @@ pub const SETTINGS: &[Setting] = &[
         "chat.max_retries",
         "3",
         "Retries of a chat request that failed before streaming began.",
+    ),
+    text(
+        "RAGPIPE_RERANK_BASE_URL",
+        "rerank.base_url",
+        "",
+        "Reranker serving `POST {base}/rerank` (Cohere, Jina, TEI, vLLM); unset: no reranking.",
+    ),
+    text(
+        "RAGPIPE_RERANK_API_KEY",
+        "rerank.api_key",
+        "",
+        "Bearer key for the reranker.",
+    ),
+    text(
+        "RAGPIPE_RERANK_MODEL",
+        "rerank.model",
+        "cross-encoder/ms-marco-MiniLM-L-6-v2",
+        "Reranker model name.",
+    ),
+    int(
+        "RAGPIPE_RERANK_TOP_N",
+        "rerank.top_n",
+        "20",
+        "Fused results the reranker reorders (at least the results asked for).",
+    ),
+    int(
+        "RAGPIPE_RERANK_MAX_INPUT_TOKENS",
+        "rerank.max_input_tokens",
+        "512",
+        "Longest document sent to the reranker, in tokens; longer ones are cut.",
+    ),
+    int(
+        "RAGPIPE_RERANK_TIMEOUT_SECS",
+        "rerank.timeout_secs",
+        "10",
+        "Timeout of one rerank request.",
+    ),
+    int(
+        "RAGPIPE_RERANK_MAX_RETRIES",
+        "rerank.max_retries",
+        "1",
+        "Retries of a transient rerank failure before search keeps the fused order.",
     ),
     int(
         "RAGPIPE_CHUNK_MAX_TOKENS",

@@ -429,6 +429,7 @@ pub(crate) mod tests {
             max_output_tokens: 0,
             timeout_secs: 5,
             max_retries: 2,
+            top_n: 0,
         }
     }
 

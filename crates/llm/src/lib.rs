@@ -6,6 +6,7 @@
 //!   ([`HashedEmbedder`]) when no base URL is configured.
 //! - [`ChatModel`]: a [`ChatStream`] of deltas, usage and a finish reason, from the API or from
 //!   the offline extractive responder.
+//! - [`Reranker`]: a cross-encoder over the `/rerank` wire format (Cohere, Jina, TEI, vLLM).
 //! - [`TokenCounter`], [`count_tokens`], [`truncate_to_tokens`]: process-wide tiktoken encoders.
 //! - [`PriceTable`]: the cost of a call.
 //! - [`LlmError`]: every failure, classified ([`LlmError::kind`]) where it arose.
@@ -21,6 +22,7 @@ pub mod error;
 mod extractive;
 pub mod hashed;
 pub mod prices;
+pub mod rerank;
 pub mod retry;
 pub mod tokens;
 mod transport;
@@ -34,5 +36,6 @@ pub use error::LlmError;
 pub use extractive::NO_MODEL_NOTICE;
 pub use hashed::{HashedEmbedder, cosine};
 pub use prices::{ModelPrice, PriceTable};
+pub use rerank::{Ranked, Reranked, Reranker};
 pub use retry::{CallTotals, RetryPolicy};
 pub use tokens::{Encoding, TokenCounter, count_tokens, truncate_to_tokens};

@@ -70,6 +70,9 @@ pub(crate) struct ApiClient {
     pub client: async_openai::Client<EndpointConfig>,
     pub base_url: String,
     pub timeout: Duration,
+    /// The client and headers for routes async-openai does not know ([`ApiClient::post_json`]),
+    /// behind one pointer so that the client stays small.
+    json: std::sync::Arc<(reqwest::Client, HeaderMap)>,
 }
 
 impl fmt::Debug for ApiClient {
@@ -85,10 +88,10 @@ impl ApiClient {
     pub fn new(endpoint: &ModelEndpoint, base_url: &str, section: &'static str) -> Result<ApiClient, LlmError> {
         let invalid = |setting: &'static str, message: String| LlmError::InvalidConfig { setting, message };
         let base_url = base_url.trim().trim_end_matches('/').to_owned();
-        let url_setting = if section == "chat" {
-            "chat.base_url"
-        } else {
-            "embedding.base_url"
+        let url_setting = match section {
+            "chat" => "chat.base_url",
+            "rerank" => "rerank.base_url",
+            _ => "embedding.base_url",
         };
         let parsed = reqwest::Url::parse(&base_url).map_err(|e| invalid(url_setting, format!("{base_url:?}: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -102,10 +105,10 @@ impl ApiClient {
         if let Some(key) = key {
             let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
                 invalid(
-                    if section == "chat" {
-                        "chat.api_key"
-                    } else {
-                        "embedding.api_key"
+                    match section {
+                        "chat" => "chat.api_key",
+                        "rerank" => "rerank.api_key",
+                        _ => "embedding.api_key",
                     },
                     "contains characters not allowed in an HTTP header".into(),
                 )
@@ -123,11 +126,46 @@ impl ApiClient {
             key: SecretString::from(key.unwrap_or_default()),
             headers,
         };
+        let json = std::sync::Arc::new((http.clone(), config.headers.clone()));
         let client = async_openai::Client::build(http.clone(), config).with_http_service(HttpTransport { http });
         Ok(ApiClient {
             client,
             base_url,
             timeout,
+            json,
+        })
+    }
+
+    /// POSTs `body` as JSON to `{base_url}{path}` and reads the JSON answer, for routes
+    /// async-openai does not know (`/rerank`). Failures are classified like every other call:
+    /// a non-success status by [`classify_status`], a lost connection or a body cut short as
+    /// transient, an unreadable answer as permanent. The caller applies the timeout.
+    pub async fn post_json<B: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
+        &self,
+        context: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<R, LlmError> {
+        let url = format!("{}{}", self.base_url, path);
+        let connection = |e: reqwest::Error| LlmError::Connection {
+            context: context.to_owned(),
+            message: error_chain(&e),
+        };
+        let (http, headers) = &*self.json;
+        let response = http
+            .post(&url)
+            .headers(headers.clone())
+            .json(body)
+            .send()
+            .await
+            .map_err(connection)?;
+        if !response.status().is_success() {
+            return Err(status_error(context, &HttpFailure::read(response).await));
+        }
+        let bytes = response.bytes().await.map_err(connection)?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            let content = String::from_utf8_lossy(&bytes).into_owned();
+            map_error(context, OpenAIError::JSONDeserialize(e, content))
         })
     }
 }

@@ -12,6 +12,8 @@ pub enum UsageKind {
     Embedding,
     /// A chat completion.
     Chat,
+    /// A `/rerank` call over a search's fused top N.
+    Rerank,
 }
 
 impl UsageKind {
@@ -20,6 +22,7 @@ impl UsageKind {
         match self {
             UsageKind::Embedding => "embedding",
             UsageKind::Chat => "chat",
+            UsageKind::Rerank => "rerank",
         }
     }
 }
@@ -110,7 +113,7 @@ pub enum GroupBy {
     Day,
     /// The model.
     Model,
-    /// `embedding` or `chat`.
+    /// `embedding`, `chat` or `rerank`.
     Kind,
 }
 
