@@ -23,7 +23,7 @@ pub struct DemoArgs {
     /// The question to search for and answer.
     #[arg(
         long,
-        default_value = "Can one SQLite database be read while another connection writes to it?"
+        default_value = "Can readers and a writer use an SQLite database at the same time?"
     )]
     pub question: String,
 }

@@ -203,7 +203,10 @@ fn attr_value<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
         let rest = rest[1..].trim_start();
         return Some(match rest.chars().next() {
             Some(q @ ('"' | '\'')) => rest[1..].split(q).next().unwrap_or(""),
-            _ => rest.split(|c: char| c.is_ascii_whitespace() || c == '>').next().unwrap_or(""),
+            _ => rest
+                .split(|c: char| c.is_ascii_whitespace() || c == '>')
+                .next()
+                .unwrap_or(""),
         });
     }
     None
@@ -428,7 +431,9 @@ const NAV_LINK_WORDS: usize = 6;
 /// (and, read from the end, starts its trailing one).
 const CONTENT_WORDS: usize = 8;
 /// Characters that separate the links of a navigation bar.
-const NAV_SEPARATORS: &[char] = &['|', '»', '›', '·', '>', '/', '•', '←', '→', '«', '‹', '^', ',', '[', ']'];
+const NAV_SEPARATORS: &[char] = &[
+    '|', '»', '›', '·', '>', '/', '•', '←', '→', '«', '‹', '^', ',', '[', ']',
+];
 
 /// What one output line is, for navigation removal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,9 +442,13 @@ enum LineKind {
     Heading,
     /// Only short links (and separators, list markers, or with `strong` a short label).
     /// `strong`: a bar of several links joined by separators, navigation wherever it is.
-    Nav { strong: bool },
+    Nav {
+        strong: bool,
+    },
     /// Anything else, with the number of words outside links.
-    Text { words: usize },
+    Text {
+        words: usize,
+    },
 }
 
 /// Which lines of `out` (split at `\n`) are navigation to drop: strong navigation lines
@@ -454,7 +463,9 @@ fn nav_lines(out: &str, links: &[Range<usize>], table_rows: &[usize]) -> Vec<boo
         let in_table = table_rows.iter().any(|&r| range.contains(&r) || r == range.start);
         kinds.push(line_kind(out, range, links, in_table));
     }
-    let stops = |k: &LineKind| matches!(k, LineKind::Heading) || matches!(k, LineKind::Text { words } if *words >= CONTENT_WORDS);
+    let stops = |k: &LineKind| {
+        matches!(k, LineKind::Heading) || matches!(k, LineKind::Text { words } if *words >= CONTENT_WORDS)
+    };
     let first = kinds.iter().position(stops).unwrap_or(kinds.len());
     let last = kinds.iter().rposition(stops).map_or(0, |l| l + 1);
     kinds
@@ -515,12 +526,14 @@ fn line_kind(out: &str, range: Range<usize>, links: &[Range<usize>], in_table: b
         }
     }
     let links_n = link_texts.len();
-    let short = link_texts.iter().all(|t| t.split_whitespace().count() <= NAV_LINK_WORDS);
+    let short = link_texts
+        .iter()
+        .all(|t| t.split_whitespace().count() <= NAV_LINK_WORDS);
     if in_table || links_n == 0 || !short {
         return LineKind::Text { words };
     }
-    let strong = (words == 0 && links_n >= 3)
-        || (separators && ((links_n >= 2 && words == 0) || (links_n >= 3 && words <= 3)));
+    let strong =
+        (words == 0 && links_n >= 3) || (separators && ((links_n >= 2 && words == 0) || (links_n >= 3 && words <= 3)));
     if words == 0 || strong {
         LineKind::Nav { strong }
     } else {
