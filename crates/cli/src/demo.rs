@@ -1,6 +1,8 @@
 //! `ragpipe demo`: the main job end to end on the embedded defaults. Migrates, creates (or
-//! finds) the demo user, ingests the fixture documents with progress, searches them, then asks a question and streams the answer
-//! with its sources.
+//! finds) the demo user, ingests the demo corpus with progress (`fixtures/demo/`: nine pages of
+//! the SQLite documentation, one of them also as a Markdown copy), searches it, then asks a
+//! question and streams the answer with its sources. The question is answered by several pages,
+//! so the answer cites different documents; the copy shows as `also in` on the page it repeats.
 //! Running it again is quick: identical uploads return the documents already ingested.
 
 use anyhow::Context;
@@ -16,10 +18,13 @@ const DEMO_USER: uuid::Uuid = uuid::Uuid::from_u128(0x0000_0000_0000_4000_8000_0
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Documents to ingest.
-    #[arg(long, default_value = "fixtures/documents")]
+    #[arg(long, default_value = "fixtures/demo")]
     pub documents: PathBuf,
     /// The question to search for and answer.
-    #[arg(long, default_value = "How are fonts embedded in a PDF?")]
+    #[arg(
+        long,
+        default_value = "Can readers and a writer use an SQLite database at the same time?"
+    )]
     pub question: String,
 }
 

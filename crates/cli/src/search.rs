@@ -70,7 +70,8 @@ pub async fn run(config: Config, args: SearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One block per hit: rank, score, source, then the highlighted fragments (or the text's start).
+/// One block per hit: rank, score, source, then the highlighted fragments (or the text's start)
+/// and the other documents holding the same passage.
 pub fn print_hits(hits: &[SearchHit]) {
     if hits.is_empty() {
         println!("no matching chunks");
@@ -103,5 +104,14 @@ pub fn print_hits(hits: &[SearchHit]) {
             .clone()
             .unwrap_or_else(|| hit.content.chars().take(240).collect());
         println!("    {}", text.split_whitespace().collect::<Vec<_>>().join(" "));
+        if !hit.also_in.is_empty() {
+            let mut names: Vec<&str> = Vec::new();
+            for a in &hit.also_in {
+                if !names.contains(&a.filename.as_str()) {
+                    names.push(&a.filename);
+                }
+            }
+            println!("    also in: {}", names.join(", "));
+        }
     }
 }

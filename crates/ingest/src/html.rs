@@ -1,8 +1,17 @@
 //! HTML: a forgiving tag-soup reader that keeps what a reader of the page sees as content
 //! (headings, paragraphs, lists, tables, the title) and drops scripts, styles and navigation.
 //! The output is Markdown-shaped so chunking breaks at the page's headings.
+//!
+//! Navigation is dropped in two ways. By markup: `<nav>`, `role="navigation"`, and the class or
+//! id names manual generators give their navigation bars (DocBook's `navheader`/`navfooter`,
+//! breadcrumbs). By shape, for pages whose navigation is plain links ([`nav_lines`]): a line
+//! made only of short links and separators ("Prev | Up | Home | Next", "Apache > HTTP Server >
+//! Documentation") is dropped wherever it is outside a table, and a block of short link-only
+//! lines (a site menu as a list) is dropped before the page's first heading or paragraph and
+//! after its last. A paragraph with words of its own around its links is kept.
 
 use crate::{Extracted, Format, markdown};
+use std::ops::Range;
 
 /// Elements whose whole content is dropped.
 const SKIPPED: &[&str] = &[
@@ -71,8 +80,9 @@ pub(crate) fn extract(html: &str) -> Extracted {
             w.close(name);
             continue;
         }
-        let role_nav =
-            tag.attrs_lower.contains("role=\"navigation\"") || tag.attrs_lower.contains("aria-hidden=\"true\"");
+        let role_nav = tag.attrs_lower.contains("role=\"navigation\"")
+            || tag.attrs_lower.contains("aria-hidden=\"true\"")
+            || nav_class(&tag.attrs_lower);
         if SKIPPED.contains(&name) || role_nav || name == "title" || name == "textarea" {
             if tag.self_closing {
                 continue;
@@ -86,6 +96,10 @@ pub(crate) fn extract(html: &str) -> Extracted {
             }
             i = end.1;
             text_start = i;
+            continue;
+        }
+        if name == "a" && !tag.attrs_lower.contains("href") {
+            // An anchor, not a link.
             continue;
         }
         w.open(name, tag.self_closing);
@@ -157,6 +171,47 @@ fn parse_tag(s: &str) -> Option<Tag> {
     })
 }
 
+/// Class or id names of navigation bars (whole names, compared lowercase).
+const NAV_NAMES: &[&str] = &[
+    "navheader",
+    "navfooter",
+    "breadcrumb",
+    "breadcrumbs",
+    "skip-link",
+    "skiplink",
+    "navbar",
+];
+
+/// Whether the tag's `class` or `id` names a navigation bar.
+fn nav_class(attrs_lower: &str) -> bool {
+    ["class", "id"].iter().any(|attr| {
+        attr_value(attrs_lower, attr).is_some_and(|v| v.split_ascii_whitespace().any(|n| NAV_NAMES.contains(&n)))
+    })
+}
+
+/// The value of `name=` in an attribute string (quoted or not).
+fn attr_value<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
+    let mut from = 0;
+    while let Some(p) = attrs[from..].find(name) {
+        let at = from + p;
+        from = at + name.len();
+        let before_ok = at == 0 || attrs.as_bytes()[at - 1].is_ascii_whitespace();
+        let rest = attrs[from..].trim_start();
+        if !before_ok || !rest.starts_with('=') {
+            continue;
+        }
+        let rest = rest[1..].trim_start();
+        return Some(match rest.chars().next() {
+            Some(q @ ('"' | '\'')) => rest[1..].split(q).next().unwrap_or(""),
+            _ => rest
+                .split(|c: char| c.is_ascii_whitespace() || c == '>')
+                .next()
+                .unwrap_or(""),
+        });
+    }
+    None
+}
+
 /// The byte range end of the content of `name` opened before `from`, and the position after
 /// its closing tag (nested elements of the same name are counted).
 fn find_close(html: &str, from: usize, name: &str) -> (usize, usize) {
@@ -193,6 +248,12 @@ struct Writer {
     heading: bool,
     lists: Vec<Option<u32>>,
     cell_in_row: usize,
+    /// Start of the link being written, if any.
+    link_open: Option<usize>,
+    /// Byte ranges of `out` written inside `<a>` elements, in order.
+    links: Vec<Range<usize>>,
+    /// Offsets in `out` where a table row's line starts.
+    table_rows: Vec<usize>,
 }
 
 impl Writer {
@@ -287,6 +348,11 @@ impl Writer {
             "tr" => {
                 self.newline();
                 self.cell_in_row = 0;
+                self.table_rows.push(self.out.len());
+            }
+            "a" => {
+                self.end_link();
+                self.link_open = Some(self.out.len());
             }
             "td" | "th" => {
                 if self.cell_in_row > 0 {
@@ -317,20 +383,31 @@ impl Writer {
                 }
             }
             "li" | "tr" => self.newline(),
+            "a" => self.end_link(),
             _ if BLOCKS.contains(&name) => self.blank_line(),
             _ => {}
         }
     }
 
+    fn end_link(&mut self) {
+        if let Some(start) = self.link_open.take()
+            && start < self.out.len()
+        {
+            self.links.push(start..self.out.len());
+        }
+    }
+
     fn finish(mut self) -> String {
         self.trim_trailing_spaces();
+        self.end_link();
+        let dropped = nav_lines(&self.out, &self.links, &self.table_rows);
         // Headings were written with their newlines turned into spaces; fold any blank
         // runs longer than one line.
         let mut out = String::with_capacity(self.out.len());
         let mut newlines = 0;
-        for line in self.out.split('\n') {
+        for (n, line) in self.out.split('\n').enumerate() {
             let line = line.trim_end();
-            if line.trim().is_empty() {
+            if line.trim().is_empty() || dropped[n] {
                 newlines += 1;
                 continue;
             }
@@ -345,6 +422,122 @@ impl Writer {
         }
         let _ = self.heading;
         out
+    }
+}
+
+/// Longest link text, in words, that a navigation line is made of.
+const NAV_LINK_WORDS: usize = 6;
+/// A line of text with at least this many words of its own ends the page's leading stretch
+/// (and, read from the end, starts its trailing one).
+const CONTENT_WORDS: usize = 8;
+/// Characters that separate the links of a navigation bar.
+const NAV_SEPARATORS: &[char] = &[
+    '|', '»', '›', '·', '>', '/', '•', '←', '→', '«', '‹', '^', ',', '[', ']',
+];
+
+/// What one output line is, for navigation removal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    Blank,
+    Heading,
+    /// Only short links (and separators, list markers, or with `strong` a short label).
+    /// `strong`: a bar of several links joined by separators, navigation wherever it is.
+    Nav {
+        strong: bool,
+    },
+    /// Anything else, with the number of words outside links.
+    Text {
+        words: usize,
+    },
+}
+
+/// Which lines of `out` (split at `\n`) are navigation to drop: strong navigation lines
+/// anywhere outside tables, and link-only lines before the first heading or
+/// [`CONTENT_WORDS`]-word line and after the last.
+fn nav_lines(out: &str, links: &[Range<usize>], table_rows: &[usize]) -> Vec<bool> {
+    let mut kinds = Vec::new();
+    let mut start = 0;
+    for line in out.split('\n') {
+        let range = start..start + line.len();
+        start = range.end + 1;
+        let in_table = table_rows.iter().any(|&r| range.contains(&r) || r == range.start);
+        kinds.push(line_kind(out, range, links, in_table));
+    }
+    let stops = |k: &LineKind| {
+        matches!(k, LineKind::Heading) || matches!(k, LineKind::Text { words } if *words >= CONTENT_WORDS)
+    };
+    let first = kinds.iter().position(stops).unwrap_or(kinds.len());
+    let last = kinds.iter().rposition(stops).map_or(0, |l| l + 1);
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(n, k)| match k {
+            LineKind::Nav { strong: true } => true,
+            LineKind::Nav { strong: false } => n < first || n >= last,
+            _ => false,
+        })
+        .collect()
+}
+
+fn line_kind(out: &str, range: Range<usize>, links: &[Range<usize>], in_table: bool) -> LineKind {
+    let line = &out[range.clone()];
+    let lead = line.trim_start();
+    if lead.is_empty() {
+        return LineKind::Blank;
+    }
+    if lead.starts_with("# ") || lead.starts_with("## ") || lead.starts_with("### ") || lead.starts_with("#### ") {
+        return LineKind::Heading;
+    }
+    // The line's text outside links (links blanked), and its link texts.
+    let mut outside = String::with_capacity(line.len());
+    let mut link_texts: Vec<String> = Vec::new();
+    let mut in_link_prev = false;
+    for (i, c) in line.char_indices() {
+        let at = range.start + i;
+        let in_link = links.iter().any(|l| l.contains(&at));
+        if in_link {
+            if !in_link_prev {
+                link_texts.push(String::new());
+            }
+            if let Some(t) = link_texts.last_mut() {
+                t.push(c);
+            }
+            outside.push(' ');
+        } else {
+            outside.push(c);
+        }
+        in_link_prev = in_link;
+    }
+    link_texts.retain(|t| t.chars().any(char::is_alphanumeric));
+    let mut tokens = outside.split_whitespace().peekable();
+    // A list marker is not a word.
+    if let Some(t) = tokens.peek()
+        && (*t == "-" || *t == "*" || (t.ends_with('.') && t[..t.len() - 1].bytes().all(|b| b.is_ascii_digit())))
+    {
+        tokens.next();
+    }
+    let mut words = 0;
+    let mut separators = false;
+    for t in tokens {
+        if t.chars().any(char::is_alphanumeric) {
+            words += 1;
+        } else if t.contains(NAV_SEPARATORS) {
+            separators = true;
+        }
+    }
+    let links_n = link_texts.len();
+    let short = link_texts
+        .iter()
+        .all(|t| t.split_whitespace().count() <= NAV_LINK_WORDS);
+    if in_table || links_n == 0 || !short {
+        return LineKind::Text { words };
+    }
+    let strong =
+        (words == 0 && links_n >= 3) || (separators && ((links_n >= 2 && words == 0) || (links_n >= 3 && words <= 3)));
+    if words == 0 || strong {
+        LineKind::Nav { strong }
+    } else {
+        LineKind::Text { words }
     }
 }
 
@@ -365,5 +558,46 @@ mod tests {
             "# Main heading\n\nFirst paragraph.\n\n- one\n- two\n\na | b\n1 | 2\n"
         );
         assert_eq!(d.headings.len(), 1);
+    }
+
+    /// The header and footer of an Apache httpd manual page (as shipped in apache2-doc), and
+    /// SQLite's site menu: navigation by shape, without a `<nav>`.
+    #[test]
+    fn drops_link_bars_and_menus_but_keeps_paragraphs_with_links() {
+        let html = r##"<body><div id="page-header">
+<p class="menu"><a href="./mod/">Modules</a> | <a href="./mod/directives.html">Directives</a> | <a href="http://wiki.apache.org/httpd/FAQ">FAQ</a> | <a href="./glossary.html">Glossary</a> | <a href="./sitemap.html">Sitemap</a></p>
+<p class="apache">Apache HTTP Server Version 2.4</p></div>
+<div id="path"><a href="http://www.apache.org/">Apache</a> &gt; <a href="http://httpd.apache.org/">HTTP Server</a> &gt; <a href="http://httpd.apache.org/docs/">Documentation</a> &gt; <a href="./">Version 2.4</a></div>
+<div id="page-content"><h1>Binding to Addresses and Ports</h1>
+<div class="toplang"><p><span>Available Languages: </span><a href="../de/bind.html">&nbsp;de&nbsp;</a> |
+<a href="../en/bind.html">&nbsp;en&nbsp;</a> |
+<a href="../fr/bind.html">&nbsp;fr&nbsp;</a></p></div>
+<p>Configuring Apache HTTP Server to listen on specific addresses and ports.</p>
+<ul id="toc"><li><a href="#overview">Overview</a></li><li><a href="#reload">Changing Listen configuration on restart</a></li></ul>
+<p>See <a href="mod/core.html#virtualhost">VirtualHost</a> and <a href="mod/mpm_common.html#listen">Listen</a> for the directives that set this up.</p>
+<table><tr><th><a href="a.html">mod_a</a></th><td><a href="b.html">mod_b</a></td><td><a href="c.html">mod_c</a></td></tr></table>
+</div>
+<div id="footer"><p class="apache">Copyright 2017 The Apache Software Foundation.<br>Licensed under the <a href="http://www.apache.org/licenses/LICENSE-2.0">Apache License, Version 2.0</a>.</p>
+<p class="menu"><a href="./mod/">Modules</a> | <a href="./mod/directives.html">Directives</a> | <a href="http://wiki.apache.org/httpd/FAQ">FAQ</a> | <a href="./glossary.html">Glossary</a> | <a href="./sitemap.html">Sitemap</a></p></div>
+<div class="menu"><ul><li><a href="index.html">Home</a><li><a href="about.html">About</a><li><a href="docs.html">Documentation</a></ul></div>
+</body>"##;
+        assert_eq!(
+            extract(html).text,
+            "Apache HTTP Server Version 2.4\n\n# Binding to Addresses and Ports\n\n\
+             Configuring Apache HTTP Server to listen on specific addresses and ports.\n\n\
+             - Overview\n- Changing Listen configuration on restart\n\n\
+             See VirtualHost and Listen for the directives that set this up.\n\nmod_a | mod_b | mod_c\n\n\
+             Copyright 2017 The Apache Software Foundation.\nLicensed under the Apache License, Version 2.0.\n"
+        );
+    }
+
+    #[test]
+    fn navigation_by_markup() {
+        let html = r#"<div class="navheader"><table><tr><td><a href="p.html">Prev</a></td><td><a href="n.html">Next</a></td></tr></table></div>
+<div role="navigation" aria-label="breadcrumbs navigation"><ul><li><a href="index.html">Docs</a> &raquo;</li></ul></div>
+<p class="x">Body text with <a href="y.html">a link</a>.</p><ol class="breadcrumb"><li>Home</li></ol>"#;
+        assert_eq!(extract(html).text, "Body text with a link.\n");
+        assert!(nav_class(r#" class="navfooter""#) && nav_class(" id=breadcrumbs"));
+        assert!(!nav_class(r#" class="navigational-tips""#) && !nav_class(r#" data-class="navbar""#));
     }
 }

@@ -31,7 +31,7 @@ pub use pdf::running_key;
 /// Identifies the code that produced an [`Extracted`]; stored with every chunk set so that
 /// reprocessing knows which documents an extractor change affects. Bump it whenever the
 /// text this crate produces for the same bytes changes.
-pub const EXTRACTOR_VERSION: &str = concat!("ragpipe-ingest/", env!("CARGO_PKG_VERSION"), "+x4");
+pub const EXTRACTOR_VERSION: &str = concat!("ragpipe-ingest/", env!("CARGO_PKG_VERSION"), "+x5");
 
 /// Bounds on what one document may cost. Hostile input hits one of these and fails with
 /// [`ExtractError::TooLarge`] or [`ExtractError::Timeout`] instead of exhausting the worker.

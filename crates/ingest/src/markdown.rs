@@ -5,9 +5,13 @@ use crate::{Extracted, Format, Heading};
 
 /// Extracts a Markdown document from its decoded text. YAML front matter is metadata, not
 /// text: its `title` is the document's title, and the block itself is left out of the text
-/// (read as Markdown it would be a setext heading "title: ...").
+/// (read as Markdown it would be a setext heading "title: ..."). HTML comments are not shown
+/// by any renderer and often hold machine data (the YAML history blocks of Node-style API
+/// docs), so they are left out too ([`strip_comments`]).
 pub(crate) fn extract(text: &str) -> Extracted {
     let (front, body) = split_front_matter(text);
+    let body = strip_comments(body);
+    let body = body.as_str();
     let headings = headings(body);
     let title = front
         .and_then(front_matter_title)
@@ -46,6 +50,96 @@ pub(crate) fn split_front_matter(text: &str) -> (Option<&str>, &str) {
         }
     }
     (None, text)
+}
+
+/// Removes HTML comments (`<!-- ... -->`, on one line or across lines) outside fenced and
+/// indented code blocks and inline code spans. A line that held only a comment goes with it;
+/// a paragraph break it stood for is kept. An unclosed comment runs to the end, as it does
+/// in a browser.
+pub(crate) fn strip_comments(text: &str) -> String {
+    if !text.contains("<!--") {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut fence: Option<&str> = None;
+    let mut in_comment = false;
+    // A comment-only line was dropped since the last line written.
+    let mut gap = false;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_end();
+        let lead = t.trim_start();
+        if !in_comment {
+            if let Some(f) = fence {
+                if lead.starts_with(f) {
+                    fence = None;
+                }
+                out.push_str(line);
+                continue;
+            }
+            let indented = t.starts_with("    ") || t.starts_with('\t');
+            if !indented && (lead.starts_with("```") || lead.starts_with("~~~")) {
+                fence = Some(&lead[..3]);
+            }
+            if fence.is_some() || indented || !line.contains("<!--") {
+                if gap && lead.is_empty() && (out.is_empty() || out.ends_with("\n\n")) {
+                    // The comment's line and a blank line beside it: one paragraph break.
+                    gap = false;
+                    continue;
+                }
+                if gap && !lead.is_empty() && !out.is_empty() && !out.ends_with("\n\n") {
+                    out.push('\n');
+                }
+                gap = false;
+                out.push_str(line);
+                continue;
+            }
+        }
+        let mut kept = String::new();
+        let mut rest = line;
+        loop {
+            if in_comment {
+                match rest.find("-->") {
+                    Some(e) => {
+                        rest = &rest[e + 3..];
+                        if kept.ends_with([' ', '\t']) {
+                            rest = rest.trim_start_matches([' ', '\t']);
+                        }
+                        in_comment = false;
+                    }
+                    None => break,
+                }
+            }
+            match rest.find("<!--") {
+                // Inside an inline code span (an odd number of backticks before it): literal.
+                Some(s) if (kept.matches('`').count() + rest[..s].matches('`').count()) % 2 == 1 => {
+                    kept.push_str(&rest[..s + 4]);
+                    rest = &rest[s + 4..];
+                }
+                Some(s) => {
+                    kept.push_str(&rest[..s]);
+                    rest = &rest[s + 4..];
+                    in_comment = true;
+                }
+                None => {
+                    kept.push_str(rest);
+                    break;
+                }
+            }
+        }
+        if kept.trim().is_empty() {
+            gap = true;
+            continue;
+        }
+        if gap && !out.is_empty() && !out.ends_with("\n\n") {
+            out.push('\n');
+        }
+        gap = false;
+        out.push_str(kept.trim_end());
+        if line.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// `key:` or `key: value` at the start of a line, with a plain YAML key.
@@ -187,5 +281,20 @@ mod tests {
         assert_eq!(split_front_matter(md), (None, md));
         // Nor is an unclosed block.
         assert_eq!(split_front_matter("---\ntitle: x\nno end\n").0, None);
+    }
+
+    #[test]
+    fn html_comments_are_dropped_outside_code() {
+        // The shape of Node's API docs: a YAML history block under each heading.
+        let md = "## fs.access(path[, mode], callback)\n<!-- YAML\nadded: v0.11.15\nchanges:\n  - version: v7.6.0\n    pr-url: https://github.com/nodejs/node/pull/10739\n-->\n\n* `path` {string}\n\nTests a user's permissions.<!-- inline --> Done.\n\n```html\n<!-- kept in code -->\n```\n\n    <!-- kept, indented code -->\n\nUse `<!--` to open one.\nBefore\n<!-- gone -->\nAfter\n";
+        assert_eq!(
+            strip_comments(md),
+            "## fs.access(path[, mode], callback)\n\n* `path` {string}\n\nTests a user's permissions. Done.\n\n```html\n<!-- kept in code -->\n```\n\n    <!-- kept, indented code -->\n\nUse `<!--` to open one.\nBefore\n\nAfter\n"
+        );
+        // Unclosed: to the end.
+        assert_eq!(strip_comments("Text.\n<!-- never closed\nmore\n"), "Text.\n");
+        let doc = extract("# T\n<!-- x -->\n## Sub\n");
+        assert_eq!(doc.text, "# T\n\n## Sub\n");
+        assert_eq!(&doc.text[doc.headings[1].offset..][..6], "## Sub");
     }
 }

@@ -14,7 +14,18 @@
 //! - **Fusion:** weighted Reciprocal Rank Fusion, `w / (k + rank)` summed over the legs that
 //!   ranked a chunk. The weights are the caller's (ragpipe-agent chooses them by measurement).
 //!
-//! This module computes nothing itself: it binds, runs and maps. Callers embed the query.
+//! - **Distinct passages:** the statement returns the fused top `3k`, and [`collapse`] keeps
+//!   the first `k` distinct passages: identical and near-identical chunk texts (the same
+//!   document uploaded as PDF and DOCX, or twice in two versions) are one hit, the best-ranked,
+//!   with the others in its `also_in`. Every caller (the API, `ragpipe search`, the agent's
+//!   prompt) gets `k` different passages.
+//!
+//! Apart from that collapse this module computes nothing itself: it binds, runs and maps.
+//! Callers embed the query.
+
+mod collapse;
+
+pub use collapse::{NEAR_DUPLICATE, collapse, normalise, similarity};
 
 use crate::{StoreError, UserTx, embedding_models::sql_literal};
 use pgvector::Vector;
@@ -33,6 +44,9 @@ pub const MAX_MODELS: usize = 4;
 
 /// Most results one search returns.
 pub const MAX_K: u32 = 100;
+/// Fused candidates read per result wanted, so that `k` distinct passages remain after
+/// duplicates are collapsed.
+pub const CANDIDATES_PER_RESULT: u32 = 3;
 /// Most candidates one leg contributes.
 pub const MAX_DEPTH: u32 = 1000;
 
@@ -218,6 +232,22 @@ pub struct SearchHit {
     pub content: String,
     /// Best fragments with query terms in `**`, when asked for and a term matched.
     pub highlight: Option<String>,
+    /// Other chunks with the same or a near-identical text, ranked below this one and left out
+    /// of the results for it ([`collapse`]), best first.
+    #[sqlx(skip)]
+    #[serde(default)]
+    pub also_in: Vec<AlsoIn>,
+}
+
+/// A chunk left out of the results because a better-ranked hit has the same passage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlsoIn {
+    /// Its document.
+    pub document_id: Uuid,
+    /// The document's filename.
+    pub filename: String,
+    /// The chunk.
+    pub chunk_id: i64,
 }
 
 /// Why a query was refused before reaching the database.
@@ -225,11 +255,13 @@ fn invalid(message: String) -> StoreError {
     StoreError::Config(message)
 }
 
-/// Runs `query` as the transaction's user and returns at most `k` hits, best first. Only the
-/// acting user's chunks can come back (row-level security on every table the statement reads,
-/// the text leg's postings and statistics included).
+/// Runs `query` as the transaction's user and returns at most `k` hits, best first, each a
+/// different passage (duplicates in `also_in`). Only the acting user's chunks can come back
+/// (row-level security on every table the statement reads, the text leg's postings and
+/// statistics included).
 pub async fn search(tx: &mut UserTx, query: &SearchQuery<'_>) -> Result<Vec<SearchHit>, StoreError> {
     let k = query.k.clamp(1, MAX_K);
+    let fetched = k * CANDIDATES_PER_RESULT;
     let depth = query.depth.clamp(k, MAX_DEPTH);
     let vectors: &[QueryVector<'_>] = if query.mode.uses_vector() { query.vectors } else { &[] };
     if query.mode.uses_vector() && vectors.is_empty() {
@@ -277,7 +309,7 @@ pub async fn search(tx: &mut UserTx, query: &SearchQuery<'_>) -> Result<Vec<Sear
     sqlx::query_as::<_, SearchHit>(sqlx::AssertSqlSafe(sql))
         .bind(query.text)
         .bind(&embeddings)
-        .bind(k as i32)
+        .bind(fetched as i32)
         .bind(vector_depth as i32)
         .bind(text_depth as i32)
         .bind(query.document_ids)
@@ -295,6 +327,7 @@ pub async fn search(tx: &mut UserTx, query: &SearchQuery<'_>) -> Result<Vec<Sear
         .bind(query.highlight)
         .fetch_all(tx.conn())
         .await
+        .map(|ranked| collapse(ranked, k as usize))
         .map_err(StoreError::db("searching chunks"))
 }
 

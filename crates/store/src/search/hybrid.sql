@@ -8,7 +8,8 @@
 -- model is used only when the query repeats its expression and predicate exactly, with the
 -- model as a literal.
 --
---  $1 query text            $2 query vectors, one per leg, in leg order    $3 k
+--  $1 query text            $2 query vectors, one per leg, in leg order
+--  $3 fused rows returned (3k: store::search keeps the first k distinct passages of them)
 --  $4 vector leg depth      $5 text leg depth (0 turns a leg off)
 --  $6 document ids (NULL: all)                 $7 metadata containment (NULL: any)
 --  $8 vector weight  $9 vector RRF k  $10 text weight  $11 text RRF k
