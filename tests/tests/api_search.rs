@@ -150,3 +150,58 @@ async fn duplicate_passages_are_one_result_with_also_in(pool: PgPool) {
     }
     app.shutdown().await;
 }
+
+/// With a reranker configured, `POST /v1/search` says what the rerank stage did: applied, or,
+/// when the reranker fails, the fused order and why. Without one, the field is absent.
+#[sqlx::test(migrations = false)]
+async fn search_over_http_reports_the_rerank_stage(pool: PgPool) {
+    let server = ragpipe_tests::openai_server::OpenAiServer::start().await;
+    let rerank = server.rerank_endpoint();
+    let app = TestApp::builder(pool)
+        .config(move |c| c.rerank = rerank)
+        .with_task("ingest worker", |store, config, shutdown| {
+            ragpipe_ingest_worker::spawn(store, config, shutdown)
+        })
+        .start()
+        .await;
+    let a = app.create_user("a@example.com").await;
+    for (name, text) in [
+        (
+            "zeppelins.md",
+            "# Airships\n\nThe Hindenburg zeppelin was filled with hydrogen.\n",
+        ),
+        (
+            "balloons.md",
+            "# Balloons\n\nHot air balloons rise because warm air is lighter.\n",
+        ),
+    ] {
+        let doc = app.upload_one(&a.key, name, text).await;
+        let id = doc["id"].as_str().expect("id").to_owned();
+        let ready = app.wait_for_document(&a.key, &id, Duration::from_secs(60)).await;
+        assert_eq!(ready["status"], "ready", "{ready}");
+    }
+    let search = || async {
+        let response = app
+            .request(reqwest::Method::POST, &a.key, "/v1/search")
+            .json(&json!({"query": "which gas filled the zeppelin", "k": 2}))
+            .send()
+            .await
+            .expect("search");
+        ragpipe_tests::app::json_of(response).await
+    };
+    let (status, body) = search().await;
+    assert_eq!(status.as_u16(), 200, "{body}");
+    assert_eq!(body["rerank"]["applied"], true, "{body}");
+    assert_eq!(body["hits"][0]["filename"], "zeppelins.md", "{body}");
+
+    server.inject(
+        ragpipe_tests::openai_server::Route::Rerank,
+        ragpipe_tests::openai_server::Fault::server_error(),
+        10,
+    );
+    let (status, body) = search().await;
+    assert_eq!(status.as_u16(), 200, "the search answers without its reranker: {body}");
+    assert_eq!(body["rerank"]["applied"], false, "{body}");
+    assert!(body["rerank"]["reason"].is_string(), "{body}");
+    assert_eq!(body["hits"].as_array().map(Vec::len), Some(2), "{body}");
+}

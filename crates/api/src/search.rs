@@ -9,6 +9,7 @@ use crate::body::JsonBody;
 use crate::{AppState, Auth, Error};
 use axum::Json;
 use axum::extract::State;
+use ragpipe_agent::retrieve::{QueryUsage, RerankReport};
 use ragpipe_agent::{RetrieveError, SearchHit, SearchMode, SearchRequest};
 use ragpipe_core::ErrorKind;
 use serde::Serialize;
@@ -22,6 +23,10 @@ pub struct SearchResponse {
     pub k: u32,
     /// The hits, best first (at most `k`).
     pub hits: Vec<SearchHit>,
+    /// What the rerank stage did (absent when no reranker is configured): whether the hits
+    /// are in its order, and if not, why the fused order was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<RerankReport>,
 }
 
 /// `POST /v1/search`.
@@ -30,11 +35,16 @@ pub async fn search(
     auth: Auth,
     JsonBody(request): JsonBody<SearchRequest>,
 ) -> Result<Json<SearchResponse>, Error> {
-    let hits = state.retriever.search(auth.user_id, &request).await.map_err(to_error)?;
+    let searched = state
+        .retriever
+        .search_ranked(auth.user_id, &request, &QueryUsage::search())
+        .await
+        .map_err(to_error)?;
     Ok(Json(SearchResponse {
         mode: request.mode,
         k: request.k,
-        hits,
+        hits: searched.hits,
+        rerank: searched.rerank,
     }))
 }
 
