@@ -122,9 +122,9 @@ fn sweep_extractive_selection() {
     let text = std::fs::read_to_string(&path).expect("the dump");
     let dump: Vec<Dumped> = serde_json::from_str(&text).expect("the dump parses");
     for min_coverage in [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55] {
-        for keep_ratio in [0.5, 0.7, 0.85, 1.01] {
-            for previous_weight in [0.3, 0.6] {
-                for rank_decay in [0.0, 0.05, 0.1] {
+        for keep_ratio in [0.5, 0.7, 1.01] {
+            for previous_weight in [0.3, 0.6, 1.0] {
+                for rank_decay in [0.0, 0.05, 0.1, 0.15, 0.2] {
                     let selection = Selection {
                         min_coverage,
                         keep_ratio,
