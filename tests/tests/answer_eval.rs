@@ -14,9 +14,11 @@ use search_support::*;
 use sqlx::PgPool;
 use std::sync::Arc;
 
-/// Floors just under the figures measured on the fixture set (BENCHMARKS.md, "Answer quality").
-const MIN_PRECISION: f64 = 0.0;
-const MIN_SUPPORT: f64 = 0.0;
+/// Floors just under the figures measured on the fixture set (precision 0.905, support 0.435;
+/// BENCHMARKS.md, "Answer quality"). The unseen set's test half is not checked here: ingesting its
+/// 965 documents into a fresh database takes minutes in a debug build; it is measured by hand.
+const MIN_PRECISION: f64 = 0.85;
+const MIN_SUPPORT: f64 = 0.40;
 
 fn questions() -> Vec<EvalQuestion> {
     let text = std::fs::read_to_string(fixtures().join("eval/questions.jsonl")).expect("questions");
@@ -54,13 +56,21 @@ async fn answers_cite_only_their_sources_and_stay_above_the_floor(pool: PgPool) 
     assert!(
         report.results.iter().all(|r| r.status == "complete"),
         "unfinished answers: {:?}",
-        report.results.iter().filter(|r| r.status != "complete").map(|r| &r.id).collect::<Vec<_>>()
+        report
+            .results
+            .iter()
+            .filter(|r| r.status != "complete")
+            .map(|r| &r.id)
+            .collect::<Vec<_>>()
     );
     assert!(all.markers > 0, "no answer cites anything");
     assert_eq!(all.citation_validity, 1.0, "{:?}", report.results);
     let precision = all.citation_precision.expect("answers cite sources");
     let support = all.answer_support.expect("answerable questions");
-    assert!(precision >= MIN_PRECISION, "citation precision {precision:.3} < {MIN_PRECISION}");
+    assert!(
+        precision >= MIN_PRECISION,
+        "citation precision {precision:.3} < {MIN_PRECISION}"
+    );
     assert!(support >= MIN_SUPPORT, "answer support {support:.3} < {MIN_SUPPORT}");
 }
 

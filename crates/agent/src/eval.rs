@@ -319,7 +319,6 @@ pub struct Floor {
     pub note: String,
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Answer evaluation (`ragpipe eval --answers`): every question asked through the agent, the
 // answer scored against the question's gold documents and quote.
@@ -329,22 +328,20 @@ pub struct Floor {
 /// with each other's content words, and a union needs no language detection.
 const STOP_WORDS: &[&str] = &[
     // en
-    "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be", "been", "being", "but",
-    "by", "can", "could", "did", "do", "does", "each", "for", "from", "had", "has", "have", "he", "her", "his",
-    "how", "i", "if", "in", "into", "is", "it", "its", "may", "more", "most", "must", "no", "not", "of", "on",
-    "one", "only", "or", "other", "our", "she", "should", "so", "some", "such", "than", "that", "the", "their",
-    "them", "then", "there", "these", "they", "this", "those", "to", "up", "was", "we", "were", "what", "when",
-    "where", "which", "who", "why", "will", "with", "would", "you", "your",
-    // de
-    "aber", "alle", "als", "am", "an", "auch", "auf", "aus", "bei", "bis", "das", "dass", "dem", "den", "der",
-    "des", "die", "dies", "diese", "dieser", "dieses", "durch", "ein", "eine", "einem", "einen", "einer",
-    "eines", "er", "es", "für", "hat", "ich", "ihr", "im", "in", "ist", "kann", "mit", "nach", "nicht", "noch",
-    "nur", "ob", "oder", "sich", "sie", "sind", "so", "um", "und", "von", "vor", "wenn", "werden", "wie", "wird",
-    "zu", "zum", "zur",
+    "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be", "been", "being", "but", "by",
+    "can", "could", "did", "do", "does", "each", "for", "from", "had", "has", "have", "he", "her", "his", "how", "i",
+    "if", "in", "into", "is", "it", "its", "may", "more", "most", "must", "no", "not", "of", "on", "one", "only", "or",
+    "other", "our", "she", "should", "so", "some", "such", "than", "that", "the", "their", "them", "then", "there",
+    "these", "they", "this", "those", "to", "up", "was", "we", "were", "what", "when", "where", "which", "who", "why",
+    "will", "with", "would", "you", "your", // de
+    "aber", "alle", "als", "am", "an", "auch", "auf", "aus", "bei", "bis", "das", "dass", "dem", "den", "der", "des",
+    "die", "dies", "diese", "dieser", "dieses", "durch", "ein", "eine", "einem", "einen", "einer", "eines", "er", "es",
+    "für", "hat", "ich", "ihr", "im", "in", "ist", "kann", "mit", "nach", "nicht", "noch", "nur", "ob", "oder", "sich",
+    "sie", "sind", "so", "um", "und", "von", "vor", "wenn", "werden", "wie", "wird", "zu", "zum", "zur",
     // fr
-    "au", "aux", "avec", "ce", "ces", "cette", "dans", "de", "des", "du", "elle", "en", "est", "et", "il", "ils",
-    "la", "le", "les", "leur", "mais", "ne", "ou", "par", "pas", "peut", "plus", "pour", "qu", "que", "qui", "sa",
-    "se", "ses", "si", "son", "sont", "sur", "un", "une",
+    "au", "aux", "avec", "ce", "ces", "cette", "dans", "de", "des", "du", "elle", "en", "est", "et", "il", "ils", "la",
+    "le", "les", "leur", "mais", "ne", "ou", "par", "pas", "peut", "plus", "pour", "qu", "que", "qui", "sa", "se",
+    "ses", "si", "son", "sont", "sur", "un", "une",
 ];
 
 /// Whether `word` (lowercase) is a stop word of any of the sets' languages.
@@ -500,7 +497,11 @@ impl AnswerResult {
             cited,
             cited_gold,
             refused: is_refusal(answer),
-            support: question.quote.as_deref().filter(|_| answerable).map(|q| answer_support(q, answer)),
+            support: question
+                .quote
+                .as_deref()
+                .filter(|_| answerable)
+                .map(|q| answer_support(q, answer)),
             answer: answer.to_owned(),
         }
     }
@@ -688,7 +689,11 @@ async fn ask_one(
         k: None,
         max_attempts: config.worker.max_attempts,
     };
-    let mut tx = ctx.store().user_tx(user).await.map_err(store_err("opening a transaction"))?;
+    let mut tx = ctx
+        .store()
+        .user_tx(user)
+        .await
+        .map_err(store_err("opening a transaction"))?;
     let asked = conversations::ask(&mut tx, conversation, text, &settings)
         .await
         .map_err(store_err("asking"))?;
@@ -699,7 +704,10 @@ async fn ask_one(
     };
     crate::answer::answer(ctx, job, true)
         .await
-        .map_err(|source| AnswerEvalError::Answer { id: id.to_owned(), source })?;
+        .map_err(|source| AnswerEvalError::Answer {
+            id: id.to_owned(),
+            source,
+        })?;
     Ok(asked)
 }
 

@@ -200,7 +200,10 @@ fn print_answer_report(
         .map(|r| format!("{} {:?}", r.id, r.invalid_markers))
         .collect();
     if !invalid.is_empty() {
-        println!("\ninvalid citations (markers naming no source in the prompt): {}", invalid.join(", "));
+        println!(
+            "\ninvalid citations (markers naming no source in the prompt): {}",
+            invalid.join(", ")
+        );
     }
     let unfinished: Vec<String> = report
         .results

@@ -170,12 +170,20 @@ pub(crate) fn best_sentences(
     let candidates: Vec<(String, u32, f64)> = sources
         .iter()
         .enumerate()
-        .flat_map(|(rank, s)| sentences(&s.text).into_iter().map(move |sentence| (sentence, s.number, rank)))
+        .flat_map(|(rank, s)| {
+            sentences(&s.text)
+                .into_iter()
+                .map(move |sentence| (sentence, s.number, rank))
+        })
         .map(|(sentence, number, rank)| {
             let t: HashSet<String> = terms(&sentence).collect();
             let matched: f64 = weighted.iter().filter(|(q, _)| t.contains(q)).map(|(_, w)| w).sum();
             let coverage = matched / total;
-            (sentence, number, coverage * (1.0 - selection.rank_decay * rank as f64).max(0.0))
+            (
+                sentence,
+                number,
+                coverage * (1.0 - selection.rank_decay * rank as f64).max(0.0),
+            )
         })
         .filter(|(_, _, score)| *score > 0.0)
         .collect();
@@ -251,15 +259,15 @@ const STEM_CHARS: usize = 7;
 /// German and French words that carry no content (the English ones are the embedder's), and
 /// question words that a sentence answering the question does not repeat.
 const OTHER_STOP_WORDS: &[&str] = &[
-    "aber", "alle", "als", "am", "auch", "auf", "aus", "bei", "bis", "das", "dass", "dem", "den", "der", "des",
-    "die", "dies", "diese", "dieser", "durch", "ein", "eine", "einem", "einen", "einer", "eines", "er", "es",
-    "für", "hat", "ich", "ihr", "im", "ist", "kann", "mit", "nach", "nicht", "noch", "nur", "ob", "oder", "sich",
-    "sie", "sind", "um", "und", "von", "vor", "wenn", "werden", "wie", "wird", "zu", "zum", "zur", "was", "wo",
-    "welche", "welcher", "warum", "wann", "gibt", "man", "mein", "meine", "ich", "au", "aux", "avec", "ce", "ces",
-    "cette", "dans", "de", "des", "du", "elle", "en", "est", "et", "il", "ils", "la", "le", "les", "leur",
-    "mais", "ne", "ou", "par", "pas", "peut", "plus", "pour", "qu", "que", "qui", "quoi", "quel", "quelle",
-    "comment", "sa", "se", "ses", "si", "son", "sont", "sur", "un", "une", "je", "mon", "ma", "mes", "est-ce",
-    "use", "using", "get", "want", "need", "way", "make", "me", "my", "tell", "know", "possible", "happen",
+    "aber", "alle", "als", "am", "auch", "auf", "aus", "bei", "bis", "das", "dass", "dem", "den", "der", "des", "die",
+    "dies", "diese", "dieser", "durch", "ein", "eine", "einem", "einen", "einer", "eines", "er", "es", "für", "hat",
+    "ich", "ihr", "im", "ist", "kann", "mit", "nach", "nicht", "noch", "nur", "ob", "oder", "sich", "sie", "sind",
+    "um", "und", "von", "vor", "wenn", "werden", "wie", "wird", "zu", "zum", "zur", "was", "wo", "welche", "welcher",
+    "warum", "wann", "gibt", "man", "mein", "meine", "ich", "au", "aux", "avec", "ce", "ces", "cette", "dans", "de",
+    "des", "du", "elle", "en", "est", "et", "il", "ils", "la", "le", "les", "leur", "mais", "ne", "ou", "par", "pas",
+    "peut", "plus", "pour", "qu", "que", "qui", "quoi", "quel", "quelle", "comment", "sa", "se", "ses", "si", "son",
+    "sont", "sur", "un", "une", "je", "mon", "ma", "mes", "est-ce", "use", "using", "get", "want", "need", "way",
+    "make", "me", "my", "tell", "know", "possible", "happen",
 ];
 
 /// Cuts `text` into small deltas (a few words each, whitespace kept) whose concatenation is
@@ -348,14 +356,24 @@ mod tests {
     fn a_follow_up_leans_on_the_previous_question() {
         let alone = answer("What is it built with?", None, &sources());
         assert!(!alone.contains("HNSW"), "{alone}");
-        let with = answer("What is it built with?", Some("Tell me about the HNSW index."), &sources());
+        let with = answer(
+            "What is it built with?",
+            Some("Tell me about the HNSW index."),
+            &sources(),
+        );
         assert!(with.contains("It is built with m=16. [2]"), "{with}");
-        assert!(with.contains("The HNSW index speeds up vector search over embeddings. [2]"), "{with}");
+        assert!(
+            with.contains("The HNSW index speeds up vector search over embeddings. [2]"),
+            "{with}"
+        );
     }
 
     #[test]
     fn quoted_reference_numbers_are_not_citations() {
-        assert_eq!(defuse_markers("See the ISO standard [9] and a[i] [1, 2]."), "See the ISO standard (9) and a[i] (1, 2).");
+        assert_eq!(
+            defuse_markers("See the ISO standard [9] and a[i] [1, 2]."),
+            "See the ISO standard (9) and a[i] (1, 2)."
+        );
         let sources = vec![SourcePassage {
             number: 1,
             text: "The flag setting follows the ISO standard [9] for Prolog systems.".into(),
