@@ -11,6 +11,7 @@
 
 use crate::retrieve::{RetrieveError, Retriever, SearchMode, SearchRequest};
 use ragpipe_core::UserId;
+use ragpipe_store::conversations;
 use serde::{Deserialize, Serialize};
 
 /// Rank cut-off of the reciprocal rank.
@@ -318,6 +319,398 @@ pub struct Floor {
     pub note: String,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Answer evaluation (`ragpipe eval --answers`): every question asked through the agent, the
+// answer scored against the question's gold documents and quote.
+
+/// Words that carry no content, per language of the sets (en, de, fr). A quote's content words
+/// are its words minus the union of the three lists: the sets' languages share few stop words
+/// with each other's content words, and a union needs no language detection.
+const STOP_WORDS: &[&str] = &[
+    // en
+    "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be", "been", "being", "but", "by",
+    "can", "could", "did", "do", "does", "each", "for", "from", "had", "has", "have", "he", "her", "his", "how", "i",
+    "if", "in", "into", "is", "it", "its", "may", "more", "most", "must", "no", "not", "of", "on", "one", "only", "or",
+    "other", "our", "she", "should", "so", "some", "such", "than", "that", "the", "their", "them", "then", "there",
+    "these", "they", "this", "those", "to", "up", "was", "we", "were", "what", "when", "where", "which", "who", "why",
+    "will", "with", "would", "you", "your", // de
+    "aber", "alle", "als", "am", "an", "auch", "auf", "aus", "bei", "bis", "das", "dass", "dem", "den", "der", "des",
+    "die", "dies", "diese", "dieser", "dieses", "durch", "ein", "eine", "einem", "einen", "einer", "eines", "er", "es",
+    "für", "hat", "ich", "ihr", "im", "in", "ist", "kann", "mit", "nach", "nicht", "noch", "nur", "ob", "oder", "sich",
+    "sie", "sind", "so", "um", "und", "von", "vor", "wenn", "werden", "wie", "wird", "zu", "zum", "zur",
+    // fr
+    "au", "aux", "avec", "ce", "ces", "cette", "dans", "de", "des", "du", "elle", "en", "est", "et", "il", "ils", "la",
+    "le", "les", "leur", "mais", "ne", "ou", "par", "pas", "peut", "plus", "pour", "qu", "que", "qui", "sa", "se",
+    "ses", "si", "son", "sont", "sur", "un", "une",
+];
+
+/// Whether `word` (lowercase) is a stop word of any of the sets' languages.
+pub fn is_stop_word(word: &str) -> bool {
+    STOP_WORDS.contains(&word)
+}
+
+/// The content words of `text`: lowercase alphanumeric words (split at anything else), stop
+/// words of en/de/fr removed, each once, in order of first appearance.
+pub fn content_words(text: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .filter(|w| !is_stop_word(w))
+        .filter(|w| seen.insert(w.clone()))
+        .collect()
+}
+
+/// Answer support: the share of `quote`'s content words that occur (as words) in `answer`;
+/// 0 when the quote has none.
+pub fn answer_support(quote: &str, answer: &str) -> f64 {
+    let wanted = content_words(quote);
+    if wanted.is_empty() {
+        return 0.0;
+    }
+    let have: std::collections::HashSet<String> = content_words(answer).into_iter().collect();
+    wanted.iter().filter(|w| have.contains(*w)).count() as f64 / wanted.len() as f64
+}
+
+/// Phrasings of "the documents do not cover this", lowercase: the offline responder's own
+/// refusals (`ragpipe_llm::NOT_COVERED` and the notes before it) and what chat models following
+/// `prompts/system.md` write, in the sets' languages.
+const REFUSAL_PHRASES: &[&str] = &[
+    // The offline responder.
+    "the documents do not cover this",
+    "no passages were retrieved",
+    "none of the retrieved passages matches",
+    // Chat models, en.
+    "documents do not cover",
+    "documents don't cover",
+    "do not answer",
+    "does not answer",
+    "don't answer",
+    "doesn't answer",
+    "do not contain",
+    "does not contain",
+    "don't contain",
+    "doesn't contain",
+    "do not mention",
+    "does not mention",
+    "don't mention",
+    "doesn't mention",
+    "do not provide",
+    "does not provide",
+    "don't provide",
+    "doesn't provide",
+    "do not say",
+    "does not say",
+    "do not include",
+    "does not include",
+    "not covered",
+    "not mentioned",
+    "no information",
+    "cannot find",
+    "can't find",
+    "could not find",
+    "couldn't find",
+    "unable to find",
+    "cannot answer",
+    "can't answer",
+    "not able to answer",
+    // de
+    "nicht beantwortet",
+    "beantworten die frage nicht",
+    "enthalten keine",
+    "keine informationen",
+    "keine angaben",
+    "nicht abgedeckt",
+    "nicht erwähnt",
+    // fr
+    "ne couvrent pas",
+    "ne répondent pas",
+    "ne contiennent pas",
+    "ne mentionnent pas",
+    "aucune information",
+    "pas d'information",
+];
+
+/// Whether `answer` says that the documents do not cover the question (see
+/// [`REFUSAL_PHRASES`]). Apostrophes are normalised, so "don’t" counts as "don't".
+pub fn is_refusal(answer: &str) -> bool {
+    let text = answer.to_lowercase().replace(['’', '‘'], "'");
+    let text = crate::eval::normalise_whitespace(&text);
+    REFUSAL_PHRASES.iter().any(|p| text.contains(p))
+}
+
+/// The `[n]` markers of `answer` (each number once) that name none of the sources in the
+/// prompt, whose numbers are `in_prompt`.
+pub fn invalid_citations(answer: &str, in_prompt: &[u32]) -> Vec<u32> {
+    crate::sources::cited_numbers(answer)
+        .into_iter()
+        .filter(|n| !in_prompt.contains(n))
+        .collect()
+}
+
+/// One question's answer, scored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnswerResult {
+    /// The question's id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Whether the corpus answers it.
+    pub answerable: bool,
+    /// How the answer ended (`complete`, `failed`, ...).
+    pub status: String,
+    /// Distinct `[n]` markers in the answer.
+    pub markers: usize,
+    /// Markers naming no source of the prompt.
+    pub invalid_markers: Vec<u32>,
+    /// Filenames of the cited chunks' documents, one per cited source.
+    pub cited: Vec<String>,
+    /// Cited sources whose document is a gold document.
+    pub cited_gold: usize,
+    /// Whether the answer says the documents do not cover the question.
+    pub refused: bool,
+    /// Share of the gold quote's content words in the answer (answerable questions).
+    pub support: Option<f64>,
+    /// The answer's text.
+    pub answer: String,
+}
+
+impl AnswerResult {
+    /// Scores `answer` to `question`, given the numbers of the sources in its prompt and the
+    /// filenames of the sources it cites (`cited`, one per valid citation).
+    pub fn score(
+        question: &EvalQuestion,
+        status: &str,
+        answer: &str,
+        in_prompt: &[u32],
+        cited: Vec<String>,
+    ) -> AnswerResult {
+        let answerable = !question.is_unanswerable();
+        let cited_gold = cited.iter().filter(|f| question.documents.contains(f)).count();
+        AnswerResult {
+            id: question.id.clone(),
+            kind: question.kind.clone(),
+            answerable,
+            status: status.to_owned(),
+            markers: crate::sources::cited_numbers(answer).len(),
+            invalid_markers: invalid_citations(answer, in_prompt),
+            cited,
+            cited_gold,
+            refused: is_refusal(answer),
+            support: question
+                .quote
+                .as_deref()
+                .filter(|_| answerable)
+                .map(|q| answer_support(q, answer)),
+            answer: answer.to_owned(),
+        }
+    }
+}
+
+/// Answer figures over a group of questions (all, or one kind).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnswerFigures {
+    /// `all`, or the kind.
+    pub kind: String,
+    /// Questions asked.
+    pub questions: usize,
+    /// Answerable questions among them.
+    pub answerable: usize,
+    /// Share of `[n]` markers naming a source in the prompt (1 when there are none).
+    pub citation_validity: f64,
+    /// Markers counted for validity.
+    pub markers: usize,
+    /// Share of the cited sources of answerable questions whose document is a gold document
+    /// (None when nothing was cited).
+    pub citation_precision: Option<f64>,
+    /// Cited sources counted for precision.
+    pub cited: usize,
+    /// Mean answer support over the answerable questions (None when there are none).
+    pub answer_support: Option<f64>,
+    /// Share of the unanswerable questions whose answer refuses (None when there are none).
+    pub refusal_rate: Option<f64>,
+    /// Share of the answerable questions whose answer refuses (None when there are none).
+    pub false_refusal_rate: Option<f64>,
+}
+
+impl AnswerFigures {
+    /// The figures of `results`, labelled `kind`.
+    pub fn of(kind: &str, results: &[&AnswerResult]) -> AnswerFigures {
+        let share = |num: usize, den: usize| (den > 0).then(|| num as f64 / den as f64);
+        let answerable: Vec<&&AnswerResult> = results.iter().filter(|r| r.answerable).collect();
+        let unanswerable = results.len() - answerable.len();
+        let markers: usize = results.iter().map(|r| r.markers).sum();
+        let invalid: usize = results.iter().map(|r| r.invalid_markers.len()).sum();
+        let cited: usize = answerable.iter().map(|r| r.cited.len()).sum();
+        let cited_gold: usize = answerable.iter().map(|r| r.cited_gold).sum();
+        let supports: Vec<f64> = answerable.iter().filter_map(|r| r.support).collect();
+        AnswerFigures {
+            kind: kind.to_owned(),
+            questions: results.len(),
+            answerable: answerable.len(),
+            citation_validity: share(markers - invalid, markers).unwrap_or(1.0),
+            markers,
+            citation_precision: share(cited_gold, cited),
+            cited,
+            answer_support: (!supports.is_empty()).then(|| supports.iter().sum::<f64>() / supports.len() as f64),
+            refusal_rate: share(
+                results.iter().filter(|r| !r.answerable && r.refused).count(),
+                unanswerable,
+            ),
+            false_refusal_rate: share(answerable.iter().filter(|r| r.refused).count(), answerable.len()),
+        }
+    }
+}
+
+/// The answer evaluation of a question set: figures overall and per kind, and every answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnswerReport {
+    /// The chat model that answered (`extractive` offline).
+    pub model: String,
+    /// Figures over all questions.
+    pub overall: AnswerFigures,
+    /// Figures per question kind, in kind order.
+    pub by_kind: Vec<AnswerFigures>,
+    /// Every answer, scored.
+    pub results: Vec<AnswerResult>,
+}
+
+impl AnswerReport {
+    /// The report of `results`, answered by `model`.
+    pub fn from_results(model: &str, results: Vec<AnswerResult>) -> AnswerReport {
+        let mut kinds: Vec<String> = results.iter().map(|r| r.kind.clone()).collect();
+        kinds.sort();
+        kinds.dedup();
+        let by_kind = kinds
+            .iter()
+            .map(|k| AnswerFigures::of(k, &results.iter().filter(|r| &r.kind == k).collect::<Vec<_>>()))
+            .collect();
+        AnswerReport {
+            model: model.to_owned(),
+            overall: AnswerFigures::of("all", &results.iter().collect::<Vec<_>>()),
+            by_kind,
+            results,
+        }
+    }
+}
+
+/// Why an answer evaluation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerEvalError {
+    /// A database step failed.
+    #[error("{doing}: {source}")]
+    Store {
+        /// What was being done.
+        doing: String,
+        /// The error.
+        source: ragpipe_store::StoreError,
+    },
+    /// Answering failed in a way the agent returns rather than records.
+    #[error("answering {id}: {source}")]
+    Answer {
+        /// The question.
+        id: String,
+        /// The error.
+        source: crate::answer::AnswerError,
+    },
+}
+
+/// Asks every question of `questions` as `user` through the agent (a conversation per
+/// question, [`ragpipe_store::conversations::ask`], then [`crate::answer::answer`]), reads the
+/// answer, its citations and its prompt's sources back from the database, and scores them. A
+/// follow-up is asked after its `previous` question, in the same conversation.
+pub async fn evaluate_answers(
+    ctx: &crate::answer::AnswerContext,
+    user: UserId,
+    questions: &[EvalQuestion],
+) -> Result<AnswerReport, AnswerEvalError> {
+    let mut results = Vec::with_capacity(questions.len());
+    for q in questions {
+        let store_err = |doing: &str| {
+            let doing = format!("{doing} ({})", q.id);
+            move |source| AnswerEvalError::Store { doing, source }
+        };
+        let store = ctx.store();
+        let mut tx = store.user_tx(user).await.map_err(store_err("opening a transaction"))?;
+        let conversation = conversations::create(&mut tx, Some(&format!("eval {}", q.id)))
+            .await
+            .map_err(store_err("creating a conversation"))?;
+        tx.commit().await.map_err(store_err("committing the conversation"))?;
+        let conversation = ragpipe_core::ConversationId(conversation.id);
+        if let Some(previous) = q.previous.as_deref() {
+            ask_one(ctx, user, conversation, previous, &q.id).await?;
+        }
+        let asked = ask_one(ctx, user, conversation, &q.question, &q.id).await?;
+        let mut tx = store.user_tx(user).await.map_err(store_err("opening a transaction"))?;
+        let message = conversations::message(&mut tx, ragpipe_core::MessageId(asked.assistant_message.id))
+            .await
+            .map_err(store_err("reading the answer"))?;
+        let request = conversations::request(&mut tx, asked.request_id)
+            .await
+            .map_err(store_err("reading the agent request"))?;
+        tx.rollback().await.map_err(store_err("ending the read"))?;
+        let context: Vec<crate::sources::ContextEntry> = request
+            .results
+            .get("context")
+            .cloned()
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default();
+        let citations: Vec<crate::sources::Citation> =
+            serde_json::from_value(message.citations.clone()).unwrap_or_default();
+        let in_prompt: Vec<u32> = context.iter().map(|c| c.n).collect();
+        results.push(AnswerResult::score(
+            q,
+            &message.status,
+            &message.content,
+            &in_prompt,
+            citations.into_iter().map(|c| c.filename).collect(),
+        ));
+    }
+    Ok(AnswerReport::from_results(ctx.chat().model(), results))
+}
+
+/// Asks `text` in `conversation` and answers it in place (no queue: the job `ask` queued finds
+/// the request ended and skips it).
+async fn ask_one(
+    ctx: &crate::answer::AnswerContext,
+    user: UserId,
+    conversation: ragpipe_core::ConversationId,
+    text: &str,
+    id: &str,
+) -> Result<conversations::Asked, AnswerEvalError> {
+    let store_err = |doing: &str| {
+        let doing = format!("{doing} ({id})");
+        move |source| AnswerEvalError::Store { doing, source }
+    };
+    let config = ctx.config();
+    let settings = conversations::AskSettings {
+        model: ctx.chat().model(),
+        retrieval_mode: None,
+        k: None,
+        max_attempts: config.worker.max_attempts,
+    };
+    let mut tx = ctx
+        .store()
+        .user_tx(user)
+        .await
+        .map_err(store_err("opening a transaction"))?;
+    let asked = conversations::ask(&mut tx, conversation, text, &settings)
+        .await
+        .map_err(store_err("asking"))?;
+    tx.commit().await.map_err(store_err("committing the question"))?;
+    let job = conversations::AgentJob {
+        user_id: user,
+        request_id: asked.request_id,
+    };
+    crate::answer::answer(ctx, job, true)
+        .await
+        .map_err(|source| AnswerEvalError::Answer {
+            id: id.to_owned(),
+            source,
+        })?;
+    Ok(asked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +841,95 @@ mod tests {
         assert_eq!((follow_up.kind.as_str(), follow_up.questions), ("follow-up", 2));
         assert_eq!((follow_up.recall, follow_up.mrr), (0.5, 0.25));
         assert_eq!(report.by_kind[1].mrr, 1.0);
+    }
+
+    #[test]
+    fn content_words_drop_stop_words_of_each_language() {
+        assert_eq!(content_words("The cache is flushed, the CACHE!"), ["cache", "flushed"]);
+        assert_eq!(content_words("Die Datei wird gelöscht"), ["datei", "gelöscht"]);
+        assert_eq!(content_words("Le fichier est supprimé"), ["fichier", "supprimé"]);
+        assert!(content_words("of the and").is_empty());
+    }
+
+    #[test]
+    fn support_is_the_share_of_quote_words_in_the_answer() {
+        let quote = "The default timeout is 30 seconds.";
+        assert_eq!(answer_support(quote, "Timeout: 30 seconds by default [1]"), 1.0);
+        assert_eq!(answer_support(quote, "The default is 30 [1]."), 0.5);
+        assert_eq!(answer_support(quote, "The documents do not cover this."), 0.0);
+        assert_eq!(answer_support("the of", "anything"), 0.0);
+    }
+
+    #[test]
+    fn refusals_are_recognised_in_their_usual_phrasings() {
+        for refusal in [
+            "No chat model is configured (set RAGPIPE_CHAT_BASE_URL to use one). The documents do not cover this.",
+            "No chat model is configured, and no passages were retrieved for this question.",
+            "The provided documents don’t mention a maximum size.",
+            "Die Dokumente enthalten keine Angaben dazu.",
+            "Les documents ne couvrent pas cette question.",
+        ] {
+            assert!(is_refusal(refusal), "{refusal}");
+        }
+        assert!(!is_refusal("Set the timeout with --timeout [1]."));
+    }
+
+    #[test]
+    fn invalid_citations_name_sources_not_in_the_prompt() {
+        assert_eq!(invalid_citations("A [1]. B [4][2]. C [1-3]", &[1, 2, 3]), vec![4]);
+        assert!(invalid_citations("no markers", &[]).is_empty());
+    }
+
+    #[test]
+    fn answer_figures_split_answerable_and_unanswerable() {
+        let question = |id: &str, kind: &str, gold: &[&str]| EvalQuestion {
+            id: id.into(),
+            kind: kind.into(),
+            question: "q?".into(),
+            documents: gold.iter().map(|g| (*g).to_owned()).collect(),
+            quote: (!gold.is_empty()).then(|| "alpha beta gamma delta".to_owned()),
+            split: None,
+            previous: None,
+        };
+        let results = vec![
+            // Cites the gold document and a wrong one, half the quote's words.
+            AnswerResult::score(
+                &question("a", "keyword", &["g.md"]),
+                "complete",
+                "alpha beta [1][2]",
+                &[1, 2],
+                vec!["g.md".into(), "x.md".into()],
+            ),
+            // A false refusal, with an invalid marker.
+            AnswerResult::score(
+                &question("b", "keyword", &["g.md"]),
+                "complete",
+                "The documents do not cover this [7].",
+                &[1],
+                vec![],
+            ),
+            // A right refusal.
+            AnswerResult::score(
+                &question("c", UNANSWERABLE, &[]),
+                "complete",
+                "The documents do not cover this.",
+                &[1],
+                vec![],
+            ),
+        ];
+        let report = AnswerReport::from_results("extractive", results);
+        let all = &report.overall;
+        assert_eq!((all.questions, all.answerable, all.markers), (3, 2, 3));
+        assert!((all.citation_validity - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(all.citation_precision, Some(0.5));
+        assert_eq!(all.answer_support, Some(0.25));
+        assert_eq!(all.refusal_rate, Some(1.0));
+        assert_eq!(all.false_refusal_rate, Some(0.5));
+        assert_eq!(
+            report.by_kind.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>(),
+            ["keyword", UNANSWERABLE]
+        );
+        assert_eq!(report.by_kind[1].answer_support, None);
+        assert_eq!(report.by_kind[0].refusal_rate, None);
     }
 }

@@ -1,5 +1,6 @@
 //! `ragpipe eval [--mode M]... [--k K] [--split S] [--fixtures DIR] [--json]`: retrieval
-//! quality on a question set.
+//! quality on a question set; `ragpipe eval --answers [--split S] [--fixtures DIR] [--json]`:
+//! answer quality, every question asked through the agent (`eval::evaluate_answers`).
 //!
 //! Two layouts of DIR are understood:
 //! - the fixtures folder (`fixtures`, the default): the corpus is `fixtures/documents`, less the
@@ -56,6 +57,11 @@ pub struct EvalArgs {
     /// Print every question's rank and top documents.
     #[arg(long)]
     pub verbose: bool,
+    /// Evaluate answers instead of retrieval: ask every question of the split through the
+    /// agent (offline: the extractive responder) and report citation validity, citation
+    /// precision, answer support and refusals, overall and per kind.
+    #[arg(long)]
+    pub answers: bool,
     /// Override the fusion: vector leg weight (for measuring; default: the built-in fusion).
     #[arg(long)]
     pub vector_weight: Option<f64>,
@@ -84,6 +90,9 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
     let corpus = ingest_corpus(&store, &config, set.user, &fixtures).await?;
     check_quotes(&store, set.user, &corpus, &questions).await?;
 
+    if args.answers {
+        return run_answers(store, config, &args, &fixtures, set.user, corpus.len(), &questions).await;
+    }
     let embedders = Embedders::new(&config.embedding).context("embedding model")?;
     let defaults = ragpipe_agent::retrieve::default_fusion_for(embedders.configured());
     let fusion = Fusion {
@@ -116,6 +125,108 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
         print_reports(&config, corpus.len(), args.split, &fusion, &reports, args.verbose);
     }
     Ok(())
+}
+
+/// `ragpipe eval --answers`: every question through the agent path, answers scored.
+async fn run_answers(
+    store: Store,
+    config: Config,
+    args: &EvalArgs,
+    fixtures: &Path,
+    user: UserId,
+    documents: usize,
+    questions: &[EvalQuestion],
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let ctx = ragpipe_agent::AnswerContext::new(store, config.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("building the agent: {e}"))?;
+    let started = std::time::Instant::now();
+    let report = eval::evaluate_answers(&ctx, user, questions)
+        .await
+        .context("asking the questions")?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let out = serde_json::json!({
+            "embedding_model": config.embedding.model,
+            "chat_model": report.model,
+            "offline": ctx.chat().is_offline(),
+            "fixtures": fixtures.display().to_string(),
+            "split": args.split,
+            "documents": documents,
+            "seconds": seconds,
+            "report": report,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_answer_report(&config, &report, documents, args.split, seconds, args.verbose);
+    }
+    Ok(())
+}
+
+fn print_answer_report(
+    config: &Config,
+    report: &eval::AnswerReport,
+    documents: usize,
+    split: Split,
+    seconds: f64,
+    verbose: bool,
+) {
+    let figure = |f: Option<f64>| f.map_or("-".to_owned(), |f| format!("{f:.3}"));
+    println!(
+        "{} questions ({} answerable) of split {split} over {documents} documents, answered by {} with embeddings {}, in {seconds:.1} s",
+        report.overall.questions, report.overall.answerable, report.model, config.embedding.model
+    );
+    println!(
+        "{:<16} {:>5} {:>9} {:>10} {:>8} {:>8} {:>14}",
+        "kind", "asked", "validity", "precision", "support", "refusal", "false refusal"
+    );
+    for f in std::iter::once(&report.overall).chain(&report.by_kind) {
+        println!(
+            "{:<16} {:>5} {:>9.3} {:>10} {:>8} {:>8} {:>14}",
+            f.kind,
+            f.questions,
+            f.citation_validity,
+            figure(f.citation_precision),
+            figure(f.answer_support),
+            figure(f.refusal_rate),
+            figure(f.false_refusal_rate)
+        );
+    }
+    let invalid: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| !r.invalid_markers.is_empty())
+        .map(|r| format!("{} {:?}", r.id, r.invalid_markers))
+        .collect();
+    if !invalid.is_empty() {
+        println!(
+            "\ninvalid citations (markers naming no source in the prompt): {}",
+            invalid.join(", ")
+        );
+    }
+    let unfinished: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| r.status != "complete")
+        .map(|r| format!("{} ({})", r.id, r.status))
+        .collect();
+    if !unfinished.is_empty() {
+        println!("answers not complete: {}", unfinished.join(", "));
+    }
+    if verbose {
+        for r in &report.results {
+            println!(
+                "\n{} {} support {} refused {} cited {:?}\n{}",
+                r.id,
+                r.kind,
+                figure(r.support),
+                r.refused,
+                r.cited,
+                r.answer.trim_end()
+            );
+        }
+    }
 }
 
 fn print_reports(

@@ -295,14 +295,14 @@ impl ChatModel {
 
     fn stream_offline(&self, request: &ChatRequest, max_tokens: u32) -> ChatStream {
         let tokens = self.inner.tokens;
-        let question = request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .map(|m| m.content.as_str())
-            .unwrap_or("");
-        let full = extractive::answer(question, &request.sources);
+        // The last user message is the sources and the question; an earlier one is the
+        // previous question of the conversation, which a follow-up leans on.
+        let mut users = request.messages.iter().rev().filter(|m| m.role == Role::User);
+        let question = users
+            .next()
+            .map_or("", |m| extractive::question_of(&m.content, &request.sources));
+        let previous = users.next().map(|m| m.content.as_str());
+        let full = extractive::answer(question, previous, &request.sources);
         let (text, completion_tokens) = tokens.truncate_counted(&full, max_tokens as usize);
         let reason = if text.len() < full.len() {
             FinishReason::Length
