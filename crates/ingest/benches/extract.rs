@@ -49,46 +49,10 @@ fn time<T>(mut f: impl FnMut() -> T) -> f64 {
     start.elapsed().as_secs_f64() / f64::from(runs)
 }
 
-/// Latin ligature characters spelled out, as ragpipe writes them (pdftotext keeps `ﬁ` as one
-/// character, which would make "ﬁle" and "file" different words).
-fn spelled(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\u{fb00}' => out.push_str("ff"),
-            '\u{fb01}' => out.push_str("fi"),
-            '\u{fb02}' => out.push_str("fl"),
-            '\u{fb03}' => out.push_str("ffi"),
-            '\u{fb04}' => out.push_str("ffl"),
-            '\u{fb05}' | '\u{fb06}' => out.push_str("st"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn words(text: &str) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for w in spelled(text)
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
-        *m.entry(w.to_lowercase()).or_insert(0) += 1;
-    }
-    m
-}
-
 /// Bag-of-words F1 of `ours` against `reference`, and the matched/our/reference counts.
 fn f1(ours: &str, reference: &str) -> (f64, usize, usize, usize) {
-    let (a, b) = (words(ours), words(reference));
-    let common: usize = a.iter().map(|(w, n)| (*n).min(*b.get(w).unwrap_or(&0))).sum();
-    let (na, nb): (usize, usize) = (a.values().sum(), b.values().sum());
-    let f = if na + nb == 0 {
-        1.0
-    } else {
-        2.0 * common as f64 / (na + nb) as f64
-    };
-    (f, common, na, nb)
+    let w = ragpipe_ingest::quality::word_f1(ours, reference);
+    (w.f1, w.common, w.ours, w.reference)
 }
 
 fn pdftotext(path: &Path) -> Option<String> {

@@ -16,6 +16,7 @@ mod error;
 mod html;
 mod markdown;
 mod pdf;
+pub mod quality;
 mod text;
 
 use serde::Serialize;

@@ -20,45 +20,9 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/pdf-producers")
 }
 
-/// Latin ligature characters spelled out, as ragpipe writes them (pdftotext keeps `ﬁ` as one
-/// character, which would make "ﬁle" and "file" different words).
-fn spelled(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\u{fb00}' => out.push_str("ff"),
-            '\u{fb01}' => out.push_str("fi"),
-            '\u{fb02}' => out.push_str("fl"),
-            '\u{fb03}' => out.push_str("ffi"),
-            '\u{fb04}' => out.push_str("ffl"),
-            '\u{fb05}' | '\u{fb06}' => out.push_str("st"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn words(text: &str) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for w in spelled(text)
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
-        *m.entry(w.to_lowercase()).or_insert(0) += 1;
-    }
-    m
-}
-
 /// Bag-of-words F1 (lower-cased alphanumeric runs), as the extraction benchmark measures it.
 fn f1(ours: &str, reference: &str) -> f64 {
-    let (a, b) = (words(ours), words(reference));
-    let common: usize = a.iter().map(|(w, n)| (*n).min(*b.get(w).unwrap_or(&0))).sum();
-    let (na, nb): (usize, usize) = (a.values().sum(), b.values().sum());
-    if na + nb == 0 {
-        1.0
-    } else {
-        2.0 * common as f64 / (na + nb) as f64
-    }
+    ragpipe_ingest::quality::word_f1(ours, reference).f1
 }
 
 /// The reference pages (pdftotext separates pages with form feeds) less the lines the
