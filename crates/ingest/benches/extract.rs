@@ -11,8 +11,7 @@
 //! every fixture document, chunks/s and MB/s of [`Chunker::chunk`] against raw text-splitter
 //! with the same settings and tokenizer, and their ratio.
 
-use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits, extract, running_key};
-use std::collections::HashMap;
+use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits, extract};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -69,46 +68,17 @@ fn pdftotext(path: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// pdftotext's text without running headers, footers and page numbers, by the rule ragpipe
-/// applies to its own (a line among the first or last lines of a third of the pages or more,
-/// digits aside), so that F1 measures text lost or garbled rather than a choice both could
-/// make. pdftotext separates pages by form feeds and may put a header after the body, so the
-/// first and last three lines of each page are candidates.
+/// pdftotext's text without running headers, footers and page numbers
+/// ([`ragpipe_ingest::quality::pages_without_running_lines`]); a text of fewer than three
+/// pages with text is left as it is.
 fn without_running_lines(reference: &str) -> String {
-    const EDGE: usize = 3;
-    let pages: Vec<Vec<&str>> = reference
-        .split('\u{c}')
-        .map(|p| p.lines().map(str::trim).filter(|l| !l.is_empty()).collect())
-        .collect();
-    let with_text = pages.iter().filter(|p| !p.is_empty()).count();
+    let with_text = reference.split('\u{c}').filter(|p| !p.trim().is_empty()).count();
     if with_text < 3 {
         return reference.to_owned();
     }
-    let threshold = with_text.div_ceil(3).max(2);
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for p in &pages {
-        let mut keys: Vec<String> = p
-            .iter()
-            .take(EDGE)
-            .chain(p.iter().rev().take(EDGE))
-            .map(|l| running_key(l))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        for k in keys {
-            *counts.entry(k).or_default() += 1;
-        }
-    }
     let mut out = String::new();
-    for p in &pages {
-        for (i, l) in p.iter().enumerate() {
-            let edge = i < EDGE || i + EDGE >= p.len();
-            if edge && counts.get(&running_key(l)).is_some_and(|&c| c >= threshold) {
-                continue;
-            }
-            out.push_str(l);
-            out.push('\n');
-        }
+    for page in ragpipe_ingest::quality::pages_without_running_lines(reference) {
+        out.push_str(&page);
         out.push('\u{c}');
     }
     out

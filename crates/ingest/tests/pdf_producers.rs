@@ -7,8 +7,7 @@
 //! `PDF_PRODUCERS_DUMP=DIR cargo test -p ragpipe-ingest --test pdf_producers` writes the
 //! extracted texts to DIR for review.
 
-use ragpipe_ingest::{Extracted, Limits, extract, running_key};
-use std::collections::HashMap;
+use ragpipe_ingest::{Extracted, Limits, extract};
 use std::path::{Path, PathBuf};
 
 /// Lowest word F1 of any one file.
@@ -25,48 +24,9 @@ fn f1(ours: &str, reference: &str) -> f64 {
     ragpipe_ingest::quality::word_f1(ours, reference).f1
 }
 
-/// The reference pages (pdftotext separates pages with form feeds) less the lines the
-/// extractor drops on purpose as running headers and footers (the benchmark's rule: among the
-/// first or last three lines of a third of the pages or more, digits aside).
+/// The reference pages less the running lines the extractor drops on purpose.
 fn reference_pages(reference: &str) -> Vec<String> {
-    const EDGE: usize = 3;
-    let pages: Vec<Vec<&str>> = reference
-        .split('\u{c}')
-        .map(|p| p.lines().map(str::trim).filter(|l| !l.is_empty()).collect())
-        .collect();
-    let with_text = pages.iter().filter(|p| !p.is_empty()).count();
-    let threshold = with_text.div_ceil(3).max(2);
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    if with_text >= 3 {
-        for p in &pages {
-            let mut keys: Vec<String> = p
-                .iter()
-                .take(EDGE)
-                .chain(p.iter().rev().take(EDGE))
-                .map(|l| running_key(l))
-                .collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                *counts.entry(k).or_default() += 1;
-            }
-        }
-    }
-    pages
-        .iter()
-        .map(|p| {
-            let mut out = String::new();
-            for (i, l) in p.iter().enumerate() {
-                let edge = i < EDGE || i + EDGE >= p.len();
-                if edge && counts.get(&running_key(l)).is_some_and(|&c| c >= threshold) {
-                    continue;
-                }
-                out.push_str(l);
-                out.push('\n');
-            }
-            out
-        })
-        .collect()
+    ragpipe_ingest::quality::pages_without_running_lines(reference)
 }
 
 /// The extracted text and the reference, each without the pages reported undecodable.
