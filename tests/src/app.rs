@@ -190,11 +190,14 @@ impl TestApp {
     }
 
     /// A builder over `pool` (from `#[sqlx::test(migrations = false)]`) with
-    /// `Config::defaults()`.
+    /// `Config::defaults()` and the hashed embedder pinned.
     pub fn builder(pool: PgPool) -> TestAppBuilder {
+        let mut config = Config::defaults();
+        // Fast and deterministic; the tests that need a semantic model say so.
+        config.embedding.provider = Some("hashed".into());
         TestAppBuilder {
             pool,
-            config: Config::defaults(),
+            config,
             tasks: Vec::new(),
         }
     }

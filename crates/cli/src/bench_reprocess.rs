@@ -149,11 +149,12 @@ pub async fn run(config: Config, args: BenchReprocessArgs) -> anyhow::Result<()>
     }
     let mut config = config;
     // The offline hashed embedder, whatever is configured: the figures are ragpipe's own work.
-    if config.embedding.base_url.is_some() {
+    if config.embedding_provider() != ragpipe_core::config::EmbeddingProvider::Hashed {
         let defaults = Config::defaults();
         config.embedding.model = defaults.embedding.model;
         config.embedding.dim = defaults.embedding.dim;
         config.embedding.base_url = None;
+        config.embedding.provider = Some("hashed".into());
     }
     if args.embedding_model == config.embedding.model || args.embedding_dim == config.embedding.dim {
         bail!(

@@ -41,10 +41,10 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "models: embeddings {} ({}), chat {} ({})",
         config.embedding.model,
-        if config.embedding.base_url.is_some() {
-            "remote"
-        } else {
-            "offline"
+        match config.embedding_provider() {
+            ragpipe_core::config::EmbeddingProvider::Api => "remote",
+            ragpipe_core::config::EmbeddingProvider::Local => "local, in-process",
+            ragpipe_core::config::EmbeddingProvider::Hashed => "offline, hashed",
         },
         config.chat.model,
         if config.chat.base_url.is_some() {

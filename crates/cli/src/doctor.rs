@@ -41,7 +41,16 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             });
         }
     }
-    checks.push(endpoint("embedding model", &config.embedding, "offline hashed embedder").await);
+    checks.push(match config.embedding_provider() {
+        ragpipe_core::config::EmbeddingProvider::Local => local_model(&config.embedding),
+        ragpipe_core::config::EmbeddingProvider::Hashed => ok(
+            "embedding model",
+            format!("offline hashed embedder ({})", config.embedding.model),
+        ),
+        ragpipe_core::config::EmbeddingProvider::Api => {
+            endpoint("embedding model", &config.embedding, "offline hashed embedder").await
+        }
+    });
     checks.push(endpoint("chat model", &config.chat, "offline extractive responder").await);
 
     let healthy = checks.iter().all(|c| c.ok);
@@ -107,6 +116,28 @@ async fn pgvector(store: &Store) -> Check {
             }
         }
         Err(e) => fail("pgvector", format!("checking for pgvector: {e}")),
+    }
+}
+
+/// The local embedding model: its files present in its directory (loading it is left to the
+/// commands that embed).
+fn local_model(endpoint: &ModelEndpoint) -> Check {
+    match endpoint.local_dir.as_deref() {
+        Some(dir) if ragpipe_core::config::local_model_files_present(dir) => ok(
+            "embedding model",
+            format!("local model {} in {}", endpoint.model, dir.display()),
+        ),
+        Some(dir) => fail(
+            "embedding model",
+            format!(
+                "no config.json, tokenizer.json and model.safetensors in {}: run scripts/setup or set RAGPIPE_EMBEDDING_LOCAL_DIR",
+                dir.display()
+            ),
+        ),
+        None => fail(
+            "embedding model",
+            "the local provider has no model directory: run scripts/setup or set RAGPIPE_EMBEDDING_LOCAL_DIR".into(),
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod ask;
 mod bench;
+mod bench_embed;
 mod bench_followup;
 mod bench_ingest;
 mod bench_reprocess;
@@ -103,6 +104,8 @@ enum BenchCommand {
     Reprocess(bench_reprocess::BenchReprocessArgs),
     /// Follow-up retrieval with and without the conversation (and the reranker, if set).
     Followup(bench_followup::BenchFollowupArgs),
+    /// The local embedding model's throughput against an embeddings server of the same model.
+    Embed(bench_embed::BenchEmbedArgs),
 }
 
 fn main() -> ExitCode {
@@ -178,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Followup(args)) => {
             bench_followup::run(config, args).await.map(|()| ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Embed(args)) => bench_embed::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Reprocess(args)) => {
             bench_reprocess::run(config, args).await.map(|()| ExitCode::SUCCESS)
         }

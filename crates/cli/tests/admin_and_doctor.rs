@@ -9,6 +9,8 @@ fn ragpipe(url: &str, args: &[&str]) -> Output {
         .args(args)
         .env("DATABASE_URL", url)
         .env_remove("RAGPIPE_EMBEDDING_BASE_URL")
+        // The hashed embedder, pinned: with the local model installed it would be the default.
+        .env("RAGPIPE_EMBEDDING_PROVIDER", "hashed")
         .env_remove("RAGPIPE_CHAT_BASE_URL")
         .env_remove("RAGPIPE_CONFIG")
         .current_dir(env!("CARGO_TARGET_TMPDIR"))

@@ -113,6 +113,11 @@ fn reprocess_command(pool: &PgPool, args: &[&str], env: &[(&str, String)]) -> Co
         .env("DATABASE_URL", database_url(pool))
         .env("RAGPIPE_WORKER_HEARTBEAT_SECS", "1")
         .env("RUST_LOG", "warn");
+    // Without an embeddings server, the hashed embedder, pinned: with the local model installed
+    // it would be the default.
+    if !env.iter().any(|(k, _)| *k == "RAGPIPE_EMBEDDING_BASE_URL") {
+        command.env("RAGPIPE_EMBEDDING_PROVIDER", "hashed");
+    }
     for (k, v) in env {
         command.env(k, v);
     }

@@ -67,6 +67,76 @@ pub struct ModelEndpoint {
     pub max_retries: u32,
     /// Fused results the reranker reorders (rerank only).
     pub top_n: u32,
+    /// Which provider embeds (embeddings only): `api`, `local` or `hashed`; none: chosen by
+    /// [`Config::resolve_embedding_provider`] (`api` with a base URL, else `local` when the
+    /// local model's files are present, else `hashed`).
+    pub provider: Option<String>,
+    /// Directory holding the local embedding model (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`; embeddings only). None: [`default_local_model_dir`].
+    pub local_dir: Option<PathBuf>,
+    /// Threads that run the local embedding model (embeddings only); 0: one per core.
+    pub local_threads: u32,
+}
+
+/// The embedding providers `embedding.provider` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbeddingProvider {
+    /// An OpenAI-compatible `/embeddings` API at `embedding.base_url`.
+    Api,
+    /// A sentence-embedding model run in-process from `embedding.local_dir`.
+    Local,
+    /// The offline hashed bag of words (`ragpipe-hash-v1`): lexical, not semantic.
+    Hashed,
+}
+
+impl EmbeddingProvider {
+    /// The provider a setting names, if it names one.
+    pub fn parse(name: &str) -> Option<EmbeddingProvider> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "api" => Some(EmbeddingProvider::Api),
+            "local" => Some(EmbeddingProvider::Local),
+            "hashed" => Some(EmbeddingProvider::Hashed),
+            _ => None,
+        }
+    }
+
+    /// The setting's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmbeddingProvider::Api => "api",
+            EmbeddingProvider::Local => "local",
+            EmbeddingProvider::Hashed => "hashed",
+        }
+    }
+}
+
+/// The name of the hashed embedder's model, the default `embedding.model`.
+pub const HASHED_MODEL: &str = "ragpipe-hash-v1";
+
+/// The directory name of the local model `scripts/setup` installs, which is also the model name
+/// recorded on its chunks.
+pub const DEFAULT_LOCAL_MODEL: &str = "all-MiniLM-L6-v2";
+
+/// Where `scripts/setup` puts the local embedding model: `$XDG_CACHE_HOME/ragpipe/models/
+/// all-MiniLM-L6-v2`, or `$HOME/.cache/ragpipe/models/all-MiniLM-L6-v2`; none without either
+/// variable. `env` looks variables up (the process environment in [`Config::load`]).
+pub fn default_local_model_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let cache = env("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            env("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| Path::new(&h).join(".cache"))
+        })?;
+    Some(cache.join("ragpipe").join("models").join(DEFAULT_LOCAL_MODEL))
+}
+
+/// Whether `dir` holds the three files the local embedding provider loads.
+pub fn local_model_files_present(dir: &Path) -> bool {
+    ["config.json", "tokenizer.json", "model.safetensors"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
 }
 
 /// How documents are cut into chunks.
@@ -185,7 +255,7 @@ pub const SETTINGS: &[Setting] = &[
         "RAGPIPE_EMBEDDING_BASE_URL",
         "embedding.base_url",
         "",
-        "OpenAI-compatible embeddings API; unset: the offline hashed embedder.",
+        "OpenAI-compatible embeddings API (the `api` provider).",
     ),
     text(
         "RAGPIPE_EMBEDDING_API_KEY",
@@ -240,6 +310,24 @@ pub const SETTINGS: &[Setting] = &[
         "embedding.max_retries",
         "6",
         "Retries of a transient embeddings failure.",
+    ),
+    text(
+        "RAGPIPE_EMBEDDING_PROVIDER",
+        "embedding.provider",
+        "",
+        "`api`, `local` or `hashed`; unset: `api` with a base URL, else `local` when the local model's files are present, else `hashed`.",
+    ),
+    text(
+        "RAGPIPE_EMBEDDING_LOCAL_DIR",
+        "embedding.local_dir",
+        "",
+        "Local embedding model directory (`config.json`, `tokenizer.json`, `model.safetensors`); unset: `~/.cache/ragpipe/models/all-MiniLM-L6-v2`, where `scripts/setup` puts it. The model name defaults to the directory's name.",
+    ),
+    int(
+        "RAGPIPE_EMBEDDING_LOCAL_THREADS",
+        "embedding.local_threads",
+        "0",
+        "Threads running the local embedding model; 0: one per core.",
     ),
     text(
         "RAGPIPE_CHAT_BASE_URL",
@@ -439,7 +527,8 @@ impl Config {
     }
 
     /// Reads `path` if given (or `./ragpipe.toml` when it exists), then the process
-    /// environment.
+    /// environment, and resolves the embedding provider (which looks for the local model's
+    /// files: the one file system read besides the configuration file).
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let default_path = Path::new("ragpipe.toml");
         let file = match path {
@@ -461,13 +550,18 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        Self::from_layers(table, |name| {
+        let mut config = Self::from_layers(table, |name| {
             std::env::var(name).ok().or_else(|| {
                 (name == "DATABASE_URL")
                     .then(|| std::env::var("RAGPIPE_DATABASE_URL").ok())
                     .flatten()
             })
-        })
+        })?;
+        config.resolve_embedding_provider(
+            default_local_model_dir(|name| std::env::var(name).ok()),
+            local_model_files_present,
+        );
+        Ok(config)
     }
 
     /// Builds a configuration from a parsed `ragpipe.toml` and an environment lookup.
@@ -506,6 +600,43 @@ impl Config {
         Ok(config)
     }
 
+    /// Chooses the embedding provider when `embedding.provider` is unset: `api` when a base URL
+    /// is configured, else `local` when `local_model_present` says the local model's directory
+    /// (`embedding.local_dir`, or `default_dir`) holds its files, else `hashed`. For `local`,
+    /// the directory is filled in, and the model name, if still the hashed embedder's default,
+    /// becomes the directory's name. [`Config::load`] calls this with the file system; the
+    /// other constructors leave the provider as configured (tests stay on what they pin).
+    pub fn resolve_embedding_provider(
+        &mut self,
+        default_dir: Option<PathBuf>,
+        local_model_present: impl Fn(&Path) -> bool,
+    ) {
+        let e = &mut self.embedding;
+        let has_base_url = e.base_url.as_deref().is_some_and(|u| !u.trim().is_empty());
+        let dir = e.local_dir.clone().or(default_dir);
+        let provider = match e.provider.as_deref().and_then(EmbeddingProvider::parse) {
+            Some(p) => p,
+            None if has_base_url => EmbeddingProvider::Api,
+            None if dir.as_deref().is_some_and(&local_model_present) => EmbeddingProvider::Local,
+            None => EmbeddingProvider::Hashed,
+        };
+        e.provider = Some(provider.as_str().to_owned());
+        if provider == EmbeddingProvider::Local {
+            if e.model == HASHED_MODEL
+                && let Some(name) = dir.as_deref().and_then(Path::file_name).and_then(|n| n.to_str())
+            {
+                e.model = name.to_owned();
+            }
+            e.local_dir = dir;
+        }
+    }
+
+    /// The embedding provider: the configured or resolved one, or, when none is set, `api`
+    /// with a base URL and `hashed` without.
+    pub fn embedding_provider(&self) -> EmbeddingProvider {
+        self.embedding.embedding_provider()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |message: String| {
             Err(ConfigError::Invalid {
@@ -513,6 +644,11 @@ impl Config {
                 message,
             })
         };
+        if let Some(p) = &self.embedding.provider
+            && EmbeddingProvider::parse(p).is_none()
+        {
+            return bad(format!("embedding.provider {p:?} is not one of api, local, hashed"));
+        }
         if self.embedding.dim == 0 || self.embedding.dim > 2000 {
             return bad(format!(
                 "embedding.dim {} is outside 1..=2000 (pgvector's HNSW limit)",
@@ -590,6 +726,18 @@ fn typed(setting: &Setting, raw: &str, origin: &str) -> Result<toml::Value, Conf
     }
 }
 
+impl ModelEndpoint {
+    /// The embedding provider this endpoint names, or, when none is set, `api` with a base URL
+    /// and `hashed` without (no file system look-up: see [`Config::resolve_embedding_provider`]).
+    pub fn embedding_provider(&self) -> EmbeddingProvider {
+        match self.provider.as_deref().and_then(EmbeddingProvider::parse) {
+            Some(p) => p,
+            None if self.base_url.as_deref().is_some_and(|u| !u.trim().is_empty()) => EmbeddingProvider::Api,
+            None => EmbeddingProvider::Hashed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,6 +788,56 @@ mod tests {
     }
 
     #[test]
+    fn the_embedding_provider_is_api_then_local_then_hashed() {
+        let dir = PathBuf::from("/models/all-MiniLM-L6-v2");
+        let resolve = |vars: &[(&str, &str)], present: bool| {
+            let mut c = Config::from_layers(toml::Table::new(), |n| {
+                vars.iter().find(|(k, _)| *k == n).map(|(_, v)| (*v).to_owned())
+            })
+            .expect("valid");
+            c.resolve_embedding_provider(Some(dir.clone()), |_| present);
+            c
+        };
+        let api = resolve(&[("RAGPIPE_EMBEDDING_BASE_URL", "http://127.0.0.1:1/v1")], true);
+        assert_eq!(api.embedding_provider(), EmbeddingProvider::Api);
+        assert_eq!(api.embedding.model, HASHED_MODEL);
+
+        let local = resolve(&[], true);
+        assert_eq!(local.embedding_provider(), EmbeddingProvider::Local);
+        assert_eq!(local.embedding.model, "all-MiniLM-L6-v2");
+        assert_eq!(local.embedding.local_dir.as_deref(), Some(dir.as_path()));
+
+        let hashed = resolve(&[], false);
+        assert_eq!(hashed.embedding_provider(), EmbeddingProvider::Hashed);
+        assert_eq!(hashed.embedding.model, HASHED_MODEL);
+
+        // An explicit choice wins over what is present; an explicit model name is kept.
+        let pinned = resolve(&[("RAGPIPE_EMBEDDING_PROVIDER", "hashed")], true);
+        assert_eq!(pinned.embedding_provider(), EmbeddingProvider::Hashed);
+        let named = resolve(
+            &[
+                ("RAGPIPE_EMBEDDING_PROVIDER", "local"),
+                ("RAGPIPE_EMBEDDING_MODEL", "minilm"),
+            ],
+            false,
+        );
+        assert_eq!(named.embedding_provider(), EmbeddingProvider::Local);
+        assert_eq!(named.embedding.model, "minilm");
+
+        // Without resolution (the defaults tests build on), nothing is looked up.
+        assert_eq!(Config::defaults().embedding_provider(), EmbeddingProvider::Hashed);
+        let err = Config::from_layers(toml::Table::new(), |n| {
+            (n == "RAGPIPE_EMBEDDING_PROVIDER").then(|| "onnx".into())
+        })
+        .expect_err("unknown provider");
+        assert!(err.to_string().contains("embedding.provider"), "{err}");
+        assert_eq!(
+            default_local_model_dir(|n| (n == "HOME").then(|| "/home/u".into())),
+            Some(PathBuf::from("/home/u/.cache/ragpipe/models/all-MiniLM-L6-v2"))
+        );
+    }
+
+    #[test]
     fn every_setting_maps_to_a_field() {
         // Setting each variable to a valid value must be accepted: a SETTINGS entry whose key
         // does not exist in the struct would be rejected by deny_unknown_fields.
@@ -648,6 +846,7 @@ mod tests {
                 SettingKind::Integer if s.key == "chunking.overlap_tokens" => "10".into(),
                 SettingKind::Integer => "100".into(),
                 SettingKind::Text if s.key == "chunking.tokenizer" => "cl100k_base".into(),
+                SettingKind::Text if s.key == "embedding.provider" => "hashed".into(),
                 SettingKind::Text => "x".into(),
             })
         });

@@ -73,18 +73,45 @@ pub struct Chunk {
 pub struct Chunker {
     settings: ChunkSettings,
     bpe: &'static CoreBPE,
+    model_limit: Option<ModelLimit>,
+}
+
+/// A second limit every chunk holds to: at most `max_tokens` as counted by `count`, the
+/// embedding model's own tokenizer when it is not tiktoken's (the local model's word pieces,
+/// special tokens included), so that the model reads every chunk whole.
+#[derive(Clone)]
+pub struct ModelLimit {
+    /// The most tokens a chunk may be read as.
+    pub max_tokens: usize,
+    /// The model's count of a text.
+    pub count: std::sync::Arc<dyn Fn(&str) -> usize + Send + Sync>,
+}
+
+impl std::fmt::Debug for ModelLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelLimit")
+            .field("max_tokens", &self.max_tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A token counter that remembers the sizes text-splitter asked for, keyed by the slice's
 /// address and length, so the size of each final chunk is looked up instead of tokenizing
 /// the chunk a second time (tokenizing is nearly all of chunking's cost).
-struct MemoSizer {
+///
+/// With a [`ModelLimit`], a text's size is the larger of its tiktoken count and its model count
+/// scaled to `max_tokens` units (`⌈model × max_tokens / limit⌉`): a chunk of at most
+/// `max_tokens` is then within both limits.
+struct MemoSizer<'a> {
     bpe: &'static CoreBPE,
-    sizes: RefCell<HashMap<(usize, usize, u64), usize>>,
+    model_limit: Option<&'a ModelLimit>,
+    max_tokens: usize,
+    /// (size as text-splitter sees it, tiktoken count) by slice.
+    sizes: RefCell<HashMap<(usize, usize, u64), (usize, usize)>>,
 }
 
-impl MemoSizer {
-    fn count(&self, s: &str) -> usize {
+impl MemoSizer<'_> {
+    fn count(&self, s: &str) -> (usize, usize) {
         // The address and length identify a slice of the segment being split; the hash makes
         // a temporary string that reuses a freed address unable to collide.
         let mut h = std::hash::DefaultHasher::new();
@@ -93,15 +120,22 @@ impl MemoSizer {
         if let Some(&n) = self.sizes.borrow().get(&key) {
             return n;
         }
-        let n = self.bpe.encode_ordinary(s).len();
-        self.sizes.borrow_mut().insert(key, n);
-        n
+        let tiktoken = self.bpe.encode_ordinary(s).len();
+        let size = match self.model_limit {
+            None => tiktoken,
+            Some(limit) => {
+                let model = (limit.count)(s);
+                tiktoken.max(model.saturating_mul(self.max_tokens).div_ceil(limit.max_tokens.max(1)))
+            }
+        };
+        self.sizes.borrow_mut().insert(key, (size, tiktoken));
+        (size, tiktoken)
     }
 }
 
-impl ChunkSizer for MemoSizer {
+impl ChunkSizer for MemoSizer<'_> {
     fn size(&self, chunk: &str) -> usize {
-        self.count(chunk)
+        self.count(chunk).0
     }
 }
 
@@ -150,7 +184,23 @@ impl Chunker {
         ChunkConfig::new(settings.max_tokens as usize)
             .with_overlap(settings.overlap_tokens as usize)
             .map_err(|e| ChunkError::InvalidSettings(e.to_string()))?;
-        Ok(Chunker { bpe, settings })
+        Ok(Chunker {
+            bpe,
+            settings,
+            model_limit: None,
+        })
+    }
+
+    /// This chunker with a second limit (the embedding model's own tokenizer and input limit):
+    /// every chunk is then also at most `limit.max_tokens` by `limit.count`.
+    pub fn with_model_limit(mut self, limit: ModelLimit) -> Chunker {
+        self.model_limit = Some(limit);
+        self
+    }
+
+    /// The embedding model's limit this chunker also holds chunks to, if any.
+    pub fn model_limit(&self) -> Option<&ModelLimit> {
+        self.model_limit.as_ref()
     }
 
     /// The settings this chunker was built with (recorded with every chunk set).
@@ -167,13 +217,15 @@ impl Chunker {
     ///
     /// Guarantees: chunks are in text order with increasing starts; each `content` is
     /// `doc.text[byte_range]`, non-empty, trimmed of surrounding whitespace and at most
-    /// `max_tokens` tokens; together they cover every non-whitespace character of the text;
+    /// `max_tokens` tokens (and within the [`ModelLimit`], if one was given); together they cover every non-whitespace character of the text;
     /// consecutive chunks overlap by at most `overlap_tokens` tokens. The same text and
     /// settings always give the same chunks.
     pub fn chunk(&self, doc: &Extracted) -> Vec<Chunk> {
         let markdown = doc.format.is_markdown_shaped();
         let sizer = MemoSizer {
             bpe: self.bpe,
+            model_limit: self.model_limit.as_ref(),
+            max_tokens: self.settings.max_tokens as usize,
             sizes: RefCell::new(HashMap::new()),
         };
         let config = || {
@@ -213,7 +265,7 @@ impl Chunker {
                 chunks.push(Chunk {
                     index: chunks.len() as u32,
                     content: content.to_owned(),
-                    token_count: sizer.count(content) as u32,
+                    token_count: sizer.count(content).1 as u32,
                     heading_path: path.at(start),
                     byte_range,
                     page_first,
@@ -332,5 +384,49 @@ mod tests {
             ..ChunkSettings::default()
         };
         assert!(matches!(Chunker::new(bad), Err(ChunkError::UnknownTokenizer { .. })));
+    }
+
+    #[test]
+    fn a_model_limit_caps_chunks_by_the_models_count_too() {
+        let mut doc = crate::extract(b"x", &crate::Limits::default()).expect("one letter is text");
+        doc.text = "Ein ausgesprochen langes Wort folgt dem anderen. ".repeat(400);
+        // A stand-in for a model's word pieces: one per four bytes, two special tokens.
+        let count = |t: &str| t.len().div_ceil(4) + 2;
+        let settings = ChunkSettings {
+            max_tokens: 200,
+            overlap_tokens: 20,
+            tokenizer: "cl100k_base".into(),
+        };
+        let plain = Chunker::new(settings.clone()).expect("valid settings");
+        assert!(
+            plain.chunk(&doc).iter().any(|c| count(&c.content) > 64),
+            "without the limit chunks are longer than the model reads"
+        );
+        let limited = Chunker::new(settings)
+            .expect("valid settings")
+            .with_model_limit(ModelLimit {
+                max_tokens: 64,
+                count: std::sync::Arc::new(count),
+            });
+        let chunks = limited.chunk(&doc);
+        assert!(chunks.len() > 10);
+        for c in &chunks {
+            assert!(
+                count(&c.content) <= 64,
+                "{} model tokens: {:?}",
+                count(&c.content),
+                c.content
+            );
+            assert_eq!(
+                c.token_count as usize,
+                limited.count_tokens(&c.content),
+                "tiktoken count kept"
+            );
+        }
+        let covered: usize = chunks.iter().map(|c| c.content.split_whitespace().count()).sum();
+        assert!(
+            covered >= doc.text.split_whitespace().count(),
+            "every word is in some chunk"
+        );
     }
 }

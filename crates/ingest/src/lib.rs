@@ -24,7 +24,7 @@ use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-pub use chunk::{Chunk, ChunkSettings, Chunker};
+pub use chunk::{Chunk, ChunkSettings, Chunker, ModelLimit};
 pub use detect::detect;
 pub use error::{ChunkError, ExtractError};
 pub use pdf::running_key;

@@ -1,13 +1,15 @@
-//! Embeddings: over any OpenAI-compatible `/embeddings` endpoint, or offline by hashing.
+//! Embeddings: over any OpenAI-compatible `/embeddings` endpoint, in-process with a local
+//! sentence-embedding model ([`crate::local`]), or offline by hashing.
 
 use crate::LlmError;
 use crate::batching::plan_batches;
 use crate::hashed::HashedEmbedder;
+use crate::local::{DEFAULT_BATCH_TOKENS, LocalModel, LocalRuntime};
 use crate::retry::{CallCounters, CallTotals, RetryPolicy};
 use crate::tokens::TokenCounter;
 use crate::transport::{ApiClient, map_error};
 use futures::{StreamExt, TryStreamExt};
-use ragpipe_core::config::ModelEndpoint;
+use ragpipe_core::config::{EmbeddingProvider, ModelEndpoint, default_local_model_dir, local_model_files_present};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -78,6 +80,7 @@ struct EmbedderInner {
 enum Provider {
     Offline(HashedEmbedder),
     Api(ApiClient),
+    Local(LocalRuntime),
 }
 
 impl std::fmt::Debug for Provider {
@@ -85,6 +88,7 @@ impl std::fmt::Debug for Provider {
         match self {
             Provider::Offline(_) => f.write_str("Offline"),
             Provider::Api(api) => f.debug_tuple("Api").field(&api.base_url).finish(),
+            Provider::Local(local) => f.debug_tuple("Local").field(&local.model().dir()).finish(),
         }
     }
 }
@@ -97,8 +101,10 @@ struct Prepared {
 }
 
 impl Embedder {
-    /// The embedder for `endpoint` (the `embedding` section of the configuration): the API at
-    /// its `base_url`, or the offline hashed embedder when there is none.
+    /// The embedder for `endpoint` (the `embedding` section of the configuration), by its
+    /// provider ([`ModelEndpoint::embedding_provider`]): the API at its `base_url`, the local
+    /// model in `local_dir` (loaded now; its dimension must be `dim`), or the offline hashed
+    /// embedder.
     pub fn new(endpoint: &ModelEndpoint) -> Result<Embedder, LlmError> {
         Embedder::with_options(endpoint, ClientOptions::for_endpoint(endpoint))
     }
@@ -112,9 +118,33 @@ impl Embedder {
                 message: "must be at least 1".into(),
             });
         }
-        let provider = match endpoint.base_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
-            None => Provider::Offline(HashedEmbedder::new(dim)),
-            Some(url) => Provider::Api(ApiClient::new(endpoint, url, "embedding")?),
+        let base_url = endpoint.base_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        let provider = match (endpoint.embedding_provider(), base_url) {
+            (EmbeddingProvider::Hashed, _) => Provider::Offline(HashedEmbedder::new(dim)),
+            (EmbeddingProvider::Api, Some(url)) => Provider::Api(ApiClient::new(endpoint, url, "embedding")?),
+            (EmbeddingProvider::Api, None) => {
+                return Err(LlmError::InvalidConfig {
+                    setting: "embedding.base_url",
+                    message: "the api provider needs a base URL (RAGPIPE_EMBEDDING_BASE_URL)".into(),
+                });
+            }
+            (EmbeddingProvider::Local, _) => {
+                let dir = endpoint.local_dir.as_deref().ok_or_else(|| LlmError::InvalidConfig {
+                    setting: "embedding.local_dir",
+                    message: "the local provider needs a model directory (RAGPIPE_EMBEDDING_LOCAL_DIR, or run \
+                              scripts/setup to install all-MiniLM-L6-v2 where it is looked for)"
+                        .into(),
+                })?;
+                let local = LocalRuntime::start(dir, endpoint.local_threads as usize, DEFAULT_BATCH_TOKENS)?;
+                if local.model().dim() != dim {
+                    return Err(LlmError::DimensionMismatch {
+                        model: endpoint.model.clone(),
+                        expected: dim,
+                        got: local.model().dim(),
+                    });
+                }
+                Provider::Local(local)
+            }
         };
         Ok(Embedder {
             inner: Arc::new(EmbedderInner {
@@ -149,9 +179,19 @@ impl Embedder {
         self.inner.counters.totals()
     }
 
-    /// Whether this is the offline hashed embedder (no network).
+    /// Whether this is the offline hashed embedder: no network, and lexical rather than
+    /// semantic vectors (search fuses it as such). The local model is not: it is semantic.
     pub fn is_offline(&self) -> bool {
         matches!(self.inner.provider, Provider::Offline(_))
+    }
+
+    /// The local model this embedder runs, if it is the local provider: its tokenizer and input
+    /// limit are what chunks must fit ([`LocalModel::count_tokens`]).
+    pub fn local_model(&self) -> Option<&Arc<LocalModel>> {
+        match &self.inner.provider {
+            Provider::Local(local) => Some(local.model()),
+            _ => None,
+        }
     }
 
     /// How inputs with these token counts group into model calls: contiguous ranges, each of
@@ -165,6 +205,8 @@ impl Embedder {
             // One range holding every input (not a vector of the indices).
             #[allow(clippy::single_range_in_vec_init)]
             Provider::Offline(_) => vec![0..token_counts.len()],
+            // Inputs are checked, not cut: the local model refuses one over its limit.
+            Provider::Local(_) => plan_batches(token_counts, self.inner.batch_size, self.inner.batch_tokens),
             Provider::Api(_) => {
                 let max = self.inner.max_input_tokens;
                 let counts: Vec<usize> = token_counts.iter().map(|&t| t.min(max)).collect();
@@ -180,7 +222,10 @@ impl Embedder {
 
     /// Embeds `inputs`, returning one vector per input in input order.
     ///
-    /// Each input is first cut to `max_input_tokens` (models silently ignore what lies past
+    /// With the local model, inputs are counted with its tokenizer and never cut: one over its
+    /// limit fails the call with [`LlmError::InputTooLong`] (kind `ContextTooLong`); the model
+    /// runs on its own thread pool, `prompt_tokens` are its word pieces and no request is made.
+    /// Otherwise each input is first cut to `max_input_tokens` (models silently ignore what lies past
     /// their limit). Over the API, inputs go in batches of at most `batch_size` inputs and
     /// `batch_tokens` tokens, at most `concurrency` requests in flight (across all concurrent
     /// calls on this embedder and its clones); a transient failure of a batch (429, 5xx,
@@ -194,6 +239,21 @@ impl Embedder {
         match &self.inner.provider {
             Provider::Offline(hasher) => self.embed_offline(*hasher, inputs).await,
             Provider::Api(api) => self.embed_api(api, inputs).await,
+            Provider::Local(local) => {
+                let out = local.embed(inputs).await?;
+                if let Some(v) = out.vectors.iter().find(|v| v.len() != self.inner.dim) {
+                    return Err(LlmError::DimensionMismatch {
+                        model: self.inner.model.clone(),
+                        expected: self.inner.dim,
+                        got: v.len(),
+                    });
+                }
+                Ok(Embedded {
+                    vectors: out.vectors,
+                    prompt_tokens: out.tokens,
+                    ..Embedded::default()
+                })
+            }
         }
     }
 
@@ -430,6 +490,7 @@ pub(crate) mod tests {
             timeout_secs: 5,
             max_retries: 2,
             top_n: 0,
+            ..ModelEndpoint::default()
         }
     }
 
@@ -536,8 +597,10 @@ impl Embedders {
         &self.configured
     }
 
-    /// The embedder of `model` at `dim` served at `base_url` (`None`: offline hashed). The
-    /// configured model is returned as configured; another is built once and kept.
+    /// The embedder of `model` at `dim` served at `base_url` (`None`: the local model when a
+    /// directory of that name holds one, the configured `local_dir` or beside the default one;
+    /// otherwise offline hashed). The configured model is returned as configured; another is
+    /// built once and kept.
     pub fn get(&self, model: &str, dim: u32, base_url: Option<&str>) -> Result<Embedder, LlmError> {
         if model == self.configured.model() && dim as usize == self.configured.dim() {
             return Ok(self.configured.clone());
@@ -549,14 +612,38 @@ impl Embedders {
         if let Some(e) = others.get(model).filter(|e| e.dim() == dim as usize) {
             return Ok(e.clone());
         }
+        let local_dir = match base_url {
+            Some(_) => None,
+            None => local_dir_named(model, self.endpoint.local_dir.as_deref()),
+        };
+        let provider = match (base_url, &local_dir) {
+            (Some(_), _) => EmbeddingProvider::Api,
+            (None, Some(_)) => EmbeddingProvider::Local,
+            (None, None) => EmbeddingProvider::Hashed,
+        };
         let endpoint = ModelEndpoint {
             model: model.to_owned(),
             dim,
             base_url: base_url.map(str::to_owned),
+            provider: Some(provider.as_str().to_owned()),
+            local_dir,
             ..self.endpoint.clone()
         };
         let embedder = Embedder::new(&endpoint)?;
         others.insert(model.to_owned(), embedder.clone());
         Ok(embedder)
     }
+}
+
+/// The directory of the local model named `model`: `configured` when its name is the model's,
+/// else `model` beside the default directory, when either holds the model's files.
+fn local_dir_named(model: &str, configured: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    let beside_default =
+        default_local_model_dir(|n| std::env::var(n).ok()).and_then(|d| d.parent().map(|p| p.join(model)));
+    configured
+        .filter(|d| d.file_name().and_then(|n| n.to_str()) == Some(model))
+        .map(std::path::Path::to_path_buf)
+        .into_iter()
+        .chain(beside_default)
+        .find(|d| local_model_files_present(d))
 }

@@ -103,6 +103,25 @@ pub enum LlmError {
         /// What is wrong with it.
         message: String,
     },
+    /// The local embedding model could not be loaded or run.
+    #[error("{context}: {source}")]
+    LocalModel {
+        /// What was being done, with the file or the batch.
+        context: String,
+        /// The underlying failure (file system, tokenizer, candle).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An input is longer than the model reads (the local model refuses rather than cut it).
+    #[error("{context}: {tokens} tokens, but the model reads at most {max_tokens}")]
+    InputTooLong {
+        /// What was being done.
+        context: String,
+        /// Tokens of the input, by the model's tokenizer.
+        tokens: usize,
+        /// The model's limit.
+        max_tokens: usize,
+    },
     /// Offloaded CPU work (tokenising, hashing) did not complete.
     #[error("{context}: background task failed: {message}")]
     Task {
@@ -125,7 +144,9 @@ impl LlmError {
             LlmError::Protocol { .. }
             | LlmError::DimensionMismatch { .. }
             | LlmError::InvalidConfig { .. }
+            | LlmError::LocalModel { .. }
             | LlmError::Task { .. } => ErrorKind::Permanent,
+            LlmError::InputTooLong { .. } => ErrorKind::ContextTooLong,
         }
     }
 

@@ -2,8 +2,9 @@
 //! (async-openai), with offline providers so that the demo and the tests need no network;
 //! token counting (tiktoken-rs) and model prices.
 //!
-//! - [`Embedder`]: batched, concurrent, retried embeddings, or deterministic hashed vectors
-//!   ([`HashedEmbedder`]) when no base URL is configured.
+//! - [`Embedder`]: batched, concurrent, retried embeddings over an API; a sentence-embedding
+//!   model run in-process ([`LocalModel`], [`LocalRuntime`]: candle + tokenizers); or
+//!   deterministic hashed vectors ([`HashedEmbedder`]).
 //! - [`ChatModel`]: a [`ChatStream`] of deltas, usage and a finish reason, from the API or from
 //!   the offline extractive responder.
 //! - [`Reranker`]: a cross-encoder over the `/rerank` wire format (Cohere, Jina, TEI, vLLM).
@@ -21,6 +22,7 @@ pub mod embed;
 pub mod error;
 mod extractive;
 pub mod hashed;
+pub mod local;
 pub mod prices;
 pub mod rerank;
 pub mod retry;
@@ -35,6 +37,7 @@ pub use embed::{ClientOptions, Embedded, Embedder, Embedders};
 pub use error::LlmError;
 pub use extractive::{NO_MODEL_NOTICE, NOT_COVERED, Selection, answer_with as extractive_answer};
 pub use hashed::{HashedEmbedder, cosine};
+pub use local::{LocalModel, LocalRuntime};
 pub use prices::{ModelPrice, PriceTable};
 pub use rerank::{Ranked, Reranked, Reranker};
 pub use retry::{CallTotals, RetryPolicy};

@@ -14,7 +14,7 @@ use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use futures::StreamExt;
 use ragpipe_core::{Config, DocumentStatus, ErrorKind};
-use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits};
+use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits, ModelLimit};
 use ragpipe_llm::{Embedder, Embedders, PriceTable};
 use ragpipe_store::chunks::{ChunkSetInfo, NewChunk};
 use ragpipe_store::documents::Document;
@@ -39,8 +39,8 @@ pub struct IngestContext {
     config: Arc<Config>,
     embedders: Embedders,
     chunker: Arc<Chunker>,
-    /// Chunkers for other settings (reprocessing runs), built once each.
-    chunkers: std::sync::Mutex<HashMap<(u32, u32), Arc<Chunker>>>,
+    /// Chunkers for other settings or models (reprocessing runs), built once each.
+    chunkers: std::sync::Mutex<HashMap<(u32, u32, String), Arc<Chunker>>>,
     limits: Limits,
     prices: PriceTable,
 }
@@ -73,6 +73,18 @@ impl From<StoreError> for JobError {
     }
 }
 
+/// The limit chunks must hold to for `embedder` beyond the chunker's own: a local model's input
+/// limit in its own word pieces (it refuses longer inputs rather than cut them); none for the
+/// other providers, whose limit is `embedding.max_input_tokens`, already the chunk size's cap.
+pub fn model_limit(embedder: &Embedder) -> Option<ModelLimit> {
+    let model = Arc::clone(embedder.local_model()?);
+    Some(ModelLimit {
+        max_tokens: model.max_input_tokens(),
+        // A text the tokenizer cannot read cannot be sent either: count it as over the limit.
+        count: Arc::new(move |text: &str| model.count_tokens(text).unwrap_or(usize::MAX / 2)),
+    })
+}
+
 /// How a job ended (when it did not fail in a retryable way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -93,6 +105,10 @@ impl IngestContext {
         let embedders = Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
         let chunker =
             Chunker::new(ChunkSettings::from_config(&config.chunking)).map_err(|e| format!("chunker: {e}"))?;
+        let chunker = match model_limit(embedders.configured()) {
+            Some(limit) => chunker.with_model_limit(limit),
+            None => chunker,
+        };
         let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
         Ok(IngestContext {
             store,
@@ -122,17 +138,21 @@ impl IngestContext {
             .map_err(|e| JobError::permanent(format!("embedding model {model}: {e}")))
     }
 
-    /// The chunker for `max_tokens`/`overlap_tokens` with the configured tokenizer.
-    fn chunker_for(&self, max_tokens: u32, overlap_tokens: u32) -> Result<Arc<Chunker>, JobError> {
+    /// The chunker for `max_tokens`/`overlap_tokens` with the configured tokenizer, holding
+    /// chunks to `embedder`'s input limit when it is a local model ([`model_limit`]).
+    fn chunker_for(&self, max_tokens: u32, overlap_tokens: u32, embedder: &Embedder) -> Result<Arc<Chunker>, JobError> {
         let configured = self.chunker.settings();
-        if (configured.max_tokens, configured.overlap_tokens) == (max_tokens, overlap_tokens) {
+        if (configured.max_tokens, configured.overlap_tokens) == (max_tokens, overlap_tokens)
+            && embedder.model() == self.embedders.configured().model()
+        {
             return Ok(Arc::clone(&self.chunker));
         }
+        let key = (max_tokens, overlap_tokens, embedder.model().to_owned());
         let mut chunkers = self
             .chunkers
             .lock()
             .map_err(|_| JobError::permanent("chunker registry poisoned"))?;
-        if let Some(c) = chunkers.get(&(max_tokens, overlap_tokens)) {
+        if let Some(c) = chunkers.get(&key) {
             return Ok(Arc::clone(c));
         }
         let chunker = Chunker::new(ChunkSettings {
@@ -141,8 +161,11 @@ impl IngestContext {
             tokenizer: configured.tokenizer.clone(),
         })
         .map_err(|e| JobError::permanent(format!("chunk settings {max_tokens}/{overlap_tokens}: {e}")))?;
-        let chunker = Arc::new(chunker);
-        chunkers.insert((max_tokens, overlap_tokens), Arc::clone(&chunker));
+        let chunker = Arc::new(match model_limit(embedder) {
+            Some(limit) => chunker.with_model_limit(limit),
+            None => chunker,
+        });
+        chunkers.insert(key, Arc::clone(&chunker));
         Ok(chunker)
     }
 
@@ -212,7 +235,7 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
     }
     let started = Instant::now();
     let chunker = match &pending {
-        Some(p) => ctx.chunker_for(p.chunk_max_tokens, p.chunk_overlap_tokens)?,
+        Some(p) => ctx.chunker_for(p.chunk_max_tokens, p.chunk_overlap_tokens, &embedder)?,
         None => Arc::clone(&ctx.chunker),
     };
     let chunking = Arc::clone(&chunker);

@@ -1,0 +1,420 @@
+//! The local embedding provider: a BERT-family sentence-embedding model (all-MiniLM-L6-v2 by
+//! default) run in-process with candle, its inputs counted and encoded with the model's own
+//! tokenizer (the `tokenizers` crate).
+//!
+//! What it guarantees:
+//!
+//! - **The vectors sentence-transformers computes**: the encoder's last hidden states, mean
+//!   pooled over the attention mask, then L2-normalised (the `Transformer → Pooling(mean) →
+//!   Normalize` pipeline of the model's `modules.json`). `tests/local_embeddings.rs` holds them
+//!   to vectors computed by the Python package (`fixtures/embeddings/minilm-reference.json`).
+//! - **Nothing is cut**: an input longer than the model reads (its `max_seq_length`, 256 word
+//!   pieces for MiniLM, counted with `[CLS]` and `[SEP]`) is an error of kind
+//!   `ContextTooLong`, never silently truncated. The chunker caps chunks with
+//!   [`LocalModel::count_tokens`] so that ingest never sends one.
+//! - **The async runtime never runs the model**: tokenising and inference run on a dedicated
+//!   pool of `threads` threads; at most `2 × threads` batches wait for it (a bounded queue),
+//!   callers beyond that wait asynchronously for a slot.
+//! - **Batches sized by tokens**: inputs are sorted by length and grouped so that a batch's
+//!   padded size (inputs × longest) stays within `batch_tokens`, which keeps padding small.
+
+use crate::LlmError;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokenizers::Tokenizer;
+
+/// Padded tokens (inputs × longest input) in one forward pass. 2048 keeps a MiniLM batch's
+/// activations at a few MB and, sorted by length, wastes little on padding.
+pub const DEFAULT_BATCH_TOKENS: usize = 2048;
+
+/// A sentence-embedding model loaded from a directory: weights, configuration, tokenizer.
+pub struct LocalModel {
+    dir: PathBuf,
+    tokenizer: Tokenizer,
+    model: BertModel,
+    dim: usize,
+    max_input_tokens: usize,
+}
+
+impl std::fmt::Debug for LocalModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalModel")
+            .field("dir", &self.dir)
+            .field("dim", &self.dim)
+            .field("max_input_tokens", &self.max_input_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of `sentence_bert_config.json` read here.
+#[derive(serde::Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+impl LocalModel {
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`. The input
+    /// limit is `sentence_bert_config.json`'s `max_seq_length` when the file is there (what
+    /// sentence-transformers reads), else the model's `max_position_embeddings`.
+    pub fn load(dir: &Path) -> Result<LocalModel, LlmError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| LlmError::LocalModel {
+                context: format!("reading {}", path.display()),
+                source: Box::new(e),
+            })
+        };
+        let config_bytes = read("config.json")?;
+        let config: BertConfig = serde_json::from_slice(&config_bytes).map_err(|e| LlmError::LocalModel {
+            context: format!("reading {} as a BERT configuration", dir.join("config.json").display()),
+            source: Box::new(e),
+        })?;
+        let mut max_input_tokens = config.max_position_embeddings;
+        if let Ok(bytes) = std::fs::read(dir.join("sentence_bert_config.json")) {
+            let st: SentenceBertConfig = serde_json::from_slice(&bytes).map_err(|e| LlmError::LocalModel {
+                context: format!("reading {}", dir.join("sentence_bert_config.json").display()),
+                source: Box::new(e),
+            })?;
+            if let Some(n) = st.max_seq_length {
+                max_input_tokens = n.min(config.max_position_embeddings);
+            }
+        }
+        let tokenizer_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| LlmError::LocalModel {
+            context: format!("reading {}", tokenizer_path.display()),
+            source: e,
+        })?;
+        // tokenizer.json may carry truncation and padding (MiniLM's: 128, fixed); inputs are
+        // checked against the model's limit instead, and padded per batch here.
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| LlmError::LocalModel {
+                context: format!("turning off truncation in {}", tokenizer_path.display()),
+                source: e,
+            })?
+            .with_padding(None);
+        let weights = read("model.safetensors")?;
+        let model = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
+            .and_then(|vb| BertModel::load(vb, &config))
+            .map_err(|e| LlmError::LocalModel {
+                context: format!(
+                    "loading the BERT weights of {}",
+                    dir.join("model.safetensors").display()
+                ),
+                source: Box::new(e),
+            })?;
+        Ok(LocalModel {
+            dir: dir.to_path_buf(),
+            tokenizer,
+            model,
+            dim: config.hidden_size,
+            max_input_tokens,
+        })
+    }
+
+    /// The dimension of every vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The longest input the model reads, in its word pieces, `[CLS]` and `[SEP]` included.
+    pub fn max_input_tokens(&self) -> usize {
+        self.max_input_tokens
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Word pieces `text` is read as, `[CLS]` and `[SEP]` included (what the limit counts).
+    pub fn count_tokens(&self, text: &str) -> Result<usize, LlmError> {
+        self.tokenizer
+            .encode_fast(text, true)
+            .map(|e| e.len())
+            .map_err(|e| LlmError::LocalModel {
+                context: format!("tokenising {} bytes", text.len()),
+                source: e,
+            })
+    }
+
+    /// Tokenises `inputs` and checks each against the limit: the ids of every input, in order.
+    fn encode(&self, inputs: &[String]) -> Result<Vec<Vec<u32>>, LlmError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(inputs.iter().map(String::as_str).collect::<Vec<_>>(), true)
+            .map_err(|e| LlmError::LocalModel {
+                context: format!("tokenising {} inputs", inputs.len()),
+                source: e,
+            })?;
+        encodings
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if e.len() > self.max_input_tokens {
+                    return Err(LlmError::InputTooLong {
+                        context: format!("embedding input {i} ({} bytes) with the local model", inputs[i].len()),
+                        tokens: e.len(),
+                        max_tokens: self.max_input_tokens,
+                    });
+                }
+                Ok(e.get_ids().to_vec())
+            })
+            .collect()
+    }
+
+    /// One forward pass over `batch` (token ids, each within the limit): mean pooling over
+    /// the real tokens, then L2 normalisation, as sentence-transformers does.
+    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, LlmError> {
+        let fail = |e: candle_core::Error| LlmError::LocalModel {
+            context: format!("running the local model on {} inputs", batch.len()),
+            source: Box::new(e),
+        };
+        let longest = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        if longest == 0 {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(batch.len() * longest);
+        let mut mask = Vec::with_capacity(batch.len() * longest);
+        for input in batch {
+            ids.extend_from_slice(input);
+            ids.resize(ids.len() + longest - input.len(), 0);
+            mask.extend(std::iter::repeat_n(1u32, input.len()));
+            mask.resize(mask.len() + longest - input.len(), 0);
+        }
+        let shape = (batch.len(), longest);
+        let ids = Tensor::from_vec(ids, shape, &Device::Cpu).map_err(fail)?;
+        let types = ids.zeros_like().map_err(fail)?;
+        let mask_t = Tensor::from_vec(mask.clone(), shape, &Device::Cpu).map_err(fail)?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask_t)).map_err(fail)?;
+        let hidden: Vec<Vec<Vec<f32>>> = hidden.to_vec3().map_err(fail)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (row, states) in hidden.iter().enumerate() {
+            let real = &mask[row * longest..(row + 1) * longest];
+            let mut sum = vec![0f32; self.dim];
+            let mut n = 0f32;
+            for (state, &m) in states.iter().zip(real) {
+                if m == 1 {
+                    n += 1.0;
+                    sum.iter_mut().zip(state).for_each(|(s, x)| *s += x);
+                }
+            }
+            // sentence-transformers: sum / max(count, 1e-9), then x / max(‖x‖, 1e-12).
+            let n = n.max(1e-9);
+            sum.iter_mut().for_each(|s| *s /= n);
+            let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            sum.iter_mut().for_each(|s| *s /= norm);
+            out.push(sum);
+        }
+        Ok(out)
+    }
+}
+
+/// The vectors of some inputs and the word pieces they were read as.
+#[derive(Debug, Default)]
+pub struct LocalEmbedded {
+    /// One vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Word pieces of all inputs, `[CLS]` and `[SEP]` included.
+    pub tokens: u64,
+}
+
+/// A [`LocalModel`] with the pool it runs on. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct LocalRuntime {
+    model: Arc<LocalModel>,
+    pool: Arc<rayon::ThreadPool>,
+    /// Batches queued or running on the pool, across every caller: the bounded queue.
+    queue: Arc<tokio::sync::Semaphore>,
+    threads: usize,
+    batch_tokens: usize,
+}
+
+impl std::fmt::Debug for LocalRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRuntime")
+            .field("model", &self.model)
+            .field("threads", &self.threads)
+            .field("batch_tokens", &self.batch_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalRuntime {
+    /// Loads the model in `dir` and starts a pool of `threads` threads (0: one per core) whose
+    /// queue holds at most `2 × threads` batches of at most `batch_tokens` padded tokens.
+    pub fn start(dir: &Path, threads: usize, batch_tokens: usize) -> Result<LocalRuntime, LlmError> {
+        let model = LocalModel::load(dir)?;
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("ragpipe-embed-{i}"))
+            .build()
+            .map_err(|e| LlmError::LocalModel {
+                context: format!("starting {threads} embedding threads"),
+                source: Box::new(e),
+            })?;
+        Ok(LocalRuntime {
+            model: Arc::new(model),
+            pool: Arc::new(pool),
+            queue: Arc::new(tokio::sync::Semaphore::new(2 * threads)),
+            threads,
+            batch_tokens: batch_tokens.max(model_max(dir)),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<LocalModel> {
+        &self.model
+    }
+
+    /// Threads running the model.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `work` on the pool once a queue slot is free, without blocking the caller's thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        context: impl Fn() -> String,
+        work: impl FnOnce(&LocalModel) -> Result<T, LlmError> + Send + 'static,
+    ) -> Result<T, LlmError> {
+        let permit = Arc::clone(&self.queue)
+            .acquire_owned()
+            .await
+            .map_err(|e| LlmError::Task {
+                context: context(),
+                message: e.to_string(),
+            })?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let model = Arc::clone(&self.model);
+        self.pool.spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&model)));
+            drop(permit);
+            // The caller may have gone away; its result is then of no use to anyone.
+            let _ = tx.send(outcome);
+        });
+        match rx.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(LlmError::Task {
+                context: context(),
+                message: "the local model panicked".into(),
+            }),
+            Err(e) => Err(LlmError::Task {
+                context: context(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Embeds `inputs`: one vector per input in input order, and the word pieces read. Fails
+    /// with [`LlmError::InputTooLong`] (kind `ContextTooLong`) if any input is over the limit.
+    pub async fn embed(&self, inputs: &[String]) -> Result<LocalEmbedded, LlmError> {
+        if inputs.is_empty() {
+            return Ok(LocalEmbedded::default());
+        }
+        let owned = inputs.to_vec();
+        let n = inputs.len();
+        let ids = Arc::new(
+            self.run(move || format!("tokenising {n} inputs"), move |m| m.encode(&owned))
+                .await?,
+        );
+        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let batches = padded_batches(&lengths, self.batch_tokens);
+        let runs = batches.into_iter().map(|order| {
+            let ids = Arc::clone(&ids);
+            let size = order.len();
+            async move {
+                let order_for_work = order.clone();
+                let vectors = self
+                    .run(
+                        move || format!("embedding a batch of {size} inputs"),
+                        move |m| {
+                            let batch: Vec<&[u32]> = order_for_work.iter().map(|&i| ids[i].as_slice()).collect();
+                            m.forward(&batch)
+                        },
+                    )
+                    .await?;
+                Ok::<_, LlmError>((order, vectors))
+            }
+        });
+        let done = futures::future::try_join_all(runs).await?;
+        let mut slots: Vec<Vec<f32>> = vec![Vec::new(); n];
+        for (order, vectors) in done {
+            for (i, v) in order.into_iter().zip(vectors) {
+                slots[i] = v;
+            }
+        }
+        Ok(LocalEmbedded {
+            vectors: slots,
+            tokens: lengths.iter().map(|&l| l as u64).sum(),
+        })
+    }
+}
+
+/// The model's limit read without loading it (for sizing batches: one full-length input must
+/// fit); MiniLM's 256 when unreadable.
+fn model_max(dir: &Path) -> usize {
+    std::fs::read(dir.join("sentence_bert_config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<SentenceBertConfig>(&b).ok())
+        .and_then(|c| c.max_seq_length)
+        .unwrap_or(256)
+}
+
+/// Groups inputs by length into batches whose padded size (inputs × longest) is at most
+/// `batch_tokens` (a longer input goes alone): each batch lists input indices, shortest first.
+pub fn padded_batches(lengths: &[usize], batch_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| (lengths[i], i));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending, so this input is the batch's longest.
+        if !current.is_empty() && (current.len() + 1) * lengths[i] > batch_tokens {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_bound_padded_tokens_and_cover_every_input_once() {
+        let lengths = [10, 250, 12, 11, 200, 3, 256, 9];
+        let batches = padded_batches(&lengths, 512);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| lengths[i]).max().expect("non-empty batch");
+            assert!(b.len() * longest <= 512, "{b:?}");
+        }
+        // The five short inputs share one batch; the long ones go in twos or alone.
+        assert_eq!(batches[0], vec![5, 7, 0, 3, 2]);
+        assert!(padded_batches(&[], 512).is_empty());
+        // An input longer than the budget still goes, alone.
+        assert_eq!(padded_batches(&[600, 5], 512), vec![vec![1], vec![0]]);
+    }
+
+    #[test]
+    fn a_directory_without_the_model_is_a_permanent_error_naming_the_file() {
+        let err = LocalModel::load(Path::new("/nonexistent/model")).expect_err("no model there");
+        assert_eq!(err.kind(), ragpipe_core::ErrorKind::Permanent);
+        assert!(err.to_string().contains("/nonexistent/model/config.json"), "{err}");
+    }
+}
