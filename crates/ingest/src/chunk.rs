@@ -102,12 +102,16 @@ impl std::fmt::Debug for ModelLimit {
 /// With a [`ModelLimit`], a text's size is the larger of its tiktoken count and its model count
 /// scaled to `max_tokens` units (`⌈model × max_tokens / limit⌉`): a chunk of at most
 /// `max_tokens` is then within both limits.
+/// A slice of the segment being split: address, length, hash of the text.
+type SliceKey = (usize, usize, u64);
+/// A slice's size as text-splitter sees it, and its tiktoken count.
+type Sizes = (usize, usize);
+
 struct MemoSizer<'a> {
     bpe: &'static CoreBPE,
     model_limit: Option<&'a ModelLimit>,
     max_tokens: usize,
-    /// (size as text-splitter sees it, tiktoken count) by slice.
-    sizes: RefCell<HashMap<(usize, usize, u64), (usize, usize)>>,
+    sizes: RefCell<HashMap<SliceKey, Sizes>>,
 }
 
 impl MemoSizer<'_> {
