@@ -265,20 +265,67 @@ impl Chunker {
                         chunks.pop();
                     }
                 }
-                let (page_first, page_last) = page_range(&doc.pages, &byte_range);
-                chunks.push(Chunk {
-                    index: chunks.len() as u32,
-                    content: content.to_owned(),
-                    token_count: sizer.count(content).1 as u32,
-                    heading_path: path.at(start),
-                    byte_range,
-                    page_first,
-                    page_last,
-                });
+                // text-splitter does not always hold a chunk to the model's count (a run of
+                // punctuation, one tiktoken token, is a word piece per character: a line of 119
+                // `=` in C comments); such a chunk is cut again until every piece fits.
+                let mut ranges = Vec::new();
+                match self.model_limit.as_ref() {
+                    Some(limit) if (limit.count)(content) > limit.max_tokens => {
+                        split_to_fit(&doc.text, byte_range, limit, &mut ranges);
+                    }
+                    _ => ranges.push(byte_range),
+                }
+                for byte_range in ranges {
+                    let content = &doc.text[byte_range.clone()];
+                    let (page_first, page_last) = page_range(&doc.pages, &byte_range);
+                    chunks.push(Chunk {
+                        index: chunks.len() as u32,
+                        content: content.to_owned(),
+                        token_count: sizer.count(content).1 as u32,
+                        heading_path: path.at(byte_range.start),
+                        byte_range,
+                        page_first,
+                        page_last,
+                    });
+                }
             }
             sizer.sizes.borrow_mut().clear();
         }
         chunks
+    }
+}
+
+/// Cuts `text[range]` in two near its middle (at a line break, else a space, else any character
+/// boundary), again and again, until every piece fits `limit` or is a single character; pieces
+/// are trimmed of surrounding whitespace and listed in text order.
+fn split_to_fit(text: &str, range: Range<usize>, limit: &ModelLimit, out: &mut Vec<Range<usize>>) {
+    let piece = &text[range.clone()];
+    if piece.chars().nth(1).is_none() || (limit.count)(piece) <= limit.max_tokens {
+        out.push(range);
+        return;
+    }
+    let (quarter, middle, three_quarters) = (piece.len() / 4, piece.len() / 2, piece.len() * 3 / 4);
+    let nearest = |needle: char| {
+        piece
+            .match_indices(needle)
+            .map(|(i, _)| i)
+            .filter(|&i| quarter <= i && i <= three_quarters)
+            .min_by_key(|&i| i.abs_diff(middle))
+    };
+    let cut = nearest('\n').or_else(|| nearest(' ')).unwrap_or_else(|| {
+        let mut i = middle;
+        while !piece.is_char_boundary(i) {
+            i += 1;
+        }
+        i
+    });
+    for part in [range.start..range.start + cut, range.start + cut..range.end] {
+        let part_text = &text[part.clone()];
+        let trimmed_start = part.start + (part_text.len() - part_text.trim_start().len());
+        let trimmed_end = part.end - (part_text.len() - part_text.trim_end().len());
+        if trimmed_start < trimmed_end {
+            split_to_fit(text, trimmed_start..trimmed_end, limit, out);
+        }
     }
 }
 
@@ -394,8 +441,11 @@ mod tests {
     fn a_model_limit_caps_chunks_by_the_models_count_too() {
         let mut doc = crate::extract(b"x", &crate::Limits::default()).expect("one letter is text");
         doc.text = "Ein ausgesprochen langes Wort folgt dem anderen. ".repeat(400);
-        // A stand-in for a model's word pieces: one per four bytes, two special tokens.
-        let count = |t: &str| t.len().div_ceil(4) + 2;
+        doc.text
+            .push_str(&format!("\n/*\n {} \n hooks\n {} */\n", "=".repeat(119), "=".repeat(119)).repeat(20));
+        // A stand-in for a model's word pieces: one per `=`, one per four other bytes, two
+        // special tokens (a run of `=` is one tiktoken token but a piece per character).
+        let count = |t: &str| t.chars().filter(|&c| c == '=').count() + t.len().div_ceil(4) + 2;
         let settings = ChunkSettings {
             max_tokens: 200,
             overlap_tokens: 20,
