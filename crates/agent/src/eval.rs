@@ -148,6 +148,20 @@ pub fn parse_questions(jsonl: &str) -> Result<Vec<EvalQuestion>, String> {
     Ok(out)
 }
 
+/// The first `n` questions of each kind, in their order.
+pub fn first_per_kind(questions: &[EvalQuestion], n: usize) -> Vec<EvalQuestion> {
+    let mut taken: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    questions
+        .iter()
+        .filter(|q| {
+            let count = taken.entry(q.kind.as_str()).or_default();
+            *count += 1;
+            *count <= n
+        })
+        .cloned()
+        .collect()
+}
+
 /// Whitespace-normalised text, for checking that a quote occurs in a document (extraction
 /// rewraps lines).
 pub fn normalise_whitespace(text: &str) -> String {
@@ -743,6 +757,23 @@ async fn ask_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_per_kind_keeps_the_order_and_every_kind() {
+        let q = |id: &str, kind: &str| EvalQuestion {
+            id: id.into(),
+            kind: kind.into(),
+            question: "?".into(),
+            documents: vec![],
+            quote: None,
+            split: None,
+            previous: None,
+        };
+        let set = [q("a", "keyword"), q("b", "paraphrase"), q("c", "keyword"), q("d", "keyword"), q("e", "paraphrase")];
+        let ids: Vec<String> = first_per_kind(&set, 2).into_iter().map(|q| q.id).collect();
+        assert_eq!(ids, ["a", "b", "c", "e"]);
+        assert!(first_per_kind(&set, 0).is_empty());
+    }
 
     #[test]
     fn ranks_count_only_gold_documents() {

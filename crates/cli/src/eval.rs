@@ -79,13 +79,20 @@ pub struct EvalArgs {
     /// fusion methods outside the database.
     #[arg(long, value_name = "FILE")]
     pub dump_legs: Option<PathBuf>,
+    /// Ask only the first N questions of each kind of the split, in file order (for a slow
+    /// model: a sample that keeps every kind).
+    #[arg(long, value_name = "N")]
+    pub per_kind: Option<usize>,
 }
 
 pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
     let fixtures = args.fixtures.clone().unwrap_or_else(default_fixtures);
     let set = EvalSet::at(&fixtures);
     let all_questions = load_questions(&fixtures)?;
-    let questions = eval::select_split(&all_questions, args.split);
+    let mut questions = eval::select_split(&all_questions, args.split);
+    if let Some(n) = args.per_kind {
+        questions = eval::first_per_kind(&questions, n);
+    }
     if questions.is_empty() {
         bail!("no questions in the {} split of {}", args.split, fixtures.display());
     }
