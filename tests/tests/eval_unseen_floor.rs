@@ -139,7 +139,10 @@ async fn the_test_half_stays_above_its_floors_and_hybrid_holds_against_both_legs
         .map(|r| &r.id)
         .collect();
     assert!(unfinished.is_empty(), "unfinished answers: {unfinished:?}");
-    assert_eq!(all.citation_validity, 1.0, "an answer cites a number its prompt did not hold");
+    assert_eq!(
+        all.citation_validity, 1.0,
+        "an answer cites a number its prompt did not hold"
+    );
     let precision = all.citation_precision.expect("answers cite sources");
     let support = all.answer_support.expect("answerable questions");
     let refusal = all.refusal_rate.expect("unanswerable questions");
@@ -149,6 +152,14 @@ async fn the_test_half_stays_above_its_floors_and_hybrid_holds_against_both_legs
         "citation precision {precision:.3} < {}",
         f.citation_precision
     );
-    assert!(support >= f.answer_support, "answer support {support:.3} < {}", f.answer_support);
-    assert!(refusal >= f.refusal, "refusal on unanswerable questions {refusal:.3} < {}", f.refusal);
+    assert!(
+        support >= f.answer_support,
+        "answer support {support:.3} < {}",
+        f.answer_support
+    );
+    assert!(
+        refusal >= f.refusal,
+        "refusal on unanswerable questions {refusal:.3} < {}",
+        f.refusal
+    );
 }
