@@ -103,33 +103,14 @@ async fn the_test_half_stays_above_its_floors_and_hybrid_holds_against_both_legs
         floor.retrieval.hybrid_mrr
     );
     for leg in [by_mode(SearchMode::Vector), by_mode(SearchMode::Text)] {
-        assert!(
-            hybrid.recall >= leg.recall && hybrid.mrr >= leg.mrr,
-            "hybrid (recall {:.3}, MRR {:.3}) falls below its {} leg (recall {:.3}, MRR {:.3})",
-            hybrid.recall,
-            hybrid.mrr,
-            leg.mode,
-            leg.recall,
-            leg.mrr
-        );
+        assert_hybrid_holds_against(hybrid, leg);
     }
 
     // Answers, through the agent.
     let ctx = AnswerContext::new(store, Arc::new(config)).await.expect("agent");
     assert!(ctx.chat().is_offline());
     let report = eval::evaluate_answers(&ctx, user, &questions).await.expect("answers");
-    for f in std::iter::once(&report.overall).chain(&report.by_kind) {
-        eprintln!(
-            "{:<16} {:>3} validity {:.3} precision {:?} support {:?} refusal {:?} false refusal {:?}",
-            f.kind,
-            f.questions,
-            f.citation_validity,
-            f.citation_precision,
-            f.answer_support,
-            f.refusal_rate,
-            f.false_refusal_rate
-        );
-    }
+    print_answer_report(&report);
     let all = &report.overall;
     assert_eq!(all.questions, questions.len());
     let unfinished: Vec<&String> = report

@@ -75,15 +75,7 @@ async fn hybrid_recall_stays_above_the_recorded_floor_and_holds_against_both_leg
         floor.recall
     );
     for leg in [vector, text] {
-        assert!(
-            hybrid.recall >= leg.recall && hybrid.mrr >= leg.mrr,
-            "hybrid (recall {:.3}, MRR {:.3}) falls below its {} leg (recall {:.3}, MRR {:.3})",
-            hybrid.recall,
-            hybrid.mrr,
-            leg.mode,
-            leg.recall,
-            leg.mrr
-        );
+        assert_hybrid_holds_against(hybrid, leg);
     }
 }
 

@@ -138,3 +138,32 @@ pub async fn ingest_concurrently(
 pub fn set_documents(set: &str) -> Vec<PathBuf> {
     files_in(&fixtures().join(set).join("documents"))
 }
+
+/// Prints an answer evaluation's figures, overall and per kind.
+pub fn print_answer_report(report: &ragpipe_agent::eval::AnswerReport) {
+    for f in std::iter::once(&report.overall).chain(&report.by_kind) {
+        eprintln!(
+            "{:<16} {:>3} validity {:.3} precision {:?} support {:?} refusal {:?} false refusal {:?}",
+            f.kind,
+            f.questions,
+            f.citation_validity,
+            f.citation_precision,
+            f.answer_support,
+            f.refusal_rate,
+            f.false_refusal_rate
+        );
+    }
+}
+
+/// Fails unless hybrid's recall@k and MRR@10 are at least `leg`'s.
+pub fn assert_hybrid_holds_against(hybrid: &ragpipe_agent::eval::ModeReport, leg: &ragpipe_agent::eval::ModeReport) {
+    assert!(
+        hybrid.recall >= leg.recall && hybrid.mrr >= leg.mrr,
+        "hybrid (recall {:.3}, MRR {:.3}) falls below its {} leg (recall {:.3}, MRR {:.3})",
+        hybrid.recall,
+        hybrid.mrr,
+        leg.mode,
+        leg.recall,
+        leg.mrr
+    );
+}
