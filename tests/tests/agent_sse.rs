@@ -367,3 +367,63 @@ async fn a_follow_up_carries_the_conversation_and_chains_its_request(
     assert_eq!((sessions, last), (1, Some(chain[1].0)));
     system.app.shutdown().await;
 }
+
+/// A passage uploaded twice (a second copy of a document under another name) is one source of
+/// the answer: the context event lists the copy in that source's `also_in`, and the prompt the
+/// model receives names it beside the passage ("also in ..."), once.
+#[sqlx::test(migrations = false)]
+async fn a_duplicated_passage_is_one_source_that_names_its_copies(options: PgPoolOptions, connect: PgConnectOptions) {
+    let system = start(agent_support::pool(options, connect).await, true).await;
+    let alice = &system.alice;
+    let copy = system
+        .app
+        .upload_one(
+            &alice.key,
+            "batching-copy.md",
+            // Other bytes (an upload of identical bytes is the same document), same passage.
+            format!("{}\n", agent_support::BATCHING_DOC.replace(". ", ".  ")).into_bytes(),
+        )
+        .await;
+    let copy_id = copy["id"].as_str().expect("document id").to_owned();
+    let done = system
+        .app
+        .wait_for_document(&alice.key, &copy_id, std::time::Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "ready", "{done}");
+    system
+        .model()
+        .push_reply(ScriptedReply::text("Batched by count and tokens [1]."));
+    let conversation = system.conversation(alice).await;
+    let events = system.ask_stream(alice, &conversation, QUESTION).await.rest().await;
+    assert_eq!(
+        shape(&events),
+        ["message", "context", "delta*", "usage", "done"],
+        "{events:#?}"
+    );
+    let context = events[1].json();
+    let sources = context["sources"].as_array().expect("sources");
+    let batching: Vec<&Value> = sources
+        .iter()
+        .filter(|s| matches!(s["filename"].as_str(), Some("batching.txt" | "batching-copy.md")))
+        .collect();
+    assert_eq!(batching.len(), 1, "the passage is one source: {context}");
+    let also = batching[0]["also_in"].as_array().expect("also_in");
+    assert_eq!(also.len(), 1, "{context}");
+    let names = [batching[0]["filename"].as_str(), also[0]["filename"].as_str()];
+    assert!(
+        names.contains(&Some("batching.txt")) && names.contains(&Some("batching-copy.md")),
+        "{context}"
+    );
+    for other in sources.iter().filter(|s| s["filename"] == "retries.txt") {
+        assert!(other.get("also_in").is_none(), "no copies, no field: {other}");
+    }
+    let prompt = system
+        .model()
+        .requests_to(Route::ChatCompletions)
+        .into_iter()
+        .map(|r| r.body.to_string())
+        .find(|b| !is_condense_request(&serde_json::from_str(b).unwrap_or_default()))
+        .expect("the answer's chat request");
+    let named = format!("(also in {})", also[0]["filename"].as_str().expect("filename"));
+    assert_eq!(prompt.matches(&named).count(), 1, "{prompt}");
+}

@@ -25,21 +25,6 @@ fn questions() -> Vec<EvalQuestion> {
     eval::parse_questions(&text).expect("question set parses")
 }
 
-fn print(report: &AnswerReport) {
-    for f in std::iter::once(&report.overall).chain(&report.by_kind) {
-        eprintln!(
-            "{:<16} {:>3} validity {:.3} precision {:?} support {:?} refusal {:?} false refusal {:?}",
-            f.kind,
-            f.questions,
-            f.citation_validity,
-            f.citation_precision,
-            f.answer_support,
-            f.refusal_rate,
-            f.false_refusal_rate
-        );
-    }
-}
-
 #[sqlx::test(migrations = false)]
 async fn answers_cite_only_their_sources_and_stay_above_the_floor(pool: PgPool) {
     let config = Config::defaults();
@@ -50,7 +35,7 @@ async fn answers_cite_only_their_sources_and_stay_above_the_floor(pool: PgPool) 
     assert!(ctx.chat().is_offline());
     let questions = questions();
     let report = eval::evaluate_answers(&ctx, user, &questions).await.expect("answers");
-    print(&report);
+    print_answer_report(&report);
     let all = &report.overall;
     assert_eq!(all.questions, questions.len());
     assert!(

@@ -482,6 +482,14 @@ pub fn source_of(hit: &SearchHit) -> Source {
         heading_path: hit.heading_path.clone(),
         score: hit.score,
         text: hit.content.clone(),
+        also_in: hit
+            .also_in
+            .iter()
+            .map(|a| crate::sources::AlsoIn {
+                document_id: a.document_id,
+                filename: a.filename.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -9,7 +9,7 @@
 //!
 //! The metrics are pure functions; [`evaluate`] only runs the searches.
 
-use crate::retrieve::{RetrieveError, Retriever, SearchMode, SearchRequest};
+use crate::retrieve::{RetrieveError, Retriever, SearchHit, SearchMode, SearchRequest};
 use ragpipe_core::UserId;
 use ragpipe_store::conversations;
 use serde::{Deserialize, Serialize};
@@ -148,6 +148,20 @@ pub fn parse_questions(jsonl: &str) -> Result<Vec<EvalQuestion>, String> {
     Ok(out)
 }
 
+/// The first `n` questions of each kind, in their order.
+pub fn first_per_kind(questions: &[EvalQuestion], n: usize) -> Vec<EvalQuestion> {
+    let mut taken: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    questions
+        .iter()
+        .filter(|q| {
+            let count = taken.entry(q.kind.as_str()).or_default();
+            *count += 1;
+            *count <= n
+        })
+        .cloned()
+        .collect()
+}
+
 /// Whitespace-normalised text, for checking that a quote occurs in a document (extraction
 /// rewraps lines).
 pub fn normalise_whitespace(text: &str) -> String {
@@ -159,6 +173,19 @@ pub fn first_relevant_rank<'a>(hit_filenames: impl IntoIterator<Item = &'a str>,
     hit_filenames
         .into_iter()
         .position(|f| gold.iter().any(|g| g == f))
+        .map(|i| i + 1)
+}
+
+/// 1-based rank of the first hit that is, or lists in `also_in`, a gold document: a passage
+/// collapsed into a better-ranked copy still answers from the gold document, and the result says
+/// so.
+pub fn first_relevant_hit(hits: &[SearchHit], gold: &[String]) -> Option<usize> {
+    hits.iter()
+        .position(|h| {
+            std::iter::once(h.filename.as_str())
+                .chain(h.also_in.iter().map(|a| a.filename.as_str()))
+                .any(|f| gold.iter().any(|g| g == f))
+        })
         .map(|i| i + 1)
 }
 
@@ -291,7 +318,7 @@ pub async fn evaluate(
             ..SearchRequest::new(q.question.clone())
         };
         let hits = retriever.search(user, &request).await?;
-        let rank = first_relevant_rank(hits.iter().map(|h| h.filename.as_str()), &q.documents);
+        let rank = first_relevant_hit(&hits, &q.documents);
         results.push(QuestionResult {
             id: q.id.clone(),
             kind: q.kind.clone(),
@@ -663,10 +690,26 @@ pub async fn evaluate_answers(
             &message.status,
             &message.content,
             &in_prompt,
-            citations.into_iter().map(|c| c.filename).collect(),
+            citations
+                .into_iter()
+                .map(|c| cited_document(&c, &context, &q.documents))
+                .collect(),
         ));
     }
     Ok(AnswerReport::from_results(ctx.chat().model(), results))
+}
+
+/// The document a citation is counted for: a gold document when the cited source is one or
+/// lists one in its `also_in` (the same passage), else the cited source's own.
+fn cited_document(citation: &crate::sources::Citation, context: &[crate::sources::ContextEntry], gold: &[String]) -> String {
+    context
+        .iter()
+        .find(|e| e.n == citation.n)
+        .into_iter()
+        .flat_map(|e| e.also_in.iter().map(|a| &a.filename))
+        .find(|f| gold.contains(f) && !gold.contains(&citation.filename))
+        .cloned()
+        .unwrap_or_else(|| citation.filename.clone())
 }
 
 /// Asks `text` in `conversation` and answers it in place (no queue: the job `ask` queued finds
@@ -716,10 +759,94 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sample_per_kind_keeps_the_order_and_every_kind() {
+        let q = |id: &str, kind: &str| EvalQuestion {
+            id: id.into(),
+            kind: kind.into(),
+            question: "?".into(),
+            documents: vec![],
+            quote: None,
+            split: None,
+            previous: None,
+        };
+        let set = [q("a", "keyword"), q("b", "paraphrase"), q("c", "keyword"), q("d", "keyword"), q("e", "paraphrase")];
+        let ids: Vec<String> = first_per_kind(&set, 2).into_iter().map(|q| q.id).collect();
+        assert_eq!(ids, ["a", "b", "c", "e"]);
+        assert!(first_per_kind(&set, 0).is_empty());
+    }
+
+    #[test]
     fn ranks_count_only_gold_documents() {
         let gold = vec!["b.md".to_owned(), "c.md".to_owned()];
         assert_eq!(first_relevant_rank(["a.md", "a.md", "c.md"], &gold), Some(3));
         assert_eq!(first_relevant_rank(["a.md"], &gold), None);
+    }
+
+    fn hit(filename: &str, also_in: &[&str]) -> SearchHit {
+        SearchHit {
+            chunk_id: 1,
+            document_id: uuid::Uuid::nil(),
+            filename: filename.into(),
+            chunk_index: 0,
+            page_first: None,
+            page_last: None,
+            heading_path: Vec::new(),
+            score: 1.0,
+            vector_rank: None,
+            text_rank: None,
+            vector_similarity: None,
+            text_score: None,
+            content: String::new(),
+            highlight: None,
+            also_in: also_in
+                .iter()
+                .map(|f| ragpipe_store::search::AlsoIn {
+                    document_id: uuid::Uuid::nil(),
+                    filename: (*f).into(),
+                    chunk_id: 2,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_gold_document_collapsed_into_a_better_copy_counts_where_the_copy_ranks() {
+        let gold = vec!["b.md".to_owned()];
+        let hits = [hit("a.md", &[]), hit("c.pdf", &["x.md", "b.md"]), hit("b.md", &[])];
+        assert_eq!(first_relevant_hit(&hits, &gold), Some(2));
+        assert_eq!(first_relevant_hit(&hits[..1], &gold), None);
+    }
+
+    #[test]
+    fn a_citation_of_a_copy_of_the_gold_passage_counts_as_gold() {
+        use crate::sources::{AlsoIn, Citation, ContextEntry};
+        let entry = |n: u32, filename: &str, also: &[&str]| ContextEntry {
+            n,
+            chunk_id: i64::from(n),
+            document_id: uuid::Uuid::nil(),
+            filename: filename.into(),
+            pages: None,
+            heading_path: Vec::new(),
+            score: 1.0,
+            also_in: also
+                .iter()
+                .map(|f| AlsoIn {
+                    document_id: uuid::Uuid::nil(),
+                    filename: (*f).into(),
+                })
+                .collect(),
+        };
+        let context = [entry(1, "copy.pdf", &["gold.md"]), entry(2, "other.md", &[])];
+        let citation = |n: u32, filename: &str| Citation {
+            n,
+            chunk_id: i64::from(n),
+            document_id: uuid::Uuid::nil(),
+            filename: filename.into(),
+            pages: None,
+        };
+        let gold = vec!["gold.md".to_owned()];
+        assert_eq!(cited_document(&citation(1, "copy.pdf"), &context, &gold), "gold.md");
+        assert_eq!(cited_document(&citation(2, "other.md"), &context, &gold), "other.md");
     }
 
     #[test]

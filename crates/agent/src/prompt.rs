@@ -39,7 +39,7 @@ const SYSTEM: TemplateSpec = TemplateSpec {
 const SOURCE: TemplateSpec = TemplateSpec {
     file: "source.md",
     embedded: include_str!("../../../prompts/source.md"),
-    allowed: &["number", "filename", "pages", "headings", "text"],
+    allowed: &["number", "filename", "pages", "headings", "also_in", "text"],
     required: &["number", "text"],
 };
 const QUESTION: TemplateSpec = TemplateSpec {
@@ -244,11 +244,18 @@ impl Prompts {
         } else {
             format!(" — {}", source.heading_path.join(" › "))
         };
+        let also_in = if source.also_in.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = source.also_in.iter().map(|a| a.filename.as_str()).collect();
+            format!(" (also in {})", names.join(", "))
+        };
         let values = HashMap::from([
             ("number", number.as_str()),
             ("filename", source.filename.as_str()),
             ("pages", pages.as_str()),
             ("headings", headings.as_str()),
+            ("also_in", also_in.as_str()),
             ("text", text),
         ]);
         self.source.render(&values)
@@ -457,6 +464,7 @@ mod tests {
             score: 1.0 / (i as f64 + 1.0),
             text: format!("Passage {i} says: ")
                 + &"embedding batches retry with backoff and jitter ".repeat(words / 7 + 1),
+            also_in: Vec::new(),
         }
     }
 
@@ -475,6 +483,17 @@ mod tests {
         let s = source(1, 10);
         let block = p.render_source(3, &s, "TEXT");
         assert_eq!(block, "[3] manual-1.pdf (pages 1–2) — Setup › Step 1\nTEXT");
+        let copies = Source {
+            also_in: vec![crate::sources::AlsoIn {
+                document_id: Uuid::nil(),
+                filename: "manual-1.docx".into(),
+            }],
+            ..s
+        };
+        assert_eq!(
+            p.render_source(3, &copies, "TEXT"),
+            "[3] manual-1.pdf (pages 1–2) — Setup › Step 1 (also in manual-1.docx)\nTEXT"
+        );
     }
 
     /// Snapshot of a whole assembled prompt; the expected text is checked in beside the
@@ -493,6 +512,7 @@ mod tests {
                 heading_path: vec!["Ingestion".into(), "Batching".into()],
                 score: 0.9,
                 text: "Embedding requests are batched by input count and by total tokens.".into(),
+                also_in: Vec::new(),
             },
             Source {
                 chunk_id: 42,
@@ -503,6 +523,16 @@ mod tests {
                 heading_path: vec![],
                 score: 0.5,
                 text: "Failed requests are retried with exponential backoff.".into(),
+                also_in: vec![
+                    crate::sources::AlsoIn {
+                        document_id: Uuid::from_u128(7),
+                        filename: "report.docx".into(),
+                    },
+                    crate::sources::AlsoIn {
+                        document_id: Uuid::from_u128(8),
+                        filename: "report-v2.pdf".into(),
+                    },
+                ],
             },
         ];
         let history = vec![Turn {

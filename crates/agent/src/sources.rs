@@ -24,6 +24,18 @@ pub struct Source {
     pub score: f64,
     /// The passage's text.
     pub text: String,
+    /// Other documents holding the same or a near-identical passage, left out of the sources
+    /// for this one (`SearchHit::also_in`), best first.
+    pub also_in: Vec<AlsoIn>,
+}
+
+/// Another document holding a source's passage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlsoIn {
+    /// The document.
+    pub document_id: Uuid,
+    /// Its file name.
+    pub filename: String,
 }
 
 /// Pages of a chunk, as clients see them (`{"first": 3, "last": 4}`).
@@ -66,6 +78,9 @@ pub struct ContextEntry {
     pub heading_path: Vec<String>,
     /// Retrieval score.
     pub score: f64,
+    /// Other documents holding the same passage (omitted when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_in: Vec<AlsoIn>,
 }
 
 impl ContextEntry {
@@ -79,6 +94,7 @@ impl ContextEntry {
             pages: Pages::of(source.page_first, source.page_last),
             heading_path: source.heading_path.clone(),
             score: source.score,
+            also_in: source.also_in.clone(),
         }
     }
 }
@@ -206,6 +222,7 @@ mod tests {
             pages: Pages::of(Some(n as i32), None),
             heading_path: vec![],
             score: 1.0,
+            also_in: vec![],
         }
     }
 

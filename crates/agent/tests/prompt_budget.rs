@@ -51,6 +51,7 @@ proptest! {
             heading_path: vec!["H".into()],
             score: 1.0,
             text: text(*w, i),
+            also_in: Vec::new(),
         }).collect();
         let history: Vec<Turn> = turn_words.iter().enumerate().map(|(i, (q, a))| Turn {
             question: format!("q{i} {}", text(*q, i)),

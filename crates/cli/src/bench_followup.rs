@@ -113,10 +113,7 @@ pub async fn run(config: Config, args: BenchFollowupArgs) -> anyhow::Result<()> 
                         .await
                         .with_context(|| format!("searching for {}", q.id))?;
                     rerank_failures += usize::from(out.rerank.as_ref().is_some_and(|r| !r.applied));
-                    ranks.push(eval::first_relevant_rank(
-                        out.hits.iter().map(|h| h.filename.as_str()),
-                        &q.documents,
-                    ));
+                    ranks.push(eval::first_relevant_hit(&out.hits, &q.documents));
                 }
                 rows.push(Row {
                     mode,

@@ -74,13 +74,25 @@ pub struct EvalArgs {
     /// Override the fusion: text leg RRF constant.
     #[arg(long)]
     pub text_k: Option<f64>,
+    /// Instead of the report, write each answerable question's vector-leg and text-leg hits
+    /// (top 100 each, with similarity and BM25 score) to FILE as JSON lines, for studying
+    /// fusion methods outside the database.
+    #[arg(long, value_name = "FILE")]
+    pub dump_legs: Option<PathBuf>,
+    /// Ask only the first N questions of each kind of the split, in file order (for a slow
+    /// model: a sample that keeps every kind).
+    #[arg(long, value_name = "N")]
+    pub per_kind: Option<usize>,
 }
 
 pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
     let fixtures = args.fixtures.clone().unwrap_or_else(default_fixtures);
     let set = EvalSet::at(&fixtures);
     let all_questions = load_questions(&fixtures)?;
-    let questions = eval::select_split(&all_questions, args.split);
+    let mut questions = eval::select_split(&all_questions, args.split);
+    if let Some(n) = args.per_kind {
+        questions = eval::first_per_kind(&questions, n);
+    }
     if questions.is_empty() {
         bail!("no questions in the {} split of {}", args.split, fixtures.display());
     }
@@ -102,6 +114,9 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
         text_k: args.text_k.unwrap_or(defaults.text_k),
     };
     let retriever = Retriever::new(store, embedders).with_fusion(fusion);
+    if let Some(path) = &args.dump_legs {
+        return dump_legs(&retriever, set.user, &questions, path).await;
+    }
     let modes = if args.modes.is_empty() {
         SearchMode::ALL.to_vec()
     } else {
@@ -124,6 +139,52 @@ pub async fn run(config: Config, args: EvalArgs) -> anyhow::Result<()> {
     } else {
         print_reports(&config, corpus.len(), args.split, &fusion, &reports, args.verbose);
     }
+    Ok(())
+}
+
+/// `ragpipe eval --dump-legs FILE`: one JSON line per answerable question with each leg's
+/// ranking on its own.
+async fn dump_legs(retriever: &Retriever, user: UserId, questions: &[EvalQuestion], path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for q in questions.iter().filter(|q| !q.is_unanswerable()) {
+        let mut legs = serde_json::Map::new();
+        for mode in [SearchMode::Vector, SearchMode::Text] {
+            let request = ragpipe_agent::retrieve::SearchRequest {
+                mode,
+                k: ragpipe_store::search::MAX_K,
+                ..ragpipe_agent::retrieve::SearchRequest::new(q.question.clone())
+            };
+            let hits = retriever
+                .search(user, &request)
+                .await
+                .with_context(|| format!("searching question {}", q.id))?;
+            let rows: Vec<serde_json::Value> = hits
+                .iter()
+                .map(|h| {
+                    serde_json::json!([
+                        h.chunk_id,
+                        h.filename,
+                        h.vector_similarity.or(h.text_score),
+                        h.also_in.iter().map(|a| a.filename.as_str()).collect::<Vec<_>>()
+                    ])
+                })
+                .collect();
+            legs.insert(mode.as_str().to_owned(), serde_json::Value::Array(rows));
+        }
+        let line = serde_json::json!({
+            "id": q.id,
+            "kind": q.kind,
+            "split": q.split,
+            "question": q.question,
+            "documents": q.documents,
+            "legs": legs,
+        });
+        writeln!(out, "{line}").with_context(|| format!("writing {}", path.display()))?;
+    }
+    out.flush().with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 

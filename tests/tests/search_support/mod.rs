@@ -112,3 +112,58 @@ pub async fn ingest(
 pub fn no_metadata(_: &str) -> serde_json::Value {
     serde_json::json!({})
 }
+
+/// [`ingest`] over `lanes` concurrent runs, each ingesting an interleaved share of `files`
+/// (for corpora of hundreds of documents). Returns the ready documents, sorted by filename.
+pub async fn ingest_concurrently(
+    store: &Store,
+    config: &Config,
+    user: UserId,
+    files: &[PathBuf],
+    lanes: usize,
+) -> Vec<(String, DocumentId)> {
+    let lanes = lanes.max(1);
+    let shares: Vec<Vec<PathBuf>> = (0..lanes)
+        .map(|lane| files.iter().skip(lane).step_by(lanes).cloned().collect())
+        .collect();
+    let runs = shares
+        .iter()
+        .map(|share| ingest(store, config, user, share, no_metadata));
+    let mut ready: Vec<(String, DocumentId)> = futures::future::join_all(runs).await.into_iter().flatten().collect();
+    ready.sort_by(|a, b| a.0.cmp(&b.0));
+    ready
+}
+
+/// The documents of an eval set folder (`fixtures/eval-unseen/documents`), sorted.
+pub fn set_documents(set: &str) -> Vec<PathBuf> {
+    files_in(&fixtures().join(set).join("documents"))
+}
+
+/// Prints an answer evaluation's figures, overall and per kind.
+pub fn print_answer_report(report: &ragpipe_agent::eval::AnswerReport) {
+    for f in std::iter::once(&report.overall).chain(&report.by_kind) {
+        eprintln!(
+            "{:<16} {:>3} validity {:.3} precision {:?} support {:?} refusal {:?} false refusal {:?}",
+            f.kind,
+            f.questions,
+            f.citation_validity,
+            f.citation_precision,
+            f.answer_support,
+            f.refusal_rate,
+            f.false_refusal_rate
+        );
+    }
+}
+
+/// Fails unless hybrid's recall@k and MRR@10 are at least `leg`'s.
+pub fn assert_hybrid_holds_against(hybrid: &ragpipe_agent::eval::ModeReport, leg: &ragpipe_agent::eval::ModeReport) {
+    assert!(
+        hybrid.recall >= leg.recall && hybrid.mrr >= leg.mrr,
+        "hybrid (recall {:.3}, MRR {:.3}) falls below its {} leg (recall {:.3}, MRR {:.3})",
+        hybrid.recall,
+        hybrid.mrr,
+        leg.mode,
+        leg.recall,
+        leg.mrr
+    );
+}
