@@ -701,7 +701,11 @@ pub async fn evaluate_answers(
 
 /// The document a citation is counted for: a gold document when the cited source is one or
 /// lists one in its `also_in` (the same passage), else the cited source's own.
-fn cited_document(citation: &crate::sources::Citation, context: &[crate::sources::ContextEntry], gold: &[String]) -> String {
+fn cited_document(
+    citation: &crate::sources::Citation,
+    context: &[crate::sources::ContextEntry],
+    gold: &[String],
+) -> String {
     context
         .iter()
         .find(|e| e.n == citation.n)
@@ -769,7 +773,13 @@ mod tests {
             split: None,
             previous: None,
         };
-        let set = [q("a", "keyword"), q("b", "paraphrase"), q("c", "keyword"), q("d", "keyword"), q("e", "paraphrase")];
+        let set = [
+            q("a", "keyword"),
+            q("b", "paraphrase"),
+            q("c", "keyword"),
+            q("d", "keyword"),
+            q("e", "paraphrase"),
+        ];
         let ids: Vec<String> = first_per_kind(&set, 2).into_iter().map(|q| q.id).collect();
         assert_eq!(ids, ["a", "b", "c", "e"]);
         assert!(first_per_kind(&set, 0).is_empty());
