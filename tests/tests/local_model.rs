@@ -8,12 +8,11 @@
 //! command that fixes it.
 
 use ragpipe_agent::{Retriever, SearchMode, SearchRequest};
-use ragpipe_core::config::{default_local_model_dir, local_model_files_present};
+use ragpipe_core::config::{configured_local_model_dir, local_model_files_present};
 use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_ingest_worker::IngestContext;
 use ragpipe_llm::{Embedders, HashedEmbedder, cosine};
 use ragpipe_store::{Store, documents, users};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,12 +38,7 @@ const DOCUMENTS: &[(&str, &str)] = &[
 ];
 
 fn model_dir() -> PathBuf {
-    let dir = std::env::var("RAGPIPE_EMBEDDING_LOCAL_DIR")
-        .ok()
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| default_local_model_dir(|n| std::env::var(n).ok()))
-        .expect("HOME or XDG_CACHE_HOME is set");
+    let dir = configured_local_model_dir(|n| std::env::var(n).ok()).expect("HOME or XDG_CACHE_HOME is set");
     assert!(
         local_model_files_present(&dir),
         "no local embedding model in {}: run scripts/setup (it installs all-MiniLM-L6-v2 there)",
@@ -54,23 +48,9 @@ fn model_dir() -> PathBuf {
 }
 
 async fn upload(store: &Store, user: UserId, name: &str, bytes: &[u8]) -> DocumentId {
-    let format = ragpipe_ingest::detect(bytes).expect("a text document");
-    let mut tx = store.user_tx(user).await.expect("tx");
-    let stored = documents::create(
-        &mut tx,
-        &documents::NewDocument {
-            filename: name,
-            content_type: format.content_type(),
-            bytes,
-            sha256: Sha256::digest(bytes).into(),
-            metadata: serde_json::json!({}),
-        },
-        8,
-    )
-    .await
-    .expect("create");
-    tx.commit().await.expect("commit");
-    DocumentId(stored.document.id)
+    ragpipe_tests::upload_inline(store, user, name, bytes)
+        .await
+        .expect("a text document")
 }
 
 #[sqlx::test(migrations = false)]

@@ -6,7 +6,6 @@ use ragpipe_ingest_worker::IngestContext;
 use ragpipe_store::jobs::IngestJob;
 use ragpipe_store::{Store, documents, users};
 use ragpipe_tests::openai_server::{Fault, OpenAiServer, Route};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,23 +55,7 @@ fn start_worker(store: &Store, config: Config) -> Shutdown {
 
 /// Uploads like the API and CLI do: detect, hash, then the row, bytes and job in one transaction.
 async fn upload(store: &Store, user: UserId, name: &str, bytes: &[u8]) -> Result<DocumentId, String> {
-    let format = ragpipe_ingest::detect(bytes).map_err(|e| e.to_string())?;
-    let mut tx = store.user_tx(user).await.expect("tx");
-    let stored = documents::create(
-        &mut tx,
-        &documents::NewDocument {
-            filename: name,
-            content_type: format.content_type(),
-            bytes,
-            sha256: Sha256::digest(bytes).into(),
-            metadata: serde_json::json!({}),
-        },
-        8,
-    )
-    .await
-    .expect("create");
-    tx.commit().await.expect("commit");
-    Ok(DocumentId(stored.document.id))
+    ragpipe_tests::upload_inline(store, user, name, bytes).await
 }
 
 async fn wait_terminal(store: &Store, user: UserId, ids: &[DocumentId]) -> Vec<documents::Document> {

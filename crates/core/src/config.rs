@@ -132,6 +132,15 @@ pub fn default_local_model_dir(env: impl Fn(&str) -> Option<String>) -> Option<P
     Some(cache.join("ragpipe").join("models").join(DEFAULT_LOCAL_MODEL))
 }
 
+/// The local model's directory as the environment names it: `RAGPIPE_EMBEDDING_LOCAL_DIR`
+/// when set and not empty, else [`default_local_model_dir`].
+pub fn configured_local_model_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    env("RAGPIPE_EMBEDDING_LOCAL_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| default_local_model_dir(env))
+}
+
 /// Whether `dir` holds the three files the local embedding provider loads.
 pub fn local_model_files_present(dir: &Path) -> bool {
     ["config.json", "tokenizer.json", "model.safetensors"]

@@ -7,7 +7,7 @@
 //! these tests with the command that fixes it rather than skipping them.
 
 use ragpipe_core::ErrorKind;
-use ragpipe_core::config::{Config, default_local_model_dir, local_model_files_present};
+use ragpipe_core::config::{Config, configured_local_model_dir, local_model_files_present};
 use ragpipe_llm::local::DEFAULT_BATCH_TOKENS;
 use ragpipe_llm::{Embedder, LlmError, LocalRuntime, cosine};
 use std::path::PathBuf;
@@ -27,12 +27,7 @@ struct ReferenceInput {
 }
 
 fn model_dir() -> PathBuf {
-    let dir = std::env::var("RAGPIPE_EMBEDDING_LOCAL_DIR")
-        .ok()
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| default_local_model_dir(|n| std::env::var(n).ok()))
-        .expect("HOME or XDG_CACHE_HOME is set");
+    let dir = configured_local_model_dir(|n| std::env::var(n).ok()).expect("HOME or XDG_CACHE_HOME is set");
     assert!(
         local_model_files_present(&dir),
         "no local embedding model in {}: run scripts/setup (it installs all-MiniLM-L6-v2 there)",
