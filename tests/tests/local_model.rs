@@ -8,7 +8,7 @@
 //! command that fixes it.
 
 use ragpipe_agent::{Retriever, SearchMode, SearchRequest};
-use ragpipe_core::config::{configured_local_model_dir, local_model_files_present};
+use ragpipe_core::config::installed_local_model_dir;
 use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_ingest_worker::IngestContext;
 use ragpipe_llm::{Embedders, HashedEmbedder, cosine};
@@ -38,13 +38,7 @@ const DOCUMENTS: &[(&str, &str)] = &[
 ];
 
 fn model_dir() -> PathBuf {
-    let dir = configured_local_model_dir(|n| std::env::var(n).ok()).expect("HOME or XDG_CACHE_HOME is set");
-    assert!(
-        local_model_files_present(&dir),
-        "no local embedding model in {}: run scripts/setup (it installs all-MiniLM-L6-v2 there)",
-        dir.display()
-    );
-    dir
+    installed_local_model_dir(|n| std::env::var(n).ok()).unwrap_or_else(|why| panic!("{why}"))
 }
 
 async fn upload(store: &Store, user: UserId, name: &str, bytes: &[u8]) -> DocumentId {

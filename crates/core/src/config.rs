@@ -141,6 +141,20 @@ pub fn configured_local_model_dir(env: impl Fn(&str) -> Option<String>) -> Optio
         .or_else(|| default_local_model_dir(env))
 }
 
+/// [`configured_local_model_dir`] when it holds the model's files; otherwise why not (for
+/// tests and tools that need the model: "run scripts/setup").
+pub fn installed_local_model_dir(env: impl Fn(&str) -> Option<String>) -> Result<PathBuf, String> {
+    let dir = configured_local_model_dir(env).ok_or("neither HOME nor XDG_CACHE_HOME is set")?;
+    if local_model_files_present(&dir) {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "no local embedding model in {}: run scripts/setup (it installs all-MiniLM-L6-v2 there)",
+            dir.display()
+        ))
+    }
+}
+
 /// Whether `dir` holds the three files the local embedding provider loads.
 pub fn local_model_files_present(dir: &Path) -> bool {
     ["config.json", "tokenizer.json", "model.safetensors"]

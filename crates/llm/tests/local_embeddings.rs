@@ -7,7 +7,7 @@
 //! these tests with the command that fixes it rather than skipping them.
 
 use ragpipe_core::ErrorKind;
-use ragpipe_core::config::{Config, configured_local_model_dir, local_model_files_present};
+use ragpipe_core::config::{Config, installed_local_model_dir};
 use ragpipe_llm::local::DEFAULT_BATCH_TOKENS;
 use ragpipe_llm::{Embedder, LlmError, LocalRuntime, cosine};
 use std::path::PathBuf;
@@ -27,13 +27,7 @@ struct ReferenceInput {
 }
 
 fn model_dir() -> PathBuf {
-    let dir = configured_local_model_dir(|n| std::env::var(n).ok()).expect("HOME or XDG_CACHE_HOME is set");
-    assert!(
-        local_model_files_present(&dir),
-        "no local embedding model in {}: run scripts/setup (it installs all-MiniLM-L6-v2 there)",
-        dir.display()
-    );
-    dir
+    installed_local_model_dir(|n| std::env::var(n).ok()).unwrap_or_else(|why| panic!("{why}"))
 }
 
 fn reference() -> Reference {
