@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use ragpipe_core::Config;
 use ragpipe_core::config::{DEFAULT_LOCAL_MODEL, EmbeddingProvider, default_local_model_dir};
-use ragpipe_ingest::{ChunkSettings, Chunker, Limits};
+use ragpipe_ingest::{ChunkSettings, Limits};
 use ragpipe_llm::{Embedder, cosine};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -76,7 +76,7 @@ pub async fn run(config: Config, args: BenchEmbedArgs) -> anyhow::Result<()> {
     let local_rss = crate::bench::peak_rss_mib().unwrap_or(0.0);
     println!(
         "  local (in-process, {} threads): {:.1} inputs/s, {:.0} word pieces/s ({local_secs:.1} s; model loaded in {load_secs:.1} s)",
-        local.local_threads,
+        local_embedder.local_threads().unwrap_or(0),
         texts.len() as f64 / local_secs,
         local_out.prompt_tokens as f64 / local_secs,
     );
@@ -133,10 +133,8 @@ fn chunk_texts(config: &Config, args: &BenchEmbedArgs, embedder: &Embedder) -> a
         .filter(|p| p.is_file())
         .collect();
     paths.sort();
-    let mut chunker = Chunker::new(ChunkSettings::from_config(&config.chunking)).context("building the chunker")?;
-    if let Some(limit) = ragpipe_ingest_worker::model_limit(embedder) {
-        chunker = chunker.with_model_limit(limit);
-    }
+    let chunker = ragpipe_ingest_worker::chunker_for(ChunkSettings::from_config(&config.chunking), embedder)
+        .context("building the chunker")?;
     let limits = Limits::from_config(&config.limits);
     let mut texts = Vec::new();
     for path in paths {

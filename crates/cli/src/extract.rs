@@ -2,7 +2,8 @@
 //! without touching the database. The first tool to reach for when an answer looks wrong.
 
 use anyhow::Context;
-use ragpipe_ingest::{ChunkSettings, Chunker, Limits};
+use ragpipe_ingest::{ChunkSettings, Limits};
+use ragpipe_llm::Embedder;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -36,8 +37,14 @@ pub fn run(args: &ExtractArgs, config: &ragpipe_core::Config) -> anyhow::Result<
     let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let doc =
         ragpipe_ingest::extract(&bytes, &limits).with_context(|| format!("extracting {}", args.file.display()))?;
+    // Chunks are cut as ingest cuts them for the configured embedder: a local model's own
+    // input limit caps them too (loading the model for its tokenizer).
     let chunker = if args.chunks {
-        Some(Chunker::new(ChunkSettings::from_config(&config.chunking)).context("building the chunker")?)
+        let embedder = Embedder::new(&config.embedding).context("loading the embedding model")?;
+        Some(
+            ragpipe_ingest_worker::chunker_for(ChunkSettings::from_config(&config.chunking), &embedder)
+                .context("building the chunker")?,
+        )
     } else {
         None
     };
@@ -46,7 +53,15 @@ pub fn run(args: &ExtractArgs, config: &ragpipe_core::Config) -> anyhow::Result<
     if args.json {
         let value = match (&chunker, &chunks) {
             (Some(c), Some(chunks)) => {
-                serde_json::json!({ "document": doc, "chunk_settings": c.settings(), "chunks": chunks })
+                let model_limit = c
+                    .model_limit()
+                    .map(|l| serde_json::json!({ "max_tokens": l.max_tokens }));
+                serde_json::json!({
+                    "document": doc,
+                    "chunk_settings": c.settings(),
+                    "model_limit": model_limit,
+                    "chunks": chunks,
+                })
             }
             _ => serde_json::to_value(&doc)?,
         };

@@ -41,3 +41,36 @@ fn extract_fails_with_a_readable_reason_on_an_encrypted_pdf() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--chunks` cuts what ingest cuts: with the local model configured, chunks are also capped by
+/// the model's own input limit (256 word pieces for MiniLM), so there are more of them than
+/// with the hashed embedder, whose cap is the chunk size alone.
+#[test]
+fn extract_chunks_as_ingest_does_for_the_local_model() {
+    let chunks_with = |provider: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ragpipe"))
+            .args(["extract", &fixture("latex-pdftex-twocolumn.pdf"), "--chunks", "--json"])
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("RAGPIPE_EMBEDDING_PROVIDER", provider)
+            .env_remove("RAGPIPE_EMBEDDING_BASE_URL")
+            .output()
+            .expect("run ragpipe extract");
+        assert!(
+            out.status.success(),
+            "{provider}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let local = chunks_with("local");
+    let hashed = chunks_with("hashed");
+    assert_eq!(local["model_limit"]["max_tokens"], 256, "{}", local["model_limit"]);
+    assert!(hashed["model_limit"].is_null(), "{}", hashed["model_limit"]);
+    let count = |v: &serde_json::Value| v["chunks"].as_array().expect("chunks").len();
+    assert!(
+        count(&local) > count(&hashed),
+        "local {} chunks, hashed {}",
+        count(&local),
+        count(&hashed)
+    );
+}

@@ -194,6 +194,14 @@ impl Embedder {
         }
     }
 
+    /// Threads the local model runs on, if this is the local provider.
+    pub fn local_threads(&self) -> Option<usize> {
+        match &self.inner.provider {
+            Provider::Local(local) => Some(local.threads()),
+            _ => None,
+        }
+    }
+
     /// How inputs with these token counts group into model calls: contiguous ranges, each of
     /// which [`Embedder::embed`] sends as one request (the same limits it applies, after
     /// cutting each input to `max_input_tokens`). Offline, one range for everything. A caller

@@ -108,7 +108,7 @@ pub enum LlmError {
     LocalModel {
         /// What was being done, with the file or the batch.
         context: String,
-        /// The underlying failure (file system, tokenizer, candle).
+        /// The underlying failure (file system, tokenizer, encoder).
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

@@ -3,7 +3,7 @@
 //! token counting (tiktoken-rs) and model prices.
 //!
 //! - [`Embedder`]: batched, concurrent, retried embeddings over an API; a sentence-embedding
-//!   model run in-process ([`LocalModel`], [`LocalRuntime`]: candle + tokenizers); or
+//!   model run in-process ([`LocalModel`], [`LocalRuntime`]: `ragpipe-encoder` + tokenizers); or
 //!   deterministic hashed vectors ([`HashedEmbedder`]).
 //! - [`ChatModel`]: a [`ChatStream`] of deltas, usage and a finish reason, from the API or from
 //!   the offline extractive responder.

@@ -1,6 +1,6 @@
 //! The local embedding provider: a BERT-family sentence-embedding model (all-MiniLM-L6-v2 by
-//! default) run in-process with candle, its inputs counted and encoded with the model's own
-//! tokenizer (the `tokenizers` crate).
+//! default) run in-process by `ragpipe-encoder` over the `gemm` kernels, its inputs counted and
+//! encoded with the model's own tokenizer (the `tokenizers` crate).
 //!
 //! What it guarantees:
 //!
@@ -15,26 +15,24 @@
 //! - **The async runtime never runs the model**: tokenising and inference run on a dedicated
 //!   pool of `threads` threads; at most `2 × threads` batches wait for it (a bounded queue),
 //!   callers beyond that wait asynchronously for a slot.
-//! - **Batches sized by tokens**: inputs are sorted by length and grouped so that a batch's
-//!   padded size (inputs × longest) stays within `batch_tokens`, which keeps padding small.
+//! - **Batches sized by tokens**: inputs are sorted by length and grouped so that a batch holds
+//!   at most `batch_tokens` word pieces (the encoder packs sequences, so nothing is padded).
 
 use crate::LlmError;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use ragpipe_encoder::{Bert, read_config};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokenizers::Tokenizer;
 
-/// Padded tokens (inputs × longest input) in one forward pass. 2048 keeps a MiniLM batch's
-/// activations at a few MB and, sorted by length, wastes little on padding.
+/// Word pieces in one forward pass. 2048 keeps a MiniLM batch's activations at a few MB while
+/// the matrix products stay large enough for the kernels to run at full speed.
 pub const DEFAULT_BATCH_TOKENS: usize = 2048;
 
 /// A sentence-embedding model loaded from a directory: weights, configuration, tokenizer.
 pub struct LocalModel {
     dir: PathBuf,
     tokenizer: Tokenizer,
-    model: BertModel,
+    model: Bert,
     dim: usize,
     max_input_tokens: usize,
 }
@@ -67,11 +65,7 @@ impl LocalModel {
                 source: Box::new(e),
             })
         };
-        let config_bytes = read("config.json")?;
-        let config: BertConfig = serde_json::from_slice(&config_bytes).map_err(|e| LlmError::LocalModel {
-            context: format!("reading {} as a BERT configuration", dir.join("config.json").display()),
-            source: Box::new(e),
-        })?;
+        let config = read_config(&dir.join("config.json")).map_err(from_encoder)?;
         let mut max_input_tokens = config.max_position_embeddings;
         if let Ok(bytes) = std::fs::read(dir.join("sentence_bert_config.json")) {
             let st: SentenceBertConfig = serde_json::from_slice(&bytes).map_err(|e| LlmError::LocalModel {
@@ -97,20 +91,12 @@ impl LocalModel {
             })?
             .with_padding(None);
         let weights = read("model.safetensors")?;
-        let model = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
-            .and_then(|vb| BertModel::load(vb, &config))
-            .map_err(|e| LlmError::LocalModel {
-                context: format!(
-                    "loading the BERT weights of {}",
-                    dir.join("model.safetensors").display()
-                ),
-                source: Box::new(e),
-            })?;
+        let model = Bert::load(&config, &weights, &dir.join("model.safetensors")).map_err(from_encoder)?;
         Ok(LocalModel {
             dir: dir.to_path_buf(),
             tokenizer,
+            dim: model.hidden_size(),
             model,
-            dim: config.hidden_size,
             max_input_tokens,
         })
     }
@@ -166,50 +152,38 @@ impl LocalModel {
             .collect()
     }
 
-    /// One forward pass over `batch` (token ids, each within the limit): mean pooling over
-    /// the real tokens, then L2 normalisation, as sentence-transformers does.
+    /// One forward pass over `batch` (token ids, each within the limit) on the current rayon
+    /// pool: mean pooling over each input's tokens, then L2 normalisation, as
+    /// sentence-transformers does.
     fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, LlmError> {
-        let fail = |e: candle_core::Error| LlmError::LocalModel {
+        let hidden = self.model.forward(batch).map_err(|message| LlmError::LocalModel {
             context: format!("running the local model on {} inputs", batch.len()),
-            source: Box::new(e),
-        };
-        let longest = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
-        if longest == 0 {
-            return Ok(Vec::new());
-        }
-        let mut ids = Vec::with_capacity(batch.len() * longest);
-        let mut mask = Vec::with_capacity(batch.len() * longest);
-        for input in batch {
-            ids.extend_from_slice(input);
-            ids.resize(ids.len() + longest - input.len(), 0);
-            mask.extend(std::iter::repeat_n(1u32, input.len()));
-            mask.resize(mask.len() + longest - input.len(), 0);
-        }
-        let shape = (batch.len(), longest);
-        let ids = Tensor::from_vec(ids, shape, &Device::Cpu).map_err(fail)?;
-        let types = ids.zeros_like().map_err(fail)?;
-        let mask_t = Tensor::from_vec(mask.clone(), shape, &Device::Cpu).map_err(fail)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask_t)).map_err(fail)?;
-        let hidden: Vec<Vec<Vec<f32>>> = hidden.to_vec3().map_err(fail)?;
+            source: message.into(),
+        })?;
+        let dim = self.dim;
         let mut out = Vec::with_capacity(batch.len());
-        for (row, states) in hidden.iter().enumerate() {
-            let real = &mask[row * longest..(row + 1) * longest];
-            let mut sum = vec![0f32; self.dim];
-            let mut n = 0f32;
-            for (state, &m) in states.iter().zip(real) {
-                if m == 1 {
-                    n += 1.0;
-                    sum.iter_mut().zip(state).for_each(|(s, x)| *s += x);
-                }
+        let mut row = 0;
+        for input in batch {
+            let mut sum = vec![0f32; dim];
+            for state in hidden[row * dim..(row + input.len()) * dim].chunks_exact(dim) {
+                sum.iter_mut().zip(state).for_each(|(s, x)| *s += x);
             }
+            row += input.len();
             // sentence-transformers: sum / max(count, 1e-9), then x / max(‖x‖, 1e-12).
-            let n = n.max(1e-9);
+            let n = (input.len() as f32).max(1e-9);
             sum.iter_mut().for_each(|s| *s /= n);
             let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
             sum.iter_mut().for_each(|s| *s /= norm);
             out.push(sum);
         }
         Ok(out)
+    }
+}
+
+fn from_encoder(e: ragpipe_encoder::EncoderError) -> LlmError {
+    LlmError::LocalModel {
+        context: e.context,
+        source: e.source,
     }
 }
 
@@ -327,7 +301,7 @@ impl LocalRuntime {
                 .await?,
         );
         let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
-        let batches = padded_batches(&lengths, self.batch_tokens);
+        let batches = token_batches(&lengths, self.batch_tokens);
         let runs = batches.into_iter().map(|order| {
             let ids = Arc::clone(&ids);
             let size = order.len();
@@ -369,18 +343,21 @@ fn model_max(dir: &Path) -> usize {
         .unwrap_or(256)
 }
 
-/// Groups inputs by length into batches whose padded size (inputs × longest) is at most
-/// `batch_tokens` (a longer input goes alone): each batch lists input indices, shortest first.
-pub fn padded_batches(lengths: &[usize], batch_tokens: usize) -> Vec<Vec<usize>> {
+/// Groups inputs by length into batches of at most `batch_tokens` tokens (a longer input goes
+/// alone): each batch lists input indices, shortest first. Sorting by length makes the
+/// attention work of a batch even across its inputs.
+pub fn token_batches(lengths: &[usize], batch_tokens: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| (lengths[i], i));
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
+    let mut tokens = 0;
     for i in order {
-        // Sorted ascending, so this input is the batch's longest.
-        if !current.is_empty() && (current.len() + 1) * lengths[i] > batch_tokens {
+        if !current.is_empty() && tokens + lengths[i] > batch_tokens {
             batches.push(std::mem::take(&mut current));
+            tokens = 0;
         }
+        tokens += lengths[i];
         current.push(i);
     }
     if !current.is_empty() {
@@ -394,21 +371,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_bound_padded_tokens_and_cover_every_input_once() {
+    fn batches_bound_tokens_and_cover_every_input_once() {
         let lengths = [10, 250, 12, 11, 200, 3, 256, 9];
-        let batches = padded_batches(&lengths, 512);
+        let batches = token_batches(&lengths, 512);
         let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
         for b in &batches {
-            let longest = b.iter().map(|&i| lengths[i]).max().expect("non-empty batch");
-            assert!(b.len() * longest <= 512, "{b:?}");
+            assert!(b.iter().map(|&i| lengths[i]).sum::<usize>() <= 512, "{b:?}");
         }
-        // The five short inputs share one batch; the long ones go in twos or alone.
-        assert_eq!(batches[0], vec![5, 7, 0, 3, 2]);
-        assert!(padded_batches(&[], 512).is_empty());
+        // Shortest first: the five short inputs and the 200 fill the first batch.
+        assert_eq!(batches[0], vec![5, 7, 0, 3, 2, 4]);
+        assert_eq!(batches[1], vec![1, 6]);
+        assert!(token_batches(&[], 512).is_empty());
         // An input longer than the budget still goes, alone.
-        assert_eq!(padded_batches(&[600, 5], 512), vec![vec![1], vec![0]]);
+        assert_eq!(token_batches(&[600, 5], 512), vec![vec![1], vec![0]]);
     }
 
     #[test]

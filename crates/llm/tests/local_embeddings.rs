@@ -143,3 +143,45 @@ async fn the_embedder_reports_word_pieces_at_no_cost_and_is_semantic() {
         })
     ));
 }
+
+/// The model never runs on the async runtime: on a single-threaded runtime, a task that ticks
+/// every few milliseconds keeps ticking while many long inputs are embedded by concurrent
+/// callers (more batches than the bounded queue holds). Were tokenising or inference done on
+/// the runtime's thread, the ticker would not advance until the embedding was over.
+#[tokio::test(flavor = "current_thread")]
+async fn embedding_leaves_the_async_runtime_free() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let runtime = LocalRuntime::start(&model_dir(), 1, 512).expect("model loads");
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let ticks = Arc::clone(&ticks);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(std::time::Duration::from_millis(2));
+            loop {
+                interval.tick().await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Let the ticker start, then embed: 4 callers × 8 inputs of ~200 word pieces, batches of
+    // at most 512 padded tokens (two inputs), so 16 batches for a queue of 2.
+    tokio::task::yield_now().await;
+    let text = "The quick brown fox jumps over the lazy dog near the riverbank. ".repeat(15);
+    let inputs: Vec<String> = (0..8).map(|i| format!("{i} {text}")).collect();
+    let before = ticks.load(Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let outs = futures::future::join_all((0..4).map(|_| runtime.embed(&inputs))).await;
+    let elapsed = started.elapsed();
+    let during = ticks.load(Ordering::Relaxed) - before;
+    ticker.abort();
+    for out in outs {
+        assert_eq!(out.expect("embedded").vectors.len(), 8);
+    }
+    // A blocked runtime ticks at most once (the missed ticks are then burst, but only after);
+    // a free one ticks about every 2 ms of the embedding's duration.
+    assert!(
+        during >= 10,
+        "the ticker advanced {during} times in {elapsed:?} of embedding: the runtime was blocked"
+    );
+}

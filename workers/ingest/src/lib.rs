@@ -85,6 +85,17 @@ pub fn model_limit(embedder: &Embedder) -> Option<ModelLimit> {
     })
 }
 
+/// The chunker ingest uses for `embedder`: `settings`, capped by the model's own limit when
+/// the embedder is a local model ([`model_limit`]). `ragpipe extract --chunks` and the
+/// benchmarks build theirs here too, so that they cut what ingest cuts.
+pub fn chunker_for(settings: ChunkSettings, embedder: &Embedder) -> Result<Chunker, ragpipe_ingest::ChunkError> {
+    let chunker = Chunker::new(settings)?;
+    Ok(match model_limit(embedder) {
+        Some(limit) => chunker.with_model_limit(limit),
+        None => chunker,
+    })
+}
+
 /// How a job ended (when it did not fail in a retryable way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -103,12 +114,8 @@ impl IngestContext {
     /// Builds the models and the chunker from the configuration.
     pub fn new(store: Store, config: Arc<Config>) -> Result<IngestContext, String> {
         let embedders = Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
-        let chunker =
-            Chunker::new(ChunkSettings::from_config(&config.chunking)).map_err(|e| format!("chunker: {e}"))?;
-        let chunker = match model_limit(embedders.configured()) {
-            Some(limit) => chunker.with_model_limit(limit),
-            None => chunker,
-        };
+        let chunker = chunker_for(ChunkSettings::from_config(&config.chunking), embedders.configured())
+            .map_err(|e| format!("chunker: {e}"))?;
         let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
         Ok(IngestContext {
             store,
@@ -155,16 +162,15 @@ impl IngestContext {
         if let Some(c) = chunkers.get(&key) {
             return Ok(Arc::clone(c));
         }
-        let chunker = Chunker::new(ChunkSettings {
+        let settings = ChunkSettings {
             max_tokens,
             overlap_tokens,
             tokenizer: configured.tokenizer.clone(),
-        })
-        .map_err(|e| JobError::permanent(format!("chunk settings {max_tokens}/{overlap_tokens}: {e}")))?;
-        let chunker = Arc::new(match model_limit(embedder) {
-            Some(limit) => chunker.with_model_limit(limit),
-            None => chunker,
-        });
+        };
+        let chunker = Arc::new(
+            chunker_for(settings, embedder)
+                .map_err(|e| JobError::permanent(format!("chunk settings {max_tokens}/{overlap_tokens}: {e}")))?,
+        );
         chunkers.insert(key, Arc::clone(&chunker));
         Ok(chunker)
     }
