@@ -427,3 +427,17 @@ async fn a_duplicated_passage_is_one_source_that_names_its_copies(options: PgPoo
     let named = format!("(also in {})", also[0]["filename"].as_str().expect("filename"));
     assert_eq!(prompt.matches(&named).count(), 1, "{prompt}");
 }
+
+/// The test client's decoder: a character split across network chunks, and a `\r\n` split
+/// between its two bytes, come out whole (decoding each chunk on its own would turn the
+/// character into two U+FFFD and the line ending into a stray `\r`).
+#[test]
+fn the_client_decodes_characters_and_line_endings_split_across_chunks() {
+    let stream = "data: {\"text\":\"Grüße, 東京 🦀\"}\r\n\r\n".as_bytes();
+    for cut in 1..stream.len() {
+        let mut text = agent_support::SseText::default();
+        let mut out = text.push(&stream[..cut]);
+        out.push_str(&text.push(&stream[cut..]));
+        assert_eq!(out, "data: {\"text\":\"Grüße, 東京 🦀\"}\n\n", "cut at byte {cut}");
+    }
+}

@@ -137,6 +137,35 @@ async fn the_local_model_finds_a_paraphrase_the_hashed_embedder_misses(pool: PgP
         "{hits:?}"
     );
 
+    // A query longer than the model reads (256 word pieces) is still searched: embedded from
+    // its head, the paraphrase still first. Query calls to the local model are recorded like
+    // any model's: its word pieces (the limit), at no cost.
+    let long = format!("{QUESTION}. {}", "Please help me get back into my account. ".repeat(40));
+    assert!(long.len() < 4096 && model.count_tokens(&long).expect("tokenised") > 256);
+    let mut request = SearchRequest::new(&long);
+    request.mode = SearchMode::Vector;
+    request.k = 4;
+    let hits = retriever
+        .search(user, &request)
+        .await
+        .expect("a long query is searched");
+    assert_eq!(
+        hits.first().map(|h| h.filename.as_str()),
+        Some("credentials.txt"),
+        "{hits:?}"
+    );
+    let mut tx = store.user_tx(user).await.expect("tx");
+    let queries: Vec<(i64, f64)> = sqlx::query_as(
+        "SELECT prompt_tokens::bigint, cost::float8 FROM usage_events WHERE kind = 'embedding' \
+         AND document_id IS NULL ORDER BY created_at",
+    )
+    .fetch_all(tx.conn())
+    .await
+    .expect("query usage");
+    drop(tx);
+    let first = model.count_tokens(QUESTION).expect("tokenised") as i64;
+    assert_eq!(queries, vec![(first, 0.0), (256, 0.0)]);
+
     // The hashed embedder ranks the lexical distractor above it.
     let hashed = HashedEmbedder::new(384);
     let q = hashed.embed(QUESTION);
@@ -175,15 +204,20 @@ async fn chunks_of_a_real_manual_fit_the_local_model_whole() {
     // ...so ingest's chunker for the local model holds them to its 256 word pieces.
     let limit = ragpipe_ingest_worker::model_limit(embedder).expect("a limit for the local model");
     assert_eq!(limit.max_tokens, 256);
-    let chunks = ragpipe_ingest::Chunker::new(settings)
+    let chunks = ragpipe_ingest_worker::chunker_for(settings, embedder)
         .expect("chunker")
-        .with_model_limit(limit)
         .chunk(&doc);
     assert!(chunks.len() > 5);
     let longest = chunks.iter().map(|c| count(&c.content)).max().unwrap_or(0);
     assert!(longest <= 256, "a chunk of {longest} word pieces");
     assert!(longest > 200, "chunks use the room there is, the longest has {longest}");
     let texts: Vec<String> = chunks.into_iter().map(|c| c.content).collect();
-    let out = embedder.embed(&texts).await.expect("every chunk is embedded whole");
+    let out = embedder.embed(&texts).await.expect("embedded");
     assert_eq!(out.vectors.len(), texts.len());
+    assert_eq!(out.truncated, 0, "every chunk is embedded whole");
+    // The plain chunker's long chunks would have been cut: the count says so.
+    let long: Vec<String> = plain.chunk(&doc).into_iter().map(|c| c.content).collect();
+    let over = long.iter().filter(|t| count(t) > 256).count();
+    let cut = embedder.embed(&long).await.expect("embedded, long ones cut");
+    assert_eq!(cut.truncated as usize, over);
 }

@@ -424,8 +424,16 @@ impl Retriever {
             for (model, result) in models.iter().zip(results) {
                 match result {
                     Ok(out) => {
-                        if out.requests > 0 {
+                        // Calls to a model are recorded; the local model's too (no request, its
+                        // word pieces at no cost), the offline hashed embedder's are not.
+                        if out.requests > 0 || model.local_model().is_some() {
                             calls.push(self.query_call(model.model(), &out, usage));
+                        }
+                        if out.truncated > 0 {
+                            tracing::info!(
+                                model = model.model(),
+                                "the query is longer than the embedding model reads: its vector is of its head"
+                            );
                         }
                         if let Some(vector) = out.vectors.into_iter().next() {
                             embedded.push((model.clone(), vector));

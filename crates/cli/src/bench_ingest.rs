@@ -1,11 +1,17 @@
-//! `ragpipe bench ingest`: ingestion throughput on a generated corpus, against the ceiling of a
-//! plain `COPY` of the same chunk and posting rows into tables with the same indexes, measured
-//! in the same run (the ratio is what to compare across machines).
+//! `ragpipe bench ingest`: ingestion throughput on a generated corpus (or the files of
+//! `--documents`), against the ceiling of a plain `COPY` of the same chunk and posting rows into
+//! tables with the same indexes, measured in the same run (the ratio is what to compare across
+//! machines). With `--versus-embedding-url`, the same corpus is ingested a second time with
+//! embeddings from that server, and the two runs' times are compared.
 
 use crate::bench::{ScratchDatabase, peak_rss_mib, upload_corpus, wait_until_settled};
+use anyhow::Context;
 use clap::Args;
+use ragpipe_core::config::{EmbeddingProvider, ModelEndpoint};
 use ragpipe_core::{Config, UserId};
-use ragpipe_store::{Store, users};
+use ragpipe_store::{Store, documents, users};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,15 +23,153 @@ pub struct BenchIngestArgs {
     /// Words per document (about 40 chunks of 512 tokens at the default: generated words are about 5 tokens each).
     #[arg(long, default_value_t = 4_400)]
     pub words: usize,
+    /// Ingest the files of this directory (every format ingest reads) instead of a generated
+    /// corpus, e.g. `fixtures/eval-unseen/documents`.
+    #[arg(long)]
+    pub documents: Option<PathBuf>,
     /// Database created (dropped first) for the run, on the configured server.
     #[arg(long, default_value = "ragpipe_bench")]
     pub database: String,
+    /// After the run, ingest the same corpus again in the same command with embeddings from
+    /// this OpenAI-compatible server (same model name and dimension; e.g. the MiniLM server of
+    /// `scripts/real-models`), and print the ratio of the two runs' times.
+    #[arg(long)]
+    pub versus_embedding_url: Option<String>,
+    /// The cap on a chunk's tokens (cl100k) for the `--versus-embedding-url` run: the
+    /// server's model must read every chunk whole (`scripts/real-models env` uses 200 for
+    /// MiniLM's 256 word pieces).
+    #[arg(long, default_value_t = 200)]
+    pub versus_max_input_tokens: u32,
+    /// Concurrent requests to the `--versus-embedding-url` server (`scripts/real-models env`: 1,
+    /// as the server computes one request at a time).
+    #[arg(long, default_value_t = 1)]
+    pub versus_concurrency: u32,
+}
+
+/// What one ingest run measured.
+struct RunFigures {
+    documents: usize,
+    ready: i64,
+    chunks: i64,
+    bytes: usize,
+    seconds: f64,
+}
+
+impl RunFigures {
+    fn print(&self, label: &str) {
+        println!(
+            "  {label}: {:.1} s, {} documents ({} ready), {} chunks: {:.2} documents/s, {:.0} chunks/s, {:.2} MB/s",
+            self.seconds,
+            self.documents,
+            self.ready,
+            self.chunks,
+            self.ready as f64 / self.seconds,
+            self.chunks as f64 / self.seconds,
+            self.bytes as f64 / 1e6 / self.seconds
+        );
+    }
+}
+
+/// The corpus of a run: generated, or the files of a directory.
+enum Source<'a> {
+    Generated { docs: usize, words: usize },
+    Files(&'a [(String, Vec<u8>)]),
 }
 
 pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
-    let scratch = ScratchDatabase::open(config, &args.database, true).await?;
-    let config = scratch.config.clone();
-    let config = Arc::new(config);
+    let files = match &args.documents {
+        Some(dir) => Some(read_files(dir)?),
+        None => None,
+    };
+    let source = match &files {
+        Some(files) => Source::Files(files),
+        None => Source::Generated {
+            docs: args.docs,
+            words: args.words,
+        },
+    };
+    let rss_before = peak_rss_mib().unwrap_or(0.0);
+    let embedder = describe_embedding(&config.embedding);
+    let (figures, copy) = ingest_once(config.clone(), &args.database, &source, true).await?;
+    let peak = peak_rss_mib().unwrap_or(0.0);
+    let (copy_rate, chunks_only_rate) = copy.unwrap_or_default();
+    let rate = figures.chunks as f64 / figures.seconds;
+    println!(
+        "ingest benchmark: {} documents ({} ready), {} chunks, {:.1} MB; embeddings: {embedder}",
+        figures.documents,
+        figures.ready,
+        figures.chunks,
+        figures.bytes as f64 / 1e6
+    );
+    figures.print("pipeline");
+    println!("  ceiling (COPY of the same chunk and posting rows, same indexes): {copy_rate:.0} chunks/s");
+    println!("  of which the chunk rows alone: {chunks_only_rate:.0} chunks/s");
+    println!("  pipeline / ceiling: {:.2}", rate / copy_rate);
+    println!("  peak RSS: {peak:.0} MiB (before the run {rss_before:.0} MiB)");
+
+    let Some(url) = &args.versus_embedding_url else {
+        return Ok(());
+    };
+    let mut versus = config;
+    versus.embedding.provider = Some(EmbeddingProvider::Api.as_str().to_owned());
+    versus.embedding.base_url = Some(url.clone());
+    versus.embedding.max_input_tokens = args.versus_max_input_tokens;
+    versus.embedding.concurrency = args.versus_concurrency;
+    versus.fit_chunks_to_embedding();
+    let versus_embedder = describe_embedding(&versus.embedding);
+    let (other, _) = ingest_once(versus, &format!("{}_versus", args.database), &source, false).await?;
+    println!("versus: the same corpus with embeddings from {versus_embedder}");
+    other.print("pipeline");
+    println!(
+        "  time {embedder} / {versus_embedder}: {:.2} ({:.2}x as fast)",
+        figures.seconds / other.seconds,
+        other.seconds / figures.seconds
+    );
+    Ok(())
+}
+
+fn describe_embedding(endpoint: &ModelEndpoint) -> String {
+    match endpoint.embedding_provider() {
+        EmbeddingProvider::Api => format!(
+            "{} at {}",
+            endpoint.model,
+            endpoint.base_url.as_deref().unwrap_or("(no base URL)")
+        ),
+        EmbeddingProvider::Local => format!("{} in-process", endpoint.model),
+        EmbeddingProvider::Hashed => format!("{} (offline)", endpoint.model),
+    }
+}
+
+/// The files of `dir` that ingest reads, by name.
+fn read_files(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    let mut files = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if ragpipe_ingest::detect(&bytes).is_ok() {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            files.push((name, bytes));
+        }
+    }
+    anyhow::ensure!(!files.is_empty(), "no document ingest reads in {}", dir.display());
+    Ok(files)
+}
+
+/// Uploads the corpus into a fresh database `name`, runs the workers until every document is
+/// ready or failed, and measures it; with `ceiling`, also the COPY ceiling of its rows.
+async fn ingest_once(
+    config: Config,
+    name: &str,
+    source: &Source<'_>,
+    ceiling: bool,
+) -> anyhow::Result<(RunFigures, Option<(f64, f64)>)> {
+    let scratch = ScratchDatabase::open(config, name, true).await?;
+    let config = Arc::new(scratch.config.clone());
     let store = Store::connect(&config).await?;
     store.migrate(&config.embedding).await?;
     let user = UserId::new();
@@ -39,14 +183,22 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
     )
     .await?;
 
-    eprintln!("generating {} documents of {} words", args.docs, args.words);
-    let rss_before = peak_rss_mib().unwrap_or(0.0);
     let started = Instant::now();
-    let total_bytes = upload_corpus(&store, user, args.docs, args.words, config.worker.max_attempts).await?;
+    let (documents, bytes) = match source {
+        Source::Generated { docs, words } => {
+            eprintln!("generating {docs} documents of {words} words");
+            let bytes = upload_corpus(&store, user, *docs, *words, config.worker.max_attempts).await?;
+            (*docs, bytes)
+        }
+        Source::Files(files) => (
+            files.len(),
+            upload_files(&store, user, files, config.worker.max_attempts).await?,
+        ),
+    };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let workers = crate::workers::spawn(&store, &config, shutdown.clone())?;
     wait_until_settled(&store, user).await?;
-    let elapsed = started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
     let _ = workers.await;
     let mut tx = store.user_tx(user).await?;
@@ -56,29 +208,54 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
     .fetch_one(tx.conn())
     .await?;
     drop(tx);
-    let peak = peak_rss_mib().unwrap_or(0.0);
-
     // The ceiling: the same rows, COPY'd into tables with the same indexes (the chunks, and the
     // text leg's postings that the chunk-set write also makes).
-    let (copy_rate, chunks_only_rate) = copy_ceiling(&store).await?;
-    let rate = chunks as f64 / elapsed;
-    println!(
-        "ingest benchmark: {} documents ({ready} ready), {chunks} chunks, {:.1} MB",
-        args.docs,
-        total_bytes as f64 / 1e6
-    );
-    println!(
-        "  pipeline: {elapsed:.1} s, {:.2} documents/s, {rate:.0} chunks/s, {:.2} MB/s",
-        ready as f64 / elapsed,
-        total_bytes as f64 / 1e6 / elapsed
-    );
-    println!("  ceiling (COPY of the same chunk and posting rows, same indexes): {copy_rate:.0} chunks/s");
-    println!("  of which the chunk rows alone: {chunks_only_rate:.0} chunks/s");
-    println!("  pipeline / ceiling: {:.2}", rate / copy_rate);
-    println!("  peak RSS: {peak:.0} MiB (before the run {rss_before:.0} MiB)");
+    let copy = if ceiling {
+        Some(copy_ceiling(&store).await?)
+    } else {
+        None
+    };
     store.pool().close().await;
     let _ = scratch.drop().await;
-    Ok(())
+    Ok((
+        RunFigures {
+            documents,
+            ready,
+            chunks,
+            bytes,
+            seconds,
+        },
+        copy,
+    ))
+}
+
+/// Uploads `files` for `user` as ingest's upload does (each queues its job); returns their bytes.
+async fn upload_files(
+    store: &Store,
+    user: UserId,
+    files: &[(String, Vec<u8>)],
+    max_attempts: u32,
+) -> anyhow::Result<usize> {
+    let mut tx = store.user_tx(user).await?;
+    let mut total = 0;
+    for (name, bytes) in files {
+        let format = ragpipe_ingest::detect(bytes).with_context(|| format!("reading {name}"))?;
+        documents::create(
+            &mut tx,
+            &documents::NewDocument {
+                filename: name,
+                content_type: format.content_type(),
+                bytes,
+                sha256: Sha256::digest(bytes).into(),
+                metadata: serde_json::json!({}),
+            },
+            max_attempts,
+        )
+        .await?;
+        total += bytes.len();
+    }
+    tx.commit().await?;
+    Ok(total)
 }
 
 /// Chunks per second of a binary `COPY` of the pipeline's chunk rows and posting rows into

@@ -617,10 +617,16 @@ impl Config {
                     origin: "configuration".into(),
                     message: e.to_string(),
                 })?;
-        // A chunk longer than the embedding model reads would be embedded from its head only.
-        config.chunking.max_tokens = config.chunking.max_tokens.min(config.embedding.max_input_tokens);
+        config.fit_chunks_to_embedding();
         config.validate()?;
         Ok(config)
+    }
+
+    /// Caps the chunk size at what the embedding model reads (`embedding.max_input_tokens`):
+    /// a longer chunk would be embedded from its head only. [`Config::load`] applies it; call
+    /// it again after changing the embedding settings.
+    pub fn fit_chunks_to_embedding(&mut self) {
+        self.chunking.max_tokens = self.chunking.max_tokens.min(self.embedding.max_input_tokens);
     }
 
     /// Chooses the embedding provider when `embedding.provider` is unset: `api` when a base URL

@@ -388,12 +388,15 @@ impl View {
         }
     }
 
-    /// One past the highest index the view addresses (0 for an empty view).
-    fn end(&self) -> usize {
+    /// One past the highest index the view addresses (0 for an empty view); `None` if that
+    /// does not fit a `usize`.
+    fn end(&self) -> Option<usize> {
         if self.rows == 0 || self.cols == 0 {
-            return 0;
+            return Some(0);
         }
-        self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        let last_row = (self.rows - 1).checked_mul(self.row_stride)?;
+        let last_col = (self.cols - 1).checked_mul(self.col_stride)?;
+        self.offset.checked_add(last_row)?.checked_add(last_col)?.checked_add(1)
     }
 }
 
@@ -422,7 +425,9 @@ fn matmul(
         d.cols
     );
     assert!(
-        d.end() <= dst.len() && l.end() <= lhs.len() && r.end() <= rhs.len(),
+        d.end().is_some_and(|e| e <= dst.len())
+            && l.end().is_some_and(|e| e <= lhs.len())
+            && r.end().is_some_and(|e| e <= rhs.len()),
         "matmul view outside its slice"
     );
     // A stride of zero on the destination would write one element from several products.
@@ -682,6 +687,54 @@ mod tests {
         assert!(row[1] > row[2] && row[2] > row[0] && row[0] > row[3]);
         let want = 1.0 / (1.0 + (-1f32).exp() + (-2f32).exp() + (-53f32).exp());
         assert!((row[1] - want).abs() < 1e-6, "{} vs {want}", row[1]);
+    }
+
+    #[test]
+    fn matmul_reads_strided_views() {
+        // lhs = [[1, 2], [3, 4]] stored transposed (column-major); rhs = [[1, 0], [1, 1]].
+        let lhs = [1.0, 3.0, 2.0, 4.0];
+        let rhs = [1.0, 0.0, 1.0, 1.0];
+        let mut dst = vec![0.0; 4];
+        matmul(
+            (&mut dst, View::new(0, (2, 2), (2, 1))),
+            (&lhs, View::new(0, (2, 2), (1, 2))),
+            (&rhs, View::new(0, (2, 2), (2, 1))),
+            false,
+            (0.0, 1.0),
+            Parallelism::None,
+        );
+        assert_eq!(dst, vec![3.0, 2.0, 7.0, 4.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside its slice")]
+    fn matmul_refuses_a_view_past_its_slice() {
+        let lhs = [1.0; 4];
+        let rhs = [1.0; 3];
+        let mut dst = vec![0.0; 4];
+        matmul(
+            (&mut dst, View::new(0, (2, 2), (2, 1))),
+            (&lhs, View::new(0, (2, 2), (2, 1))),
+            (&rhs, View::new(0, (2, 2), (2, 1))),
+            false,
+            (0.0, 1.0),
+            Parallelism::None,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "outside its slice")]
+    fn matmul_refuses_a_view_whose_extent_overflows() {
+        let lhs = [1.0; 4];
+        let mut dst = vec![0.0; 4];
+        matmul(
+            (&mut dst, View::new(0, (2, 2), (2, 1))),
+            (&lhs, View::new(0, (2, 2), (2, 1))),
+            (&lhs, View::new(0, (2, 2), (usize::MAX / 2, 1))),
+            false,
+            (0.0, 1.0),
+            Parallelism::None,
+        );
     }
 
     #[test]

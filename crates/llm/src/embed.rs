@@ -4,7 +4,7 @@
 use crate::LlmError;
 use crate::batching::plan_batches;
 use crate::hashed::HashedEmbedder;
-use crate::local::{DEFAULT_BATCH_TOKENS, LocalModel, LocalRuntime};
+use crate::local::{DEFAULT_BATCH_TOKENS, LocalModel, LocalRuntime, OverLimit};
 use crate::retry::{CallCounters, CallTotals, RetryPolicy};
 use crate::tokens::TokenCounter;
 use crate::transport::{ApiClient, map_error};
@@ -230,10 +230,11 @@ impl Embedder {
 
     /// Embeds `inputs`, returning one vector per input in input order.
     ///
-    /// With the local model, inputs are counted with its tokenizer and never cut: one over its
-    /// limit fails the call with [`LlmError::InputTooLong`] (kind `ContextTooLong`); the model
-    /// runs on its own thread pool, `prompt_tokens` are its word pieces and no request is made.
-    /// Otherwise each input is first cut to `max_input_tokens` (models silently ignore what lies past
+    /// With the local model, inputs are counted with its tokenizer; one over its limit (256 word
+    /// pieces for MiniLM) is embedded from its head and counted in `truncated`. Ingest never
+    /// sends one: its chunker fits chunks to the same tokenizer; a long search query is what
+    /// gets cut. The model runs on its own thread pool, `prompt_tokens` are its word pieces and
+    /// no request is made. Otherwise each input is first cut to `max_input_tokens` (models silently ignore what lies past
     /// their limit). Over the API, inputs go in batches of at most `batch_size` inputs and
     /// `batch_tokens` tokens, at most `concurrency` requests in flight (across all concurrent
     /// calls on this embedder and its clones); a transient failure of a batch (429, 5xx,
@@ -248,7 +249,9 @@ impl Embedder {
             Provider::Offline(hasher) => self.embed_offline(*hasher, inputs).await,
             Provider::Api(api) => self.embed_api(api, inputs).await,
             Provider::Local(local) => {
-                let out = local.embed(inputs).await?;
+                // Chunks always fit (the chunker counts with this model's tokenizer); a longer
+                // input, such as a long query, is cut and counted as over the API.
+                let out = local.embed(inputs, OverLimit::Cut).await?;
                 if let Some(v) = out.vectors.iter().find(|v| v.len() != self.inner.dim) {
                     return Err(LlmError::DimensionMismatch {
                         model: self.inner.model.clone(),
@@ -259,6 +262,7 @@ impl Embedder {
                 Ok(Embedded {
                     vectors: out.vectors,
                     prompt_tokens: out.tokens,
+                    truncated: out.truncated,
                     ..Embedded::default()
                 })
             }

@@ -37,7 +37,7 @@ pub use embed::{ClientOptions, Embedded, Embedder, Embedders};
 pub use error::LlmError;
 pub use extractive::{NO_MODEL_NOTICE, NOT_COVERED, Selection, answer_with as extractive_answer};
 pub use hashed::{HashedEmbedder, cosine};
-pub use local::{LocalModel, LocalRuntime};
+pub use local::{LocalModel, LocalRuntime, OverLimit};
 pub use prices::{ModelPrice, PriceTable};
 pub use rerank::{Ranked, Reranked, Reranker};
 pub use retry::{CallTotals, RetryPolicy};

@@ -127,8 +127,9 @@ impl LocalModel {
             })
     }
 
-    /// Tokenises `inputs` and checks each against the limit: the ids of every input, in order.
-    fn encode(&self, inputs: &[String]) -> Result<Vec<Vec<u32>>, LlmError> {
+    /// Tokenises `inputs` and holds each to the limit as `over` says: the ids of every input,
+    /// in order, and how many were cut.
+    fn encode(&self, inputs: &[String], over: OverLimit) -> Result<(Vec<Vec<u32>>, u32), LlmError> {
         let encodings = self
             .tokenizer
             .encode_batch_fast(inputs.iter().map(String::as_str).collect::<Vec<_>>(), true)
@@ -136,20 +137,33 @@ impl LocalModel {
                 context: format!("tokenising {} inputs", inputs.len()),
                 source: e,
             })?;
-        encodings
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                if e.len() > self.max_input_tokens {
-                    return Err(LlmError::InputTooLong {
-                        context: format!("embedding input {i} ({} bytes) with the local model", inputs[i].len()),
-                        tokens: e.len(),
-                        max_tokens: self.max_input_tokens,
-                    });
+        let max = self.max_input_tokens;
+        let mut cut = 0;
+        let mut ids = Vec::with_capacity(encodings.len());
+        for (i, e) in encodings.into_iter().enumerate() {
+            let mut input = e.get_ids().to_vec();
+            if input.len() > max {
+                match over {
+                    OverLimit::Refuse => {
+                        return Err(LlmError::InputTooLong {
+                            context: format!("embedding input {i} ({} bytes) with the local model", inputs[i].len()),
+                            tokens: input.len(),
+                            max_tokens: max,
+                        });
+                    }
+                    OverLimit::Cut => {
+                        // Keep the head and the closing special token ([SEP]), as the
+                        // tokenizer's own truncation does.
+                        let last = input[input.len() - 1];
+                        input.truncate(max.saturating_sub(1));
+                        input.push(last);
+                        cut += 1;
+                    }
                 }
-                Ok(e.get_ids().to_vec())
-            })
-            .collect()
+            }
+            ids.push(input);
+        }
+        Ok((ids, cut))
     }
 
     /// One forward pass over `batch` (token ids, each within the limit) on the current rayon
@@ -187,13 +201,25 @@ fn from_encoder(e: ragpipe_encoder::EncoderError) -> LlmError {
     }
 }
 
+/// What [`LocalRuntime::embed`] does with an input longer than the model reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// Fail the call with [`LlmError::InputTooLong`] (kind `ContextTooLong`).
+    Refuse,
+    /// Embed its first word pieces (up to the limit, the closing `[SEP]` kept) and count it in
+    /// [`LocalEmbedded::truncated`]: what the other providers do with an over-long input.
+    Cut,
+}
+
 /// The vectors of some inputs and the word pieces they were read as.
 #[derive(Debug, Default)]
 pub struct LocalEmbedded {
     /// One vector per input, in input order.
     pub vectors: Vec<Vec<f32>>,
-    /// Word pieces of all inputs, `[CLS]` and `[SEP]` included.
+    /// Word pieces read, `[CLS]` and `[SEP]` included (after any cut).
     pub tokens: u64,
+    /// Inputs cut to the limit ([`OverLimit::Cut`]).
+    pub truncated: u32,
 }
 
 /// A [`LocalModel`] with the pool it runs on. Cheap to clone; share one per process.
@@ -288,18 +314,21 @@ impl LocalRuntime {
         }
     }
 
-    /// Embeds `inputs`: one vector per input in input order, and the word pieces read. Fails
-    /// with [`LlmError::InputTooLong`] (kind `ContextTooLong`) if any input is over the limit.
-    pub async fn embed(&self, inputs: &[String]) -> Result<LocalEmbedded, LlmError> {
+    /// Embeds `inputs`: one vector per input in input order, and the word pieces read. An input
+    /// over the limit fails the call or is cut, as `over` says.
+    pub async fn embed(&self, inputs: &[String], over: OverLimit) -> Result<LocalEmbedded, LlmError> {
         if inputs.is_empty() {
             return Ok(LocalEmbedded::default());
         }
         let owned = inputs.to_vec();
         let n = inputs.len();
-        let ids = Arc::new(
-            self.run(move || format!("tokenising {n} inputs"), move |m| m.encode(&owned))
-                .await?,
-        );
+        let (ids, truncated) = self
+            .run(
+                move || format!("tokenising {n} inputs"),
+                move |m| m.encode(&owned, over),
+            )
+            .await?;
+        let ids = Arc::new(ids);
         let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
         let batches = token_batches(&lengths, self.batch_tokens);
         let runs = batches.into_iter().map(|order| {
@@ -329,6 +358,7 @@ impl LocalRuntime {
         Ok(LocalEmbedded {
             vectors: slots,
             tokens: lengths.iter().map(|&l| l as u64).sum(),
+            truncated,
         })
     }
 }

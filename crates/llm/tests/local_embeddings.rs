@@ -9,7 +9,7 @@
 use ragpipe_core::ErrorKind;
 use ragpipe_core::config::{Config, installed_local_model_dir};
 use ragpipe_llm::local::DEFAULT_BATCH_TOKENS;
-use ragpipe_llm::{Embedder, LlmError, LocalRuntime, cosine};
+use ragpipe_llm::{Embedder, LlmError, LocalRuntime, OverLimit, cosine};
 use std::path::PathBuf;
 
 #[derive(serde::Deserialize)]
@@ -48,7 +48,7 @@ async fn local_vectors_match_sentence_transformers() {
     assert_eq!(runtime.model().dim(), 384);
     let texts: Vec<String> = reference.inputs.iter().map(|i| i.text.clone()).collect();
     // All at once: batches of different lengths, padded, in sorted order.
-    let batched = runtime.embed(&texts).await.expect("embedded");
+    let batched = runtime.embed(&texts, OverLimit::Refuse).await.expect("embedded");
     assert_eq!(batched.vectors.len(), texts.len());
     let mut worst = 1.0f32;
     for (input, got) in reference.inputs.iter().zip(&batched.vectors) {
@@ -71,7 +71,10 @@ async fn local_vectors_match_sentence_transformers() {
     );
     // One at a time (no padding) gives the same vectors as in a padded batch.
     for (i, text) in texts.iter().enumerate().step_by(5) {
-        let alone = runtime.embed(std::slice::from_ref(text)).await.expect("embedded");
+        let alone = runtime
+            .embed(std::slice::from_ref(text), OverLimit::Refuse)
+            .await
+            .expect("embedded");
         assert!(cosine(&alone.vectors[0], &batched.vectors[i]) > 0.99999, "{text:?}");
     }
     // A paraphrase is nearer than an unrelated sentence (the point of a semantic model).
@@ -95,7 +98,10 @@ async fn an_input_over_the_models_limit_is_refused_not_cut() {
     assert_eq!(runtime.model().count_tokens(&fits).expect("tokenised"), max);
     let over = "word ".repeat(max - 1);
     let inputs = vec!["short".to_owned(), fits, over];
-    let err = runtime.embed(&inputs).await.expect_err("over the limit");
+    let err = runtime
+        .embed(&inputs, OverLimit::Refuse)
+        .await
+        .expect_err("over the limit");
     assert_eq!(err.kind(), ErrorKind::ContextTooLong);
     match err {
         LlmError::InputTooLong {
@@ -108,8 +114,21 @@ async fn an_input_over_the_models_limit_is_refused_not_cut() {
         }
         other => panic!("expected InputTooLong, got {other}"),
     }
-    let ok = runtime.embed(&inputs[..2]).await.expect("within the limit");
+    let ok = runtime
+        .embed(&inputs[..2], OverLimit::Refuse)
+        .await
+        .expect("within the limit");
     assert_eq!(ok.vectors.len(), 2);
+    // Cut instead: the long input is read as its first word pieces (the limit exactly) and
+    // counted; its vector is the vector of the input that just fits, whose pieces it shares.
+    let cut = runtime.embed(&inputs, OverLimit::Cut).await.expect("cut to the limit");
+    assert_eq!(cut.truncated, 1);
+    assert_eq!(
+        cut.tokens,
+        (2 + 1 + 2 * max) as u64,
+        "short (3) + fits + cut, at the limit each"
+    );
+    assert!(cosine(&cut.vectors[2], &cut.vectors[1]) > 0.99999);
 }
 
 #[tokio::test]
@@ -171,7 +190,7 @@ async fn embedding_leaves_the_async_runtime_free() {
     let inputs: Vec<String> = (0..8).map(|i| format!("{i} {text}")).collect();
     let before = ticks.load(Ordering::Relaxed);
     let started = std::time::Instant::now();
-    let outs = futures::future::join_all((0..4).map(|_| runtime.embed(&inputs))).await;
+    let outs = futures::future::join_all((0..4).map(|_| runtime.embed(&inputs, OverLimit::Refuse))).await;
     let elapsed = started.elapsed();
     let during = ticks.load(Ordering::Relaxed) - before;
     ticker.abort();

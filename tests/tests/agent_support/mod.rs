@@ -202,9 +202,41 @@ impl SseEvent {
     }
 }
 
+/// Decodes an event stream's bytes into text as they arrive: a multi-byte character split
+/// across network chunks waits for its last byte, and so does a `\r` that may begin a `\r\n`
+/// line ending (normalised to `\n`).
+#[derive(Debug, Default)]
+pub struct SseText {
+    pending: Vec<u8>,
+}
+
+impl SseText {
+    /// The text that `bytes` completes. Panics on bytes that are not UTF-8 (an event stream
+    /// is UTF-8 by definition).
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(e) => panic!("the event stream is not UTF-8: {e}"),
+        };
+        // Hold back a trailing \r: its \n may be in the next chunk.
+        let take = if valid > 0 && self.pending[valid - 1] == b'\r' {
+            valid - 1
+        } else {
+            valid
+        };
+        let done: Vec<u8> = self.pending.drain(..take).collect();
+        String::from_utf8(done)
+            .expect("checked to be UTF-8 above")
+            .replace("\r\n", "\n")
+    }
+}
+
 /// Reads an event stream incrementally.
 pub struct SseClient {
     response: reqwest::Response,
+    text: SseText,
     buffer: String,
     /// Comment lines seen (keep-alives).
     pub comments: usize,
@@ -227,6 +259,7 @@ impl SseClient {
         );
         SseClient {
             response,
+            text: SseText::default(),
             buffer: String::new(),
             comments: 0,
             last_event_id: None,
@@ -286,9 +319,10 @@ impl SseClient {
             }
             match tokio::time::timeout(deadline - now, self.response.chunk()).await {
                 Err(_) => return Err(()),
-                Ok(Ok(Some(bytes))) => self
-                    .buffer
-                    .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+                Ok(Ok(Some(bytes))) => {
+                    let text = self.text.push(&bytes);
+                    self.buffer.push_str(&text);
+                }
                 Ok(Ok(None)) => return Ok(None),
                 Ok(Err(e)) => panic!("reading the event stream: {e}"),
             }

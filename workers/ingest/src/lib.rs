@@ -464,6 +464,16 @@ async fn embed_cached(
         metrics::counter!("ragpipe_embedding_retries_total").increment(u64::from(embedded.retries));
         metrics::counter!("ragpipe_embedding_rate_limited_total").increment(u64::from(embedded.rate_limited));
         metrics::counter!("ragpipe_embedding_tokens_total").increment(embedded.prompt_tokens);
+        if embedded.truncated > 0 {
+            // The chunker fits chunks to the model's limit, so this is a defect to see, not a
+            // state to live with: part of those chunks is not in their vectors.
+            warn!(
+                document = %filename,
+                chunks = embedded.truncated,
+                model = embedder.model(),
+                "chunks longer than the embedding model reads were cut before embedding"
+            );
+        }
         let entries: Vec<([u8; 32], &[f32])> = slice
             .iter()
             .zip(&embedded.vectors)
