@@ -410,9 +410,9 @@ mod tests {
         for b in &batches {
             assert!(b.iter().map(|&i| lengths[i]).sum::<usize>() <= 512, "{b:?}");
         }
-        // Shortest first: the five short inputs and the 200 fill the first batch.
-        assert_eq!(batches[0], vec![5, 7, 0, 3, 2, 4]);
-        assert_eq!(batches[1], vec![1, 6]);
+        // Shortest first: 3 + 9 + 10 + 11 + 12 + 200 + 250 = 495 tokens fill the first batch,
+        // the 256 goes in the next.
+        assert_eq!(batches, vec![vec![5, 7, 0, 3, 2, 4, 1], vec![6]]);
         assert!(token_batches(&[], 512).is_empty());
         // An input longer than the budget still goes, alone.
         assert_eq!(token_batches(&[600, 5], 512), vec![vec![1], vec![0]]);
