@@ -680,3 +680,91 @@ fn embedded_inputs(server: &OpenAiServer) -> usize {
         .map(|r| r.body["input"].as_array().map_or(1, Vec::len))
         .sum()
 }
+
+/// `ragpipe reprocess` moves a corpus to the local model and back like any other model. Chunks
+/// cut for the hashed embedder (512 cl100k tokens) are longer than MiniLM reads (256 word
+/// pieces), so the move cuts them again for it rather than embed them cut; the way back
+/// re-embeds them as they are. Usage records the model's word pieces at no cost.
+#[sqlx::test(migrations = false)]
+async fn a_corpus_moves_to_the_local_model_and_back(pool: PgPool) {
+    let hashed = Config::defaults();
+    let (store, user, ids) = corpus(&pool, &hashed, 3, |_| 12).await;
+    let dir = ragpipe_core::config::installed_local_model_dir(|n| std::env::var(n).ok())
+        .unwrap_or_else(|why| panic!("{why}"));
+    let mut local = hashed.clone();
+    local.embedding.provider = Some("local".into());
+    local.embedding.local_dir = Some(dir.clone());
+    local.embedding.model = "all-MiniLM-L6-v2".into();
+    let embedders = Embedders::new(&local.embedding).expect("the local model");
+    let model = embedders.configured().local_model().expect("local").clone();
+    let word_pieces = |pool: &PgPool| {
+        let pool = pool.clone();
+        let model = model.clone();
+        async move {
+            let texts: Vec<String> = sqlx::query_scalar("SELECT content FROM document_chunks ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .expect("chunks");
+            texts
+                .iter()
+                .map(|t| model.count_tokens(t).expect("tokenised"))
+                .collect::<Vec<usize>>()
+        }
+    };
+    let before = word_pieces(&pool).await;
+    assert!(
+        before.iter().any(|&n| n > 256),
+        "the hashed embedder's chunks must be too long for MiniLM for this test to mean anything: {before:?}"
+    );
+
+    let to_local = [
+        ("RAGPIPE_EMBEDDING_PROVIDER", "local".to_owned()),
+        ("RAGPIPE_EMBEDDING_LOCAL_DIR", dir.display().to_string()),
+    ];
+    let (output, result) = run_reprocess(&pool, &["--all"], &to_local).await;
+    assert_success(&output);
+    assert_eq!(result["enqueued"], 3, "{result}");
+    for id in &ids {
+        let (rows, _, _, models) = chunk_stats(&store, user, *id).await;
+        assert!(rows > 0);
+        assert_eq!(models, vec!["all-MiniLM-L6-v2".to_owned()]);
+        assert_eq!(doc(&store, user, *id).await.status, "ready");
+    }
+    let after = word_pieces(&pool).await;
+    assert!(
+        after.iter().all(|&n| n <= 256),
+        "a chunk over MiniLM's limit: {after:?}"
+    );
+    assert!(after.len() > before.len(), "cut again, into more chunks");
+    let (tokens, cost): (i64, f64) = sqlx::query_as(
+        "SELECT coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(cost), 0)::float8 FROM usage_events \
+         WHERE origin = 'reprocess' AND model = 'all-MiniLM-L6-v2'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("usage");
+    assert_eq!(
+        (tokens, cost),
+        (after.iter().sum::<usize>() as i64, 0.0),
+        "every word piece embedded, at no cost"
+    );
+    // Found by the local model's vectors.
+    let retriever = Retriever::new(store.clone(), embedders).with_models_refresh(Duration::ZERO);
+    let request = SearchRequest {
+        mode: SearchMode::Vector,
+        k: 3,
+        ..SearchRequest::new(format!("{} opens the notes", marker(1)))
+    };
+    let hits = retriever.search(user, &request).await.expect("search");
+    assert!(hits.iter().all(|h| h.vector_similarity.is_some()) && !hits.is_empty());
+
+    // And back to the hashed embedder: re-embedded as they are (they fit its cap).
+    let (output, result) = run_reprocess(&pool, &["--all"], &[]).await;
+    assert_success(&output);
+    assert_eq!(result["enqueued"], 3, "{result}");
+    for id in &ids {
+        let (_, _, _, models) = chunk_stats(&store, user, *id).await;
+        assert_eq!(models, vec![hashed.embedding.model.clone()]);
+    }
+    assert_eq!(word_pieces(&pool).await, after, "the same chunks, re-embedded");
+}

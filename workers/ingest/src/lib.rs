@@ -214,10 +214,17 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
         Some(p) => ctx.embedder_for(&p.embedding_model).await?,
         None => ctx.embedders.configured().clone(),
     };
-    if background && let Some(p) = pending.as_ref().filter(|p| p.stage == Stage::Embed) {
+    let mut tx = if background && let Some(p) = pending.as_ref().filter(|p| p.stage == Stage::Embed) {
         tx.commit().await?;
-        return reembed(ctx, job, &document, p, &embedder, job_key).await;
-    }
+        if let Some(outcome) = reembed(ctx, job, &document, p, &embedder, job_key).await? {
+            return Ok(outcome);
+        }
+        // The stored chunks are longer than the new model reads (a move to the local model):
+        // they are cut again from the text, for it, below.
+        store.user_tx(job.user_id).await?
+    } else {
+        tx
+    };
     if !background {
         documents::set_stage(&mut tx, doc_id, DocumentStatus::Extracting, 0.05).await?;
     }
@@ -327,7 +334,9 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
 }
 
 /// The `embed` stage alone: the document's chunks, as stored, get vectors by `embedder`'s model
-/// in one update; their text, and so the text search, do not change.
+/// in one update; their text, and so the text search, do not change. `None` when a stored chunk
+/// is longer than the model reads ([`model_limit`]): the document must be chunked again for it
+/// rather than have its chunks cut.
 async fn reembed(
     ctx: &IngestContext,
     job: &IngestJob,
@@ -335,13 +344,22 @@ async fn reembed(
     pending: &Pending,
     embedder: &Embedder,
     job_key: &str,
-) -> Result<Outcome, JobError> {
+) -> Result<Option<Outcome>, JobError> {
     let doc_id = job.document_id;
     let mut tx = ctx.store.user_tx(job.user_id).await?;
     let chunks = ragpipe_store::chunks::texts(&mut tx, doc_id).await?;
     tx.commit().await?;
     if chunks.is_empty() {
-        return fail(ctx, job, "no chunks to re-embed").await;
+        return fail(ctx, job, "no chunks to re-embed").await.map(Some);
+    }
+    if let Some(limit) = model_limit(embedder) {
+        let contents: Vec<String> = chunks.iter().map(|c| c.content.clone()).collect();
+        let fits = tokio::task::spawn_blocking(move || contents.iter().all(|c| (limit.count)(c) <= limit.max_tokens))
+            .await
+            .map_err(|e| JobError::permanent(format!("counting chunk tokens crashed: {e}")))?;
+        if !fits {
+            return Ok(None);
+        }
     }
     let started = Instant::now();
     let texts: Vec<(&str, u32)> = chunks
@@ -359,7 +377,7 @@ async fn reembed(
     let ids: Vec<i64> = chunks.iter().map(|c| c.id).collect();
     let mut tx = ctx.store.user_tx(job.user_id).await?;
     match documents::get(&mut tx, doc_id).await {
-        Err(StoreError::NotFound(_)) => return Ok(Outcome::Skipped),
+        Err(StoreError::NotFound(_)) => return Ok(Some(Outcome::Skipped)),
         Err(e) => return Err(e.into()),
         Ok(_) => {}
     }
@@ -367,7 +385,7 @@ async fn reembed(
     record_usage(&mut tx, &ledger, embedder.model(), &spent).await?;
     tx.commit().await?;
     stage_seconds("store", started);
-    Ok(Outcome::Ready { chunks: ids.len() })
+    Ok(Some(Outcome::Ready { chunks: ids.len() }))
 }
 
 /// What the cache saved a chunk set: input tokens whose vectors came from the user's cache
