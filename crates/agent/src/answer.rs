@@ -15,9 +15,10 @@
 //! server) continues every time; one that samples continues only when its new answer happens
 //! to start with the written text.
 //!
-//! Deltas are flushed to the row at a bounded interval ([`FlushPolicy`]), not per token: the
-//! first one at once (time to first delta is what a reader feels), then at most one write per
-//! interval or per `max_bytes`. Each flush announces itself (see [`crate::feed`]); the
+//! Deltas are flushed to the row in batches ([`FlushPolicy`]), not per token: the first one at
+//! once (time to first delta is what a reader feels); after that, text waits at most one
+//! interval, and a write happens once an interval has passed since the last one or as soon
+//! as `max_bytes` are waiting, whichever comes first. Each flush announces itself (see [`crate::feed`]); the
 //! worker watches the same feed for its message being cancelled, and stops generating between
 //! deltas when it is (dropping the model stream closes the connection).
 
@@ -45,15 +46,17 @@ const HISTORY_MESSAGES: u32 = 40;
 /// When streamed text is written to the message row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlushPolicy {
-    /// At most one write per this interval (the first delta is written at once).
+    /// Longest time text waits before it is written, and the shortest time between two
+    /// writes that `max_bytes` did not force (the first delta is written at once).
     pub interval: Duration,
-    /// Write as soon as this many bytes are waiting.
+    /// Write as soon as this many bytes are waiting, however recent the last write.
     pub max_bytes: usize,
 }
 
 impl Default for FlushPolicy {
-    /// 100 ms or 512 bytes: ten writes a second per answer at most, and a reader sees text
-    /// at most 100 ms after the model sent it.
+    /// 100 ms or 512 bytes: a reader sees text at most 100 ms after the model sent it, and an
+    /// answer writes about ten times a second, more only while its model produces over 5 kB
+    /// a second (one write per 512 bytes then).
     fn default() -> FlushPolicy {
         FlushPolicy {
             interval: Duration::from_millis(100),

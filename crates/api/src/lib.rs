@@ -42,7 +42,7 @@ pub mod messages;
 pub mod params;
 pub mod prometheus;
 pub mod protocol_errors;
-mod requests;
+mod request_log;
 pub mod search;
 pub mod sse;
 pub mod upload;
@@ -146,7 +146,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_JSON_BODY_BYTES))
         .layer(axum::middleware::map_response(error::json_errors))
-        .layer(axum::middleware::from_fn(requests::observe))
+        .layer(axum::middleware::from_fn(request_log::observe))
         .with_state(state)
 }
 

@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ragpipe_core::DocumentStatus;
 use ragpipe_store::jobs::{AGENT_QUEUE, INGEST_QUEUE};
 use ragpipe_store::liveness::ComponentReport;
-use ragpipe_store::stats::{self, Snapshot};
+use ragpipe_store::monitoring::{self, Snapshot};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -53,7 +53,7 @@ pub fn install_recorder() -> PrometheusHandle {
 /// `GET /metrics`. Always 200: when the database cannot be read the process metrics are still
 /// served, with `ragpipe_metrics_database_up 0` in place of the database gauges.
 pub async fn scrape(State(state): State<AppState>) -> Response {
-    let snapshot = match stats::snapshot(&state.store).await {
+    let snapshot = match monitoring::snapshot(&state.store).await {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "metrics: reading database gauges failed");
@@ -185,7 +185,7 @@ fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ragpipe_store::stats::{QueueStats, StatusCount};
+    use ragpipe_store::monitoring::{QueueStats, StatusCount};
 
     #[test]
     fn database_gauges_cover_every_known_queue_and_status() {

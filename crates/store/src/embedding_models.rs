@@ -106,7 +106,7 @@ pub async fn list(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
 /// pool connects as; the names come from `ragpipe_embedding_models_in_use()` (migration
 /// `..._embedding_models_in_use.sql`), which sees every chunk's model and returns only names.
 pub async fn with_chunks(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
-    let mut tx = crate::stats::begin(store).await?;
+    let mut tx = crate::monitoring::begin(store).await?;
     let models = sqlx::query_as(
         "SELECT m.model, m.dim, m.index_name, m.base_url FROM embedding_models AS m \
          WHERE m.model IN (SELECT u.model FROM ragpipe_embedding_models_in_use() AS u) \

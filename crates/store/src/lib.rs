@@ -19,7 +19,7 @@ pub mod quotas;
 pub mod reprocess;
 pub mod retry;
 pub mod search;
-pub mod stats;
+pub mod monitoring;
 pub mod usage;
 mod user_tx;
 pub mod users;

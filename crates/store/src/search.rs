@@ -5,11 +5,12 @@
 //!   (same expression and predicate as the index, model as a literal), with pgvector's
 //!   iterative scan so that row-level security and filters cannot starve it.
 //! - **Text leg:** BM25 over any query term. Term statistics (per-user document frequencies,
-//!   chunk count, total tokens) are kept by triggers (migration `..._search_term_stats.sql`);
-//!   candidates come from the rarest terms' postings through the GIN index (migration
-//!   `..._search_postings.sql`, which explains why that read needs a function of its own), are
-//!   pre-scored without reading chunk text, and the best are scored exactly with term
-//!   frequencies. `websearch_to_tsquery` would require every term, so most natural questions
+//!   chunk count, total tokens) and the postings table `search_postings` (per chunk and
+//!   lexeme: term frequency and chunk length, in a B-tree keyed by user, lexeme and chunk) are
+//!   kept by the chunk table's trigger (migrations `..._search_term_stats.sql` and
+//!   `..._search_postings_table.sql`). Candidates come from the rarest terms' postings, read by
+//!   index-only range scans within a budget, and are pre-scored without reading any chunk row;
+//!   the best are then completed with the other terms' frequencies, one index probe each. `websearch_to_tsquery` would require every term, so most natural questions
 //!   would match nothing, and `ts_rank_cd` ignores rarity (shared/FACTS.md).
 //! - **Fusion:** weighted Reciprocal Rank Fusion, `w / (k + rank)` summed over the legs that
 //!   ranked a chunk. The weights are the caller's (ragpipe-agent chooses them by measurement).
