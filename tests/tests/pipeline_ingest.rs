@@ -179,3 +179,61 @@ async fn a_document_deleted_mid_ingest_is_skipped_cleanly(pool: PgPool) {
         .expect("run");
     assert_eq!(outcome, ragpipe_ingest_worker::Outcome::Skipped);
 }
+
+/// A job that fails for a transient reason is handed back to the queue with its next attempt
+/// scheduled later (`run_at` moved past the failure, by at least the first retry's 0.25 s),
+/// instead of the worker sleeping in the job and holding its slot; the retry then succeeds.
+#[sqlx::test(migrations = false)]
+async fn a_transient_failure_is_retried_later_through_the_queue(pool: PgPool) {
+    let server = OpenAiServer::start().await;
+    let mut config = Config::defaults();
+    config.embedding = server.embedding_endpoint();
+    // One 503 fails the job's attempt (the client does not retry it itself).
+    config.embedding.max_retries = 0;
+    let (store, user) = setup(pool.clone(), &config).await;
+    server.inject(
+        Route::Embeddings,
+        Fault::Status {
+            status: 503,
+            body: r#"{"error":{"message":"overloaded","type":"server_error"}}"#.into(),
+        },
+        1,
+    );
+    let _worker = start_worker(&store, config.clone());
+
+    let enqueued: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
+        .fetch_one(&pool)
+        .await
+        .expect("now");
+    let id = upload(
+        &store,
+        user,
+        "notes.md",
+        b"# Retries\n\nThe first embedding call fails with 503.\n",
+    )
+    .await
+    .expect("upload");
+    let docs = wait_terminal(&store, user, &[id]).await;
+    assert_eq!(docs[0].status, "ready", "{:?}", docs[0].error);
+    assert_eq!(
+        server.requests_to(Route::Embeddings).len(),
+        2,
+        "the 503, then the retry"
+    );
+
+    let (attempts, run_at): (i32, f64) = sqlx::query_as(
+        "SELECT attempts, extract(epoch FROM run_at)::float8 FROM apalis.jobs \
+         WHERE job_type = $1 AND convert_from(job, 'UTF8')::jsonb ->> 'document_id' = $2",
+    )
+    .bind(ragpipe_store::jobs::INGEST_QUEUE)
+    .bind(id.0.to_string())
+    .fetch_one(&pool)
+    .await
+    .expect("the job's row");
+    assert!(attempts >= 2, "{attempts} attempts");
+    let delayed = run_at - enqueued;
+    assert!(
+        delayed >= 0.25,
+        "the retry was scheduled {delayed:.3} s after the upload: not delayed through the queue"
+    );
+}

@@ -140,3 +140,26 @@ pub async fn remove_dead_workers(
     tx.commit().await.map_err(StoreError::db("removing dead workers"))?;
     Ok(removed)
 }
+
+/// How long a job that failed for a transient reason waits before its next attempt: exponential
+/// in the attempts made so far (0 for the first), with full jitter in `[c/2, c]`, from 0.5 s up
+/// to a minute. The one backoff of both job queues.
+pub fn retry_delay(attempt: usize) -> std::time::Duration {
+    let ceiling_ms = 500u64.saturating_mul(1 << attempt.min(7)).min(60_000);
+    std::time::Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
+}
+
+/// Schedules the next attempt of job `task_id`, which is failing now, `delay` from now: the
+/// queue takes a failed job again only once its `run_at` has passed. A worker calls this before
+/// it hands the failure back, instead of sleeping in the job and holding its slot; the queue's
+/// own bookkeeping of the failure (status, attempts) leaves `run_at` as set here.
+pub async fn delay_retry(store: &crate::Store, task_id: &str, delay: std::time::Duration) -> Result<(), StoreError> {
+    let delay_us = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() + make_interval(secs => $2::float8 / 1e6) WHERE id = $1")
+        .bind(task_id)
+        .bind(delay_us)
+        .execute(store.pool())
+        .await
+        .map_err(StoreError::db("scheduling a job's retry"))?;
+    Ok(())
+}

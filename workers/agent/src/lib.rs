@@ -28,13 +28,6 @@ use tracing::{Instrument, info, info_span, warn};
 /// CPU, and holds a database connection only for the instant of each flush.
 pub const ANSWERS_PER_WORKER_SLOT: usize = 32;
 
-/// Backoff before a transient failure is handed back to the queue: exponential in the attempt,
-/// with full jitter, capped at a minute.
-fn backoff(attempt: usize) -> Duration {
-    let ceiling_ms = 500u64.saturating_mul(1 << attempt.min(7)).min(60_000);
-    Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
-}
-
 async fn handle(
     job: AgentJob,
     ctx: Data<Arc<AnswerContext>>,
@@ -55,9 +48,12 @@ async fn handle(
             }
             Err(e) if e.kind.is_retryable() && !last_attempt => {
                 metrics::counter!("ragpipe_agent_retries_total").increment(1);
-                let wait = backoff(attempt.current());
+                let wait = ragpipe_store::jobs::retry_delay(attempt.current());
                 warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "answer failed; will retry");
-                tokio::time::sleep(wait).await;
+                // The queue holds the job until then; this slot is free for other answers.
+                if let Err(schedule) = ragpipe_store::jobs::delay_retry(ctx.store(), &task_id.to_string(), wait).await {
+                    warn!(error = %schedule, "could not delay the retry; the queue retries at once");
+                }
                 Err(Box::new(e) as BoxDynError)
             }
             // Recording the failure itself failed (the database is away): the queue retries, and

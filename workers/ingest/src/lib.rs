@@ -626,24 +626,22 @@ async fn set_stage(
 /// marks it failed with the reason; a ready document's reprocessing keeps its chunk set and
 /// records the reason with the run.
 async fn fail(ctx: &IngestContext, job: &IngestJob, reason: &str) -> Result<Outcome, JobError> {
+    record_failure(ctx, job, reason).await?;
+    Ok(Outcome::Failed(reason.to_owned()))
+}
+
+/// [`fail`]'s write, in one transaction: safe to run again.
+async fn record_failure(ctx: &IngestContext, job: &IngestJob, reason: &str) -> Result<(), StoreError> {
     let mut tx = ctx.store.user_tx(job.user_id).await?;
     documents::fail(&mut tx, job.document_id, reason).await?;
     if let Some(run) = &job.reprocess {
         ragpipe_store::reprocess::fail(&mut tx, job.document_id, run, reason).await?;
     }
-    tx.commit().await?;
-    Ok(Outcome::Failed(reason.to_owned()))
+    tx.commit().await
 }
 
 fn stage_seconds(stage: &'static str, started: Instant) {
     metrics::histogram!("ragpipe_ingest_stage_seconds", "stage" => stage).record(started.elapsed().as_secs_f64());
-}
-
-/// Backoff before a transient failure is handed back to the queue (the queue itself retries
-/// at once): exponential in the attempt, with full jitter, capped at a minute.
-fn backoff(attempt: usize) -> Duration {
-    let ceiling_ms = 500u64.saturating_mul(1 << attempt.min(7)).min(60_000);
-    Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
 }
 
 async fn handle(
@@ -668,9 +666,14 @@ async fn handle(
             }
             Err(e) if e.kind.is_retryable() && attempt.current() + 1 < max_attempts => {
                 metrics::counter!("ragpipe_ingest_retries_total").increment(1);
-                let wait = backoff(attempt.current());
+                let wait = ragpipe_store::jobs::retry_delay(attempt.current());
                 warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest failed; will retry");
-                tokio::time::sleep(wait).await;
+                // The queue holds the job until then; this slot is free for other jobs.
+                if let Err(schedule) =
+                    ragpipe_store::jobs::delay_retry(&ctx.store, &task_id.to_string(), wait).await
+                {
+                    warn!(error = %schedule, "could not delay the retry; the queue retries at once");
+                }
                 Err(Box::new(e) as BoxDynError)
             }
             Err(e) => {
@@ -681,8 +684,20 @@ async fn handle(
                 };
                 warn!(error = %reason, "ingest failed permanently");
                 metrics::counter!("ragpipe_ingest_documents_total", "outcome" => "failed").increment(1);
-                let _ = fail(&ctx, &job, &reason).await;
-                Ok(())
+                // Recording the failure rides out a dropped connection; if the database stays
+                // away, the job fails with that cause and the document is not silently left
+                // half-done.
+                let recorded = retry("recording a failed document", RetryPolicy::POLLING, || {
+                    record_failure(&ctx, &job, &reason)
+                })
+                .await;
+                match recorded {
+                    Ok(()) => Ok(()),
+                    Err(record) => {
+                        tracing::error!(error = %record, reason = %reason, "the document's failure could not be recorded");
+                        Err(Box::new(record) as BoxDynError)
+                    }
+                }
             }
         }
     }
