@@ -149,11 +149,20 @@ pub fn retry_delay(attempt: usize) -> std::time::Duration {
     std::time::Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
 }
 
-/// Schedules the next attempt of job `task_id`, which is failing now, `delay` from now: the
-/// queue takes a failed job again only once its `run_at` has passed. A worker calls this before
-/// it hands the failure back, instead of sleeping in the job and holding its slot; the queue's
-/// own bookkeeping of the failure (status, attempts) leaves `run_at` as set here.
-pub async fn delay_retry(store: &crate::Store, task_id: &str, delay: std::time::Duration) -> Result<(), StoreError> {
+/// Schedules the next attempt of job `task_id` of `queue`, which is failing now, `delay` from
+/// now: the queue takes a failed job again only once its `run_at` has passed. A worker calls
+/// this before it hands the failure back, instead of sleeping in the job and holding its slot;
+/// the queue's own bookkeeping of the failure (status, attempts) leaves `run_at` as set here.
+///
+/// When the delay is over, the workers of `queue` are woken the way a new job wakes them (the
+/// queue's `NOTIFY`), so the retry starts on time; if this process is gone by then, the
+/// workers' periodic fetch (every heartbeat) finds the job.
+pub async fn delay_retry(
+    store: &crate::Store,
+    queue: &str,
+    task_id: &str,
+    delay: std::time::Duration,
+) -> Result<(), StoreError> {
     let delay_us = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
     sqlx::query("UPDATE apalis.jobs SET run_at = now() + make_interval(secs => $2::float8 / 1e6) WHERE id = $1")
         .bind(task_id)
@@ -161,5 +170,22 @@ pub async fn delay_retry(store: &crate::Store, task_id: &str, delay: std::time::
         .execute(store.pool())
         .await
         .map_err(StoreError::db("scheduling a job's retry"))?;
+    let pool = store.pool().clone();
+    let (queue, task_id) = (queue.to_owned(), task_id.to_owned());
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let woken = sqlx::query(
+            "SELECT pg_notify('apalis::job::insert', \
+                    json_build_object('job_type', $1::text, 'id', $2::text, 'run_at', now())::text)",
+        )
+        .bind(&queue)
+        .bind(&task_id)
+        .execute(&pool)
+        .await;
+        if let Err(e) = woken {
+            // Harmless: the workers' next fetch finds the job.
+            tracing::debug!(error = %e, job = %task_id, "could not wake the workers for a retry");
+        }
+    });
     Ok(())
 }

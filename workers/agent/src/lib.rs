@@ -51,7 +51,9 @@ async fn handle(
                 let wait = ragpipe_store::jobs::retry_delay(attempt.current());
                 warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "answer failed; will retry");
                 // The queue holds the job until then; this slot is free for other answers.
-                if let Err(schedule) = ragpipe_store::jobs::delay_retry(ctx.store(), &task_id.to_string(), wait).await {
+                if let Err(schedule) =
+                    ragpipe_store::jobs::delay_retry(ctx.store(), AGENT_QUEUE, &task_id.to_string(), wait).await
+                {
                     warn!(error = %schedule, "could not delay the retry; the queue retries at once");
                 }
                 Err(Box::new(e) as BoxDynError)

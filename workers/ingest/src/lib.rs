@@ -670,7 +670,7 @@ async fn handle(
                 warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest failed; will retry");
                 // The queue holds the job until then; this slot is free for other jobs.
                 if let Err(schedule) =
-                    ragpipe_store::jobs::delay_retry(&ctx.store, &task_id.to_string(), wait).await
+                    ragpipe_store::jobs::delay_retry(&ctx.store, INGEST_QUEUE, &task_id.to_string(), wait).await
                 {
                     warn!(error = %schedule, "could not delay the retry; the queue retries at once");
                 }
