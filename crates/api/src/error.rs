@@ -201,7 +201,7 @@ impl From<StoreError> for Error {
                 _ => Error::internal(&e),
             },
             StoreError::Connect { .. } => Error::unavailable(&e),
-            StoreError::Config(_) | StoreError::Migrate(_) => Error::internal(&e),
+            StoreError::Config(_) | StoreError::Migrate(_) | StoreError::Codec { .. } => Error::internal(&e),
         }
     }
 }
@@ -290,6 +290,20 @@ mod tests {
             body_of(rewritten).await,
             serde_json::json!({"error": {"code": "internal", "message": "internal error"}})
         );
+    }
+
+    #[tokio::test]
+    async fn a_job_that_cannot_be_encoded_is_a_server_error_not_a_conflict() {
+        let codec = StoreError::Codec {
+            context: "encoding a job",
+            source: "key must be a string".into(),
+        };
+        let response = Error::from(codec).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body_of(response).await["error"]["code"], "internal");
+        // A real conflict stays one.
+        let conflict = Error::from(StoreError::Conflict("the document is being reprocessed".into())).into_response();
+        assert_eq!(conflict.status(), StatusCode::CONFLICT);
     }
 
     #[tokio::test]

@@ -24,6 +24,16 @@ pub enum StoreError {
     /// Applying migrations failed.
     #[error("applying migrations: {0}")]
     Migrate(String),
+    /// A value the store writes or reads (a job, a reprocessing run) could not be encoded or
+    /// decoded: a defect to fix, never the caller's doing, so not a conflict.
+    #[error("{context}: {source}")]
+    Codec {
+        /// What was being encoded or decoded.
+        context: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Any other database error, with what was being done.
     #[error("{context}: {source}")]
     Database {

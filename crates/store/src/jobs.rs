@@ -49,7 +49,10 @@ pub async fn enqueue<T: Serialize>(
     }
     let mut tasks = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let args = serde_json::to_vec(job).map_err(|e| StoreError::Conflict(format!("encoding a job: {e}")))?;
+        let args = serde_json::to_vec(job).map_err(|e| StoreError::Codec {
+            context: "encoding a job",
+            source: Box::new(e),
+        })?;
         tasks.push(
             TaskBuilder::new(args)
                 .max_attempts(max_attempts.max(1) as usize)
@@ -63,7 +66,10 @@ pub async fn enqueue<T: Serialize>(
                 context: "enqueueing jobs",
                 source,
             },
-            other => StoreError::Conflict(format!("enqueueing jobs: {other}")),
+            other => StoreError::Codec {
+                context: "enqueueing jobs",
+                source: Box::new(other),
+            },
         })
 }
 

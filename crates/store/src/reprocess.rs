@@ -306,7 +306,10 @@ pub async fn mark(
         .iter()
         .map(|(_, p)| serde_json::to_value(p))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StoreError::Conflict(format!("encoding a run: {e}")))?;
+        .map_err(|e| StoreError::Codec {
+            context: "encoding a reprocessing run",
+            source: Box::new(e),
+        })?;
     let marked: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE documents AS d SET reprocess = u.pending, \
                 status = CASE WHEN d.status = 'failed' THEN 'queued' ELSE d.status END, \
