@@ -28,7 +28,7 @@ use crate::prompt::{Prompt, PromptInput, Prompts, Turn, assemble, prompt_budget}
 use crate::retrieve::{QueryUsage, Retriever, SearchHit, SearchRequest};
 use crate::sources::{Source, citations};
 use futures::StreamExt;
-use ragpipe_core::{Config, ConversationId, ErrorKind, MessageId, MessageStatus, RequestStatus, UserId};
+use ragpipe_core::{Config, ConversationId, ErrorKind, MessageId, MessageStatus, RequestStatus, SetupError, UserId};
 use ragpipe_llm::{ChatEvent, ChatModel, ChatRequest, Embedders, LlmError, PriceTable, TokenCounter};
 use ragpipe_store::conversations::{self, AgentJob, AgentRequest, Ending, Written};
 use ragpipe_store::retry::{RetryPolicy, retry};
@@ -147,22 +147,22 @@ impl std::fmt::Debug for AnswerContext {
 
 impl AnswerContext {
     /// Builds the models, loads the prompt templates and starts listening for cancellations.
-    pub async fn new(store: Store, config: Arc<Config>) -> Result<AnswerContext, String> {
-        let chat = ChatModel::new(&config.chat).map_err(|e| format!("chat model: {e}"))?;
-        let embedders = Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
-        let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
-        let reranker = ragpipe_llm::Reranker::new(&config.rerank).map_err(|e| format!("reranker: {e}"))?;
+    pub async fn new(store: Store, config: Arc<Config>) -> Result<AnswerContext, SetupError> {
+        let chat = ChatModel::new(&config.chat).map_err(SetupError::of("chat model"))?;
+        let embedders = Embedders::new(&config.embedding).map_err(SetupError::of("embedding model"))?;
+        let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(SetupError::of("RAGPIPE_PRICES"))?;
+        let reranker = ragpipe_llm::Reranker::new(&config.rerank).map_err(SetupError::of("reranker"))?;
         let retriever = Retriever::new(store.clone(), embedders)
             .with_prices(prices.clone())
             .with_reranker(reranker);
-        let prompts = Prompts::from_config(&config).map_err(|e| e.to_string())?;
+        let prompts = Prompts::from_config(&config).map_err(SetupError::of("prompt templates"))?;
         if !prompts.overridden().is_empty() {
             tracing::info!(overridden = ?prompts.overridden(), "prompt templates overridden");
         }
-        let tokens = TokenCounter::for_encoding(&config.chunking.tokenizer).map_err(|e| e.to_string())?;
+        let tokens = TokenCounter::for_encoding(&config.chunking.tokenizer).map_err(SetupError::of("tokenizer"))?;
         let feed = MessageFeed::shared(&store)
             .await
-            .map_err(|e| format!("message feed: {e}"))?;
+            .map_err(SetupError::of("message feed"))?;
         Ok(AnswerContext {
             store,
             config,

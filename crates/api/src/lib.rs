@@ -81,11 +81,12 @@ pub struct AppState {
 impl AppState {
     /// State for `store` and `config`, installing the process's metrics recorder if that has
     /// not happened yet. Fails when the embedding model is misconfigured.
-    pub fn new(store: Store, config: Arc<Config>) -> Result<AppState, String> {
-        let embedders = ragpipe_llm::Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
+    pub fn new(store: Store, config: Arc<Config>) -> Result<AppState, ragpipe_core::SetupError> {
+        let embedders =
+            ragpipe_llm::Embedders::new(&config.embedding).map_err(ragpipe_core::SetupError::of("embedding model"))?;
         let prices = ragpipe_llm::PriceTable::from_setting(config.prices.as_deref())
-            .map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
-        let reranker = ragpipe_llm::Reranker::new(&config.rerank).map_err(|e| format!("reranker: {e}"))?;
+            .map_err(ragpipe_core::SetupError::of("RAGPIPE_PRICES"))?;
+        let reranker = ragpipe_llm::Reranker::new(&config.rerank).map_err(ragpipe_core::SetupError::of("reranker"))?;
         Ok(AppState {
             retriever: ragpipe_agent::Retriever::new(store.clone(), embedders)
                 .with_prices(prices)

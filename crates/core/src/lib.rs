@@ -9,6 +9,6 @@ pub mod ids;
 pub mod status;
 
 pub use config::Config;
-pub use error::ErrorKind;
+pub use error::{ErrorKind, SetupError};
 pub use ids::{ConversationId, DocumentId, MessageId, UserId};
 pub use status::{DocumentStatus, MessageStatus, RequestStatus};

@@ -13,7 +13,7 @@ use apalis_postgres::PostgresStorage;
 use ragpipe_agent::AnswerContext;
 use ragpipe_agent::MessageFeed;
 use ragpipe_agent::answer::answer;
-use ragpipe_core::Config;
+use ragpipe_core::{Config, SetupError};
 use ragpipe_store::Store;
 use ragpipe_store::conversations::AgentJob;
 use ragpipe_store::jobs::AGENT_QUEUE;
@@ -171,7 +171,7 @@ pub fn spawn_supervised(
             MessageFeed::shared(&store)
         })
         .await
-        .map_err(|e| format!("message feed: {e}"));
+        .map_err(SetupError::of("message feed"));
         let ctx = match feed {
             Ok(feed) => {
                 liveness.add(feed.component());
@@ -179,6 +179,8 @@ pub fn spawn_supervised(
             }
             Err(e) => Err(e),
         };
+        // The report of a process part that cannot start: the whole chain, as text.
+        let ctx = ctx.map_err(|e| e.to_string());
         let ctx = match ctx {
             Ok(ctx) => Arc::new(ctx),
             Err(e) => {

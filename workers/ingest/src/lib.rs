@@ -13,7 +13,7 @@
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use futures::StreamExt;
-use ragpipe_core::{Config, DocumentStatus, ErrorKind};
+use ragpipe_core::{Config, DocumentStatus, ErrorKind, SetupError};
 use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits, ModelLimit};
 use ragpipe_llm::{Embedder, Embedders, PriceTable};
 use ragpipe_store::chunks::{ChunkSetInfo, NewChunk};
@@ -112,11 +112,11 @@ pub enum Outcome {
 
 impl IngestContext {
     /// Builds the models and the chunker from the configuration.
-    pub fn new(store: Store, config: Arc<Config>) -> Result<IngestContext, String> {
-        let embedders = Embedders::new(&config.embedding).map_err(|e| format!("embedding model: {e}"))?;
+    pub fn new(store: Store, config: Arc<Config>) -> Result<IngestContext, SetupError> {
+        let embedders = Embedders::new(&config.embedding).map_err(SetupError::of("embedding model"))?;
         let chunker = chunker_for(ChunkSettings::from_config(&config.chunking), embedders.configured())
-            .map_err(|e| format!("chunker: {e}"))?;
-        let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(|e| format!("RAGPIPE_PRICES: {e}"))?;
+            .map_err(SetupError::of("chunker"))?;
+        let prices = PriceTable::from_setting(config.prices.as_deref()).map_err(SetupError::of("RAGPIPE_PRICES"))?;
         Ok(IngestContext {
             store,
             limits: Limits::from_config(&config.limits),
@@ -812,8 +812,10 @@ pub fn spawn_supervised(
         let ctx = match IngestContext::new(store, config) {
             Ok(ctx) => Arc::new(ctx),
             Err(e) => {
-                component.dead(&e);
-                return Err(e);
+                // The report of a process part that cannot start: the whole chain, as text.
+                let message = e.to_string();
+                component.dead(&message);
+                return Err(message);
             }
         };
         let in_flight = liveness::InFlight::default();
