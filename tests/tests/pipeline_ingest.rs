@@ -66,7 +66,7 @@ async fn wait_terminal(store: &Store, user: UserId, ids: &[DocumentId]) -> Vec<d
         for id in ids {
             docs.push(documents::get(&mut tx, *id).await.expect("doc"));
         }
-        if docs.iter().all(|d| d.status().is_terminal()) {
+        if docs.iter().all(|d| d.status().expect("a known status").is_terminal()) {
             return docs;
         }
         assert!(

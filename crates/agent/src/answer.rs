@@ -225,11 +225,10 @@ async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<O
         Err(StoreError::NotFound(_)) => return Ok(Outcome::Skipped("request deleted")),
         Err(e) => return Err(e.into()),
     };
-    let request_status: RequestStatus = request.status.parse().unwrap_or(RequestStatus::Failed);
     if matches!(
-        request_status,
+        request.status()?,
         RequestStatus::Completed | RequestStatus::Failed | RequestStatus::Cancelled
-    ) || request.message_status() != MessageStatus::Streaming
+    ) || request.message_status()? != MessageStatus::Streaming
     {
         return Ok(Outcome::Skipped("request already ended"));
     }

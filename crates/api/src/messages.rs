@@ -24,7 +24,7 @@ pub async fn cancel(State(state): State<AppState>, auth: Auth, IdPath(id): IdPat
     let mut tx = state.store.user_tx(auth.user_id).await?;
     let message = conversations::cancel(&mut tx, MessageId(id)).await?;
     tx.commit().await?;
-    match message.status() {
+    match message.status()? {
         MessageStatus::Cancelled => {
             tracing::info!(message_id = %id, "answer cancelled");
             Ok(Json(message))

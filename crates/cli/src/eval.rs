@@ -486,7 +486,7 @@ pub async fn ingest_corpus(
         .await?;
         tx.commit().await?;
         let id = DocumentId(stored.document.id);
-        let status = if stored.document.status().is_terminal() {
+        let status = if stored.document.status()?.is_terminal() {
             stored.document.status
         } else {
             // The upload also queued a job; a worker that picks it up later finds the document

@@ -235,7 +235,7 @@ pub async fn ingest_paths(
             item.error = doc.error.clone();
             bar.set_position((doc.progress * 100.0) as u64);
             bar.set_message(doc.status.clone());
-            if doc.status().is_terminal() {
+            if doc.status()?.is_terminal() {
                 bar.finish_with_message(match &doc.error {
                     Some(e) => format!("failed: {e}"),
                     None => format!("ready: {} chunks", doc.chunk_count),

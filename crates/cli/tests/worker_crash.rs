@@ -88,7 +88,7 @@ async fn a_killed_workers_job_is_finished_by_the_next_worker(pool: PgPool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let doc = loop {
         let doc = document(&store, user, id).await;
-        if doc.status().is_terminal() {
+        if doc.status().expect("a known status").is_terminal() {
             break doc;
         }
         assert!(

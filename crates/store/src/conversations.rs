@@ -14,11 +14,11 @@
 //! and a byte offset into `content` names the same text forever.
 
 use crate::jobs::{AGENT_QUEUE, enqueue};
+use crate::rows::{column, parse_status};
 use crate::{StoreError, UserTx};
 use chrono::{DateTime, Utc};
-use ragpipe_core::{ConversationId, MessageId, MessageStatus, UserId};
+use ragpipe_core::{ConversationId, MessageId, MessageStatus, RequestStatus, UserId};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use uuid::Uuid;
 
 /// The channel assistant-message changes are announced on.
@@ -83,9 +83,9 @@ pub struct Message {
 }
 
 impl Message {
-    /// The typed status.
-    pub fn status(&self) -> MessageStatus {
-        self.status.parse().unwrap_or(MessageStatus::Failed)
+    /// The typed status; a value the type does not know is an error, not a guess.
+    pub fn status(&self) -> Result<MessageStatus, StoreError> {
+        parse_status(&self.status)
     }
 }
 
@@ -233,13 +233,16 @@ pub async fn ask(
             .fetch_one(tx.conn())
             .await
             .map_err(StoreError::db("reading the agent session"))?;
-    let session_id: Uuid = session.get("id");
-    let mode = settings
-        .retrieval_mode
-        .map(str::to_owned)
-        .unwrap_or_else(|| session.get("retrieval_mode"));
-    let k = settings.k.map(|k| k as i32).unwrap_or_else(|| session.get("k"));
-    let previous: Option<Uuid> = session.get("last_request_id");
+    let session_id: Uuid = column(&session, "id")?;
+    let mode = match settings.retrieval_mode {
+        Some(mode) => mode.to_owned(),
+        None => column(&session, "retrieval_mode")?,
+    };
+    let k = match settings.k {
+        Some(k) => k as i32,
+        None => column(&session, "k")?,
+    };
+    let previous: Option<Uuid> = column(&session, "last_request_id")?;
 
     let (user_message_id, assistant_message_id, request_id) = (MessageId::new(), MessageId::new(), Uuid::now_v7());
     let insert_message = format!(
@@ -344,9 +347,14 @@ pub struct AgentRequest {
 }
 
 impl AgentRequest {
-    /// The answer message's typed status.
-    pub fn message_status(&self) -> MessageStatus {
-        self.message_status.parse().unwrap_or(MessageStatus::Failed)
+    /// The request's typed status; a value the type does not know is an error.
+    pub fn status(&self) -> Result<RequestStatus, StoreError> {
+        parse_status(&self.status)
+    }
+
+    /// The answer message's typed status; a value the type does not know is an error.
+    pub fn message_status(&self) -> Result<MessageStatus, StoreError> {
+        parse_status(&self.message_status)
     }
 }
 
@@ -465,10 +473,10 @@ async fn refused(tx: &mut UserTx, message: MessageId) -> Result<Written, StoreEr
         .await
         .map_err(StoreError::db("reading a message's state"))?
         .ok_or(StoreError::NotFound("message"))?;
-    let status: String = row.get("status");
+    let status: String = column(&row, "status")?;
     Ok(Written::Refused {
-        status: status.parse().unwrap_or(MessageStatus::Failed),
-        bytes: row.get("bytes"),
+        status: parse_status(&status)?,
+        bytes: column(&row, "bytes")?,
     })
 }
 
@@ -495,7 +503,7 @@ pub async fn append(
     .map_err(StoreError::db("appending to a message"))?;
     match row {
         Some(row) => Ok(Written::Done {
-            bytes: row.get("bytes"),
+            bytes: column(&row, "bytes")?,
         }),
         None => refused(tx, message).await,
     }
@@ -555,7 +563,7 @@ pub async fn complete(
     };
     end_request(tx, ending, "completed", None).await?;
     Ok(Written::Done {
-        bytes: row.get("bytes"),
+        bytes: column(&row, "bytes")?,
     })
 }
 
@@ -588,7 +596,7 @@ pub async fn fail(tx: &mut UserTx, ending: &Ending<'_>, error: &str) -> Result<W
     };
     end_request(tx, ending, "failed", Some(error)).await?;
     Ok(Written::Done {
-        bytes: row.get("bytes"),
+        bytes: column(&row, "bytes")?,
     })
 }
 
@@ -745,24 +753,24 @@ pub async fn answer_state(tx: &mut UserTx, id: MessageId, from: i64) -> Result<A
     .await
     .map_err(StoreError::db("reading an answer's state"))?
     .ok_or(StoreError::NotFound("message"))?;
-    let status: String = row.get("status");
+    let status: String = column(&row, "status")?;
     Ok(AnswerState {
-        message_id: row.get("id"),
-        conversation_id: row.get("conversation_id"),
-        role: row.get("role"),
-        status: status.parse().unwrap_or(MessageStatus::Failed),
-        bytes: row.get("bytes"),
-        tail: row.get("tail"),
-        model: row.get("model"),
-        prompt_tokens: row.get("prompt_tokens"),
-        completion_tokens: row.get("completion_tokens"),
-        error: row.get("error"),
-        citations: row.get("citations"),
-        request_id: row.get("request_id"),
-        user_message_id: row.get("user_message_id"),
-        request_status: row.get("request_status"),
-        results: row.get("results"),
-        cost: row.get("cost"),
+        message_id: column(&row, "id")?,
+        conversation_id: column(&row, "conversation_id")?,
+        role: column(&row, "role")?,
+        status: parse_status(&status)?,
+        bytes: column(&row, "bytes")?,
+        tail: column(&row, "tail")?,
+        model: column(&row, "model")?,
+        prompt_tokens: column(&row, "prompt_tokens")?,
+        completion_tokens: column(&row, "completion_tokens")?,
+        error: column(&row, "error")?,
+        citations: column(&row, "citations")?,
+        request_id: column(&row, "request_id")?,
+        user_message_id: column(&row, "user_message_id")?,
+        request_status: column(&row, "request_status")?,
+        results: column(&row, "results")?,
+        cost: column(&row, "cost")?,
     })
 }
 

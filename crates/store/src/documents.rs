@@ -69,9 +69,9 @@ pub struct Document {
 }
 
 impl Document {
-    /// The typed status.
-    pub fn status(&self) -> DocumentStatus {
-        self.status.parse().unwrap_or(DocumentStatus::Failed)
+    /// The typed status; a value the type does not know is an error, not a guess.
+    pub fn status(&self) -> Result<DocumentStatus, StoreError> {
+        crate::rows::parse_status(&self.status)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod monitoring;
 pub mod quotas;
 pub mod reprocess;
 pub mod retry;
+mod rows;
 pub mod search;
 pub mod usage;
 mod user_tx;

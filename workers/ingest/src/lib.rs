@@ -199,7 +199,7 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
         Err(e) => return Err(e.into()),
     };
     let pending = match &job.reprocess {
-        None if document.status().is_terminal() => return Ok(Outcome::Skipped),
+        None if document.status()?.is_terminal() => return Ok(Outcome::Skipped),
         None => None,
         Some(run) => match Pending::from_column(document.reprocess.as_ref()) {
             Some(p) if &p.run == run && p.in_flight() => Some(p),
@@ -208,7 +208,7 @@ pub async fn ingest_document(ctx: &IngestContext, job: &IngestJob, job_key: &str
         },
     };
     // A ready document is redone in the background: no status changes, old chunks searchable.
-    let background = pending.is_some() && document.status() == DocumentStatus::Ready;
+    let background = pending.is_some() && document.status()? == DocumentStatus::Ready;
     let run = pending.as_ref().map(|p| p.run.as_str());
     let embedder = match &pending {
         Some(p) => ctx.embedder_for(&p.embedding_model).await?,
