@@ -14,7 +14,7 @@
 //! the listening connection, so a connection that is up but deaf shows as stale.
 
 use ragpipe_core::{MessageId, MessageStatus};
-use ragpipe_store::conversations::MESSAGE_EVENTS_CHANNEL;
+use ragpipe_store::conversations::{MESSAGE_EVENTS_CHANNEL, MessageEvent};
 use ragpipe_store::liveness::Component;
 use ragpipe_store::retry::Backoff;
 use ragpipe_store::{Store, StoreError};
@@ -217,17 +217,13 @@ impl Drop for Subscription {
     }
 }
 
-/// Parses a `message_id:bytes:status` payload.
-fn parse_payload(payload: &str) -> Option<(Uuid, i64, MessageStatus)> {
-    let mut parts = payload.splitn(3, ':');
-    let id = Uuid::parse_str(parts.next()?).ok()?;
-    let bytes = parts.next()?.parse().ok()?;
-    let status = parts.next()?.parse().ok()?;
-    Some((id, bytes, status))
-}
-
 fn dispatch(slots: &Slots, payload: &str) {
-    let Some((id, bytes, status)) = parse_payload(payload) else {
+    let Some(MessageEvent {
+        message_id: id,
+        bytes,
+        status,
+    }) = MessageEvent::parse(payload)
+    else {
         tracing::warn!(payload, "unreadable message change signal");
         return;
     };
@@ -339,21 +335,5 @@ async fn listen(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_parse() {
-        let id = Uuid::now_v7();
-        assert_eq!(
-            parse_payload(&format!("{id}:42:streaming")),
-            Some((id, 42, MessageStatus::Streaming))
-        );
-        assert_eq!(parse_payload("nonsense"), None);
-        assert_eq!(parse_payload(&format!("{id}:x:complete")), None);
     }
 }

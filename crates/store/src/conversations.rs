@@ -24,6 +24,48 @@ use uuid::Uuid;
 /// The channel assistant-message changes are announced on.
 pub const MESSAGE_EVENTS_CHANNEL: &str = "ragpipe_message_events";
 
+/// The SQL expression of a [`MessageEvent`]'s payload, over columns named `id`, `bytes` and
+/// `status` (a macro, so that the statements can `concat!` it): the one place the database
+/// side of the format is written.
+macro_rules! message_event_payload {
+    () => {
+        "id::text || ':' || bytes || ':' || status"
+    };
+}
+
+/// One [`MESSAGE_EVENTS_CHANNEL`] notification: a message changed, it is now `bytes` long and
+/// `status`. Its payload is `message_id:bytes:status`; [`MessageEvent::payload`] and
+/// `message_event_payload!` write it, [`MessageEvent::parse`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageEvent {
+    /// The message.
+    pub message_id: Uuid,
+    /// Its content's length in bytes.
+    pub bytes: i64,
+    /// Its status.
+    pub status: MessageStatus,
+}
+
+impl MessageEvent {
+    /// The notification payload.
+    pub fn payload(&self) -> String {
+        format!("{}:{}:{}", self.message_id, self.bytes, self.status)
+    }
+
+    /// Reads a payload; `None` if it is not one.
+    pub fn parse(payload: &str) -> Option<MessageEvent> {
+        let mut parts = payload.splitn(3, ':');
+        let message_id = Uuid::parse_str(parts.next()?).ok()?;
+        let bytes = parts.next()?.parse().ok()?;
+        let status = parts.next()?.parse().ok()?;
+        Some(MessageEvent {
+            message_id,
+            bytes,
+            status,
+        })
+    }
+}
+
 /// Longest title derived from a first question, in characters.
 const TITLE_CHARS: usize = 80;
 
@@ -432,12 +474,15 @@ pub async fn merge_results(
     results: &serde_json::Value,
     progress: f32,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query(concat!(
         "WITH r AS (UPDATE agent_requests SET results = results || $2, progress = greatest(progress, $3) \
-                    WHERE id = $1 RETURNING assistant_message_id) \
-         SELECT pg_notify($4, m.id::text || ':' || octet_length(m.content) || ':' || m.status) \
-         FROM r JOIN copilot_messages m ON m.id = r.assistant_message_id",
-    )
+                    WHERE id = $1 RETURNING assistant_message_id), \
+              m AS (SELECT m.id, octet_length(m.content)::bigint AS bytes, m.status \
+                    FROM r JOIN copilot_messages m ON m.id = r.assistant_message_id) \
+         SELECT pg_notify($4, ",
+        message_event_payload!(),
+        ") FROM m"
+    ))
     .bind(request)
     .bind(results)
     .bind(progress.clamp(0.0, 1.0))
@@ -488,12 +533,14 @@ pub async fn append(
     expected_bytes: i64,
     text: &str,
 ) -> Result<Written, StoreError> {
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "WITH u AS (UPDATE copilot_messages SET content = content || $3, updated_at = now() \
                     WHERE id = $1 AND status = 'streaming' AND octet_length(content) = $2 \
                     RETURNING id, octet_length(content)::bigint AS bytes, status) \
-         SELECT bytes, pg_notify($4, id::text || ':' || bytes || ':' || status) FROM u",
-    )
+         SELECT bytes, pg_notify($4, ",
+        message_event_payload!(),
+        ") FROM u"
+    ))
     .bind(message.0)
     .bind(expected_bytes)
     .bind(text)
@@ -540,12 +587,15 @@ pub async fn complete(
     ending: &Ending<'_>,
     citations: &serde_json::Value,
 ) -> Result<Written, StoreError> {
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "WITH u AS (UPDATE copilot_messages SET content = content || $3, status = 'complete', citations = $4, \
                            model = $5, prompt_tokens = $6, completion_tokens = $7, updated_at = now(), completed_at = now() \
                     WHERE id = $1 AND status = 'streaming' AND octet_length(content) = $2 \
                     RETURNING id, octet_length(content)::bigint AS bytes, status) \
-         SELECT bytes, pg_notify($8, id::text || ':' || bytes || ':' || status) FROM u",
+         SELECT bytes, pg_notify($8, ",
+        message_event_payload!(),
+        ") FROM u"
+    ),
     )
     .bind(ending.message.0)
     .bind(ending.expected_bytes)
@@ -571,15 +621,17 @@ pub async fn complete(
 /// length is the expected one; otherwise the text stays as it is). The request fails too.
 /// Refused only when the message is no longer streaming.
 pub async fn fail(tx: &mut UserTx, ending: &Ending<'_>, error: &str) -> Result<Written, StoreError> {
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "WITH u AS (UPDATE copilot_messages SET \
                            content = CASE WHEN octet_length(content) = $2 THEN content || $3 ELSE content END, \
                            status = 'failed', error = $4, model = $5, prompt_tokens = $6, completion_tokens = $7, \
                            updated_at = now(), completed_at = now() \
                     WHERE id = $1 AND status = 'streaming' \
                     RETURNING id, octet_length(content)::bigint AS bytes, status) \
-         SELECT bytes, pg_notify($8, id::text || ':' || bytes || ':' || status) FROM u",
-    )
+         SELECT bytes, pg_notify($8, ",
+        message_event_payload!(),
+        ") FROM u"
+    ))
     .bind(ending.message.0)
     .bind(ending.expected_bytes)
     .bind(ending.tail)
@@ -645,14 +697,17 @@ async fn end_request(
 /// Fails an answer whose job was given up before it could write (retrieval kept failing, the
 /// prompt could not be built): the message keeps whatever text it has.
 pub async fn give_up(tx: &mut UserTx, request: Uuid, error: &str) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query(concat!(
         "WITH r AS (UPDATE agent_requests SET status = 'failed', error = $2, progress = 1, \
                            finished_at = coalesce(finished_at, now()) \
                     WHERE id = $1 AND status IN ('queued', 'running') RETURNING assistant_message_id), \
               u AS (UPDATE copilot_messages m SET status = 'failed', error = $2, updated_at = now(), completed_at = now() \
                     FROM r WHERE m.id = r.assistant_message_id AND m.status = 'streaming' \
                     RETURNING m.id, octet_length(m.content)::bigint AS bytes, m.status) \
-         SELECT pg_notify($3, id::text || ':' || bytes || ':' || status) FROM u",
+         SELECT pg_notify($3, ",
+        message_event_payload!(),
+        ") FROM u"
+    ),
     )
     .bind(request)
     .bind(error)
@@ -686,9 +741,14 @@ pub async fn cancel(tx: &mut UserTx, message_id: MessageId) -> Result<Message, S
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("cancelling an agent request"))?;
+    let event = MessageEvent {
+        message_id: m.id,
+        bytes: m.content.len() as i64,
+        status: MessageStatus::Cancelled,
+    };
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(MESSAGE_EVENTS_CHANNEL)
-        .bind(format!("{}:{}:cancelled", m.id, m.content.len()))
+        .bind(event.payload())
         .execute(tx.conn())
         .await
         .map_err(StoreError::db("announcing a cancellation"))?;
@@ -776,4 +836,22 @@ pub async fn answer_state(tx: &mut UserTx, id: MessageId, from: i64) -> Result<A
 
 fn clamp_i32(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_events_round_trip_and_refuse_what_is_not_one() {
+        let event = MessageEvent {
+            message_id: Uuid::now_v7(),
+            bytes: 42,
+            status: MessageStatus::Streaming,
+        };
+        assert_eq!(event.payload(), format!("{}:42:streaming", event.message_id));
+        assert_eq!(MessageEvent::parse(&event.payload()), Some(event));
+        assert_eq!(MessageEvent::parse("nonsense"), None);
+        assert_eq!(MessageEvent::parse(&format!("{}:x:complete", event.message_id)), None);
+    }
 }
