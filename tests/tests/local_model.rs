@@ -130,11 +130,16 @@ async fn the_local_model_finds_a_paraphrase_the_hashed_embedder_misses(pool: PgP
     let mut request = SearchRequest::new(QUESTION);
     request.mode = SearchMode::Vector;
     request.k = 4;
-    let hits = retriever.search(user, &request).await.expect("search");
+    let searched = retriever
+        .search_ranked(user, &request, &ragpipe_agent::retrieve::QueryUsage::search())
+        .await
+        .expect("search");
+    assert!(!searched.query_truncated);
     assert_eq!(
-        hits.first().map(|h| h.filename.as_str()),
+        searched.hits.first().map(|h| h.filename.as_str()),
         Some("credentials.txt"),
-        "{hits:?}"
+        "{:?}",
+        searched.hits
     );
 
     // A query longer than the model reads (256 word pieces) is still searched: embedded from
@@ -145,14 +150,16 @@ async fn the_local_model_finds_a_paraphrase_the_hashed_embedder_misses(pool: PgP
     let mut request = SearchRequest::new(&long);
     request.mode = SearchMode::Vector;
     request.k = 4;
-    let hits = retriever
-        .search(user, &request)
+    let searched = retriever
+        .search_ranked(user, &request, &ragpipe_agent::retrieve::QueryUsage::search())
         .await
         .expect("a long query is searched");
+    assert!(searched.query_truncated, "the caller is told the query was cut");
     assert_eq!(
-        hits.first().map(|h| h.filename.as_str()),
+        searched.hits.first().map(|h| h.filename.as_str()),
         Some("credentials.txt"),
-        "{hits:?}"
+        "{:?}",
+        searched.hits
     );
     let mut tx = store.user_tx(user).await.expect("tx");
     let queries: Vec<(i64, f64)> = sqlx::query_as(

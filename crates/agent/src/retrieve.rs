@@ -313,15 +313,19 @@ impl Retriever {
         usage: &QueryUsage,
     ) -> Result<Searched, RetrieveError> {
         let Some(reranker) = &self.reranker else {
-            let hits = self.fused(user, request, usage).await?;
-            return Ok(Searched { hits, rerank: None });
+            let (hits, query_truncated) = self.fused(user, request, usage).await?;
+            return Ok(Searched {
+                hits,
+                rerank: None,
+                query_truncated,
+            });
         };
         let k = request.k as usize;
         let widened = SearchRequest {
             k: request.k.max(reranker.top_n().min(MAX_K as usize) as u32),
             ..request.clone()
         };
-        let mut hits = self.fused(user, &widened, usage).await?;
+        let (mut hits, query_truncated) = self.fused(user, &widened, usage).await?;
         let n = reranker.top_n().min(hits.len());
         let documents: Vec<&str> = hits[..n].iter().map(|h| h.content.as_str()).collect();
         let report = match reranker.rerank(&request.query, &documents).await {
@@ -384,6 +388,7 @@ impl Retriever {
         Ok(Searched {
             hits,
             rerank: Some(report),
+            query_truncated,
         })
     }
 
@@ -401,14 +406,16 @@ impl Retriever {
         Ok(self.search_ranked(user, request, usage).await?.hits)
     }
 
-    /// The fused search, without the rerank stage.
+    /// The fused search, without the rerank stage, and whether an embedding model read only the
+    /// head of the query.
     async fn fused(
         &self,
         user: UserId,
         request: &SearchRequest,
         usage: &QueryUsage,
-    ) -> Result<Vec<SearchHit>, RetrieveError> {
+    ) -> Result<(Vec<SearchHit>, bool), RetrieveError> {
         request.validate()?;
+        let mut query_truncated = false;
         let mut embedded: Vec<(Embedder, Vec<f32>)> = Vec::new();
         let mut calls: Vec<NewUsage<'_>> = Vec::new();
         let mut failed: Option<LlmError> = None;
@@ -430,6 +437,7 @@ impl Retriever {
                             calls.push(self.query_call(model.model(), &out, usage));
                         }
                         if out.truncated > 0 {
+                            query_truncated = true;
                             tracing::info!(
                                 model = model.model(),
                                 "the query is longer than the embedding model reads: its vector is of its head"
@@ -483,7 +491,7 @@ impl Retriever {
         }
         .await;
         match searched {
-            Ok(hits) => Ok(hits),
+            Ok(hits) => Ok((hits, query_truncated)),
             Err(e) => {
                 // The calls were made and billed: record them on their own (the keys make a
                 // record that did commit count once).
@@ -556,6 +564,10 @@ pub struct Searched {
     /// The rerank stage's report; none when no reranker is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rerank: Option<RerankReport>,
+    /// Whether the query was longer than an embedding model reads, so that its vector is of
+    /// the query's head (the text leg read all of it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub query_truncated: bool,
 }
 
 /// What the rerank stage did with one search.

@@ -27,6 +27,10 @@ pub struct SearchResponse {
     /// are in its order, and if not, why the fused order was kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rerank: Option<RerankReport>,
+    /// Present and true when the query was longer than the embedding model reads (the local
+    /// model: 256 word pieces): its vector is of the query's head; the text leg read it all.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub query_truncated: bool,
 }
 
 /// `POST /v1/search`.
@@ -45,6 +49,7 @@ pub async fn search(
         k: request.k,
         hits: searched.hits,
         rerank: searched.rerank,
+        query_truncated: searched.query_truncated,
     }))
 }
 
