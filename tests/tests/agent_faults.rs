@@ -30,12 +30,7 @@ async fn a_stream_cut_mid_answer_is_continued_to_the_whole_answer_once(
         .inject(Route::ChatCompletions, Fault::CutAfter { deltas: 5 }, 1);
     let alice = &system.alice;
     let conversation = system.conversation(alice).await;
-    let events = system.ask_stream(alice, &conversation, QUESTION).await.rest().await;
-    assert_eq!(
-        shape(&events),
-        ["message", "context", "delta*", "usage", "done"],
-        "{events:#?}"
-    );
+    let events = system.ask_answered(alice, &conversation, QUESTION).await;
     assert_eq!(delta_text(&events), full, "the whole answer, no gap and no repeat");
 
     let message_id = events[0].json()["message_id"].as_str().expect("id").to_owned();
@@ -239,12 +234,7 @@ async fn refusals_before_the_first_delta_are_retried_and_the_answer_written_once
     system.model().push_reply(reply.clone());
     let alice = &system.alice;
     let conversation = system.conversation(alice).await;
-    let events = system.ask_stream(alice, &conversation, QUESTION).await.rest().await;
-    assert_eq!(
-        shape(&events),
-        ["message", "context", "delta*", "usage", "done"],
-        "{events:#?}"
-    );
+    let events = system.ask_answered(alice, &conversation, QUESTION).await;
     assert_eq!(delta_text(&events), reply.full_text());
     assert_eq!(system.model().requests_to(Route::ChatCompletions).len(), 3);
     let rows = system.chat_usage().await;

@@ -394,12 +394,7 @@ async fn a_duplicated_passage_is_one_source_that_names_its_copies(options: PgPoo
         .model()
         .push_reply(ScriptedReply::text("Batched by count and tokens [1]."));
     let conversation = system.conversation(alice).await;
-    let events = system.ask_stream(alice, &conversation, QUESTION).await.rest().await;
-    assert_eq!(
-        shape(&events),
-        ["message", "context", "delta*", "usage", "done"],
-        "{events:#?}"
-    );
+    let events = system.ask_answered(alice, &conversation, QUESTION).await;
     let context = events[1].json();
     let sources = context["sources"].as_array().expect("sources");
     let batching: Vec<&Value> = sources

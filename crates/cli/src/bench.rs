@@ -4,7 +4,6 @@
 use anyhow::Context;
 use ragpipe_core::{Config, UserId};
 use ragpipe_store::{Store, documents};
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// Deterministic pseudo-random numbers (xorshift64*), so every run generates the same corpus.
@@ -158,17 +157,26 @@ pub async fn upload_corpus(
     for i in 0..docs {
         let text = corpus.document(i, words);
         total_bytes += text.len();
-        let new = documents::NewDocument {
-            filename: &Corpus::filename(i),
-            content_type: "text/markdown",
-            bytes: text.as_bytes(),
-            sha256: Sha256::digest(text.as_bytes()).into(),
-            metadata: serde_json::json!({}),
-        };
+        let filename = Corpus::filename(i);
+        let new = documents::NewDocument::new(&filename, "text/markdown", text.as_bytes(), serde_json::json!({}));
         documents::create(&mut tx, &new, max_attempts).await?;
     }
     tx.commit().await?;
     Ok(total_bytes)
+}
+
+/// The files directly in `dir`, sorted by path (the benchmarks' corpora of real documents).
+pub fn files_in(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context;
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        if path.is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
 }
 
 /// Waits until none of `user`'s documents is still in the pipeline (each is ready or failed).

@@ -127,12 +127,7 @@ pub async fn run(config: Config, args: BenchEmbedArgs) -> anyhow::Result<()> {
 
 /// The first `args.inputs` chunks of the documents, chunked as ingest chunks for the local model.
 fn chunk_texts(config: &Config, args: &BenchEmbedArgs, embedder: &Embedder) -> anyhow::Result<Vec<String>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&args.documents)
-        .with_context(|| format!("reading {}", args.documents.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    paths.sort();
+    let paths = crate::bench::files_in(&args.documents)?;
     let chunker = ragpipe_ingest_worker::chunker_for(ChunkSettings::from_config(&config.chunking), embedder)
         .context("building the chunker")?;
     let limits = Limits::from_config(&config.limits);

@@ -10,7 +10,6 @@ use clap::Args;
 use ragpipe_core::config::{EmbeddingProvider, ModelEndpoint};
 use ragpipe_core::{Config, UserId};
 use ragpipe_store::{Store, documents, users};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -142,14 +141,8 @@ fn describe_embedding(endpoint: &ModelEndpoint) -> String {
 
 /// The files of `dir` that ingest reads, by name.
 fn read_files(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    paths.sort();
     let mut files = Vec::new();
-    for path in paths {
+    for path in crate::bench::files_in(dir)? {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         if ragpipe_ingest::detect(&bytes).is_ok() {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
@@ -242,13 +235,7 @@ async fn upload_files(
         let format = ragpipe_ingest::detect(bytes).with_context(|| format!("reading {name}"))?;
         documents::create(
             &mut tx,
-            &documents::NewDocument {
-                filename: name,
-                content_type: format.content_type(),
-                bytes,
-                sha256: Sha256::digest(bytes).into(),
-                metadata: serde_json::json!({}),
-            },
+            &documents::NewDocument::new(name, format.content_type(), bytes, serde_json::json!({})),
             max_attempts,
         )
         .await?;

@@ -474,13 +474,12 @@ pub async fn ingest_corpus(
         let mut tx = store.user_tx(user).await?;
         let stored = documents::create(
             &mut tx,
-            &documents::NewDocument {
-                filename: &name,
-                content_type: format.content_type(),
-                bytes: &bytes,
-                sha256: Sha256::digest(&bytes).into(),
-                metadata: serde_json::json!({"source": "ragpipe eval"}),
-            },
+            &documents::NewDocument::new(
+                &name,
+                format.content_type(),
+                &bytes,
+                serde_json::json!({"source": "ragpipe eval"}),
+            ),
             config.worker.max_attempts,
         )
         .await?;

@@ -6,7 +6,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_store::retry::{RetryPolicy, retry};
 use ragpipe_store::{Store, StoreError, documents};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -165,13 +164,12 @@ pub async fn ingest_paths(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| display.clone());
-        let new = documents::NewDocument {
-            filename: &filename,
-            content_type: format.content_type(),
-            bytes: &bytes,
-            sha256: Sha256::digest(&bytes).into(),
-            metadata: serde_json::json!({ "source_path": display }),
-        };
+        let new = documents::NewDocument::new(
+            &filename,
+            format.content_type(),
+            &bytes,
+            serde_json::json!({ "source_path": display }),
+        );
         // Retried on a dropped connection: identical bytes return the document already created,
         // so an upload whose commit went through before the connection dropped is not doubled.
         let new = &new;

@@ -36,6 +36,14 @@ macro_rules! string_enum {
                 }
             }
         }
+
+        /// For decoding a status column strictly (`#[sqlx(try_from = "String")]`).
+        impl TryFrom<String> for $name {
+            type Error = UnknownStatus;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
     };
 }
 

@@ -757,7 +757,7 @@ pub async fn cancel(tx: &mut UserTx, message_id: MessageId) -> Result<Message, S
 
 /// An assistant message as a stream reader sees it: its state, the text after a byte offset,
 /// and what its request recorded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AnswerState {
     /// The message.
     pub message_id: Uuid,
@@ -766,6 +766,7 @@ pub struct AnswerState {
     /// `user` or `assistant`.
     pub role: String,
     /// Its status.
+    #[sqlx(try_from = "String")]
     pub status: MessageStatus,
     /// Length of its content in bytes.
     pub bytes: i64,
@@ -797,8 +798,8 @@ pub struct AnswerState {
 /// The state of message `id` with its content after byte `from` (`NotFound` for another
 /// user's message).
 pub async fn answer_state(tx: &mut UserTx, id: MessageId, from: i64) -> Result<AnswerState, StoreError> {
-    let row = sqlx::query(
-        "SELECT m.id, m.conversation_id, m.role, m.status, octet_length(m.content)::bigint AS bytes, \
+    sqlx::query_as(
+        "SELECT m.id AS message_id, m.conversation_id, m.role, m.status, octet_length(m.content)::bigint AS bytes, \
                 CASE WHEN octet_length(m.content) > $2 THEN substring(convert_to(m.content, 'UTF8') FROM $2::int + 1) \
                      ELSE ''::bytea END AS tail, \
                 m.model, m.prompt_tokens, m.completion_tokens, m.error, m.citations, \
@@ -812,26 +813,7 @@ pub async fn answer_state(tx: &mut UserTx, id: MessageId, from: i64) -> Result<A
     .fetch_optional(tx.conn())
     .await
     .map_err(StoreError::db("reading an answer's state"))?
-    .ok_or(StoreError::NotFound("message"))?;
-    let status: String = column(&row, "status")?;
-    Ok(AnswerState {
-        message_id: column(&row, "id")?,
-        conversation_id: column(&row, "conversation_id")?,
-        role: column(&row, "role")?,
-        status: parse_status(&status)?,
-        bytes: column(&row, "bytes")?,
-        tail: column(&row, "tail")?,
-        model: column(&row, "model")?,
-        prompt_tokens: column(&row, "prompt_tokens")?,
-        completion_tokens: column(&row, "completion_tokens")?,
-        error: column(&row, "error")?,
-        citations: column(&row, "citations")?,
-        request_id: column(&row, "request_id")?,
-        user_message_id: column(&row, "user_message_id")?,
-        request_status: column(&row, "request_status")?,
-        results: column(&row, "results")?,
-        cost: column(&row, "cost")?,
-    })
+    .ok_or(StoreError::NotFound("message"))
 }
 
 fn clamp_i32(n: u64) -> i32 {

@@ -90,6 +90,20 @@ pub struct NewDocument<'a> {
     pub metadata: serde_json::Value,
 }
 
+impl<'a> NewDocument<'a> {
+    /// An upload of `bytes`, their sha256 computed here.
+    pub fn new(filename: &'a str, content_type: &'a str, bytes: &'a [u8], metadata: serde_json::Value) -> Self {
+        use sha2::{Digest, Sha256};
+        NewDocument {
+            filename,
+            content_type,
+            bytes,
+            sha256: Sha256::digest(bytes).into(),
+            metadata,
+        }
+    }
+}
+
 /// What storing an upload did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stored {

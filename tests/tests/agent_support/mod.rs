@@ -97,6 +97,18 @@ impl System {
         body["id"].as_str().expect("conversation id").to_owned()
     }
 
+    /// Asks `question` in `conversation`, reads the stream to its end and checks that it is an
+    /// answer that completed: `message`, `context`, deltas, `usage`, `done`.
+    pub async fn ask_answered(&self, user: &TestUser, conversation: &str, question: &str) -> Vec<SseEvent> {
+        let events = self.ask_stream(user, conversation, question).await.rest().await;
+        assert_eq!(
+            shape(&events),
+            ["message", "context", "delta*", "usage", "done"],
+            "{events:#?}"
+        );
+        events
+    }
+
     /// Asks `question` in `conversation` with `Accept: text/event-stream`.
     pub async fn ask_stream(&self, user: &TestUser, conversation: &str, question: &str) -> SseClient {
         let response = self
