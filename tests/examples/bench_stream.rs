@@ -20,7 +20,6 @@
 
 use ragpipe_core::Config;
 use ragpipe_llm::{ChatMessage, ChatModel, ChatRequest};
-use ragpipe_store::Store;
 use ragpipe_tests::app::TestApp;
 use ragpipe_tests::openai_server::{OpenAiServer, Route, ScriptedReply};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -161,16 +160,20 @@ fn first_token(model: &OpenAiServer, question: &str) -> Option<Instant> {
 async fn main() {
     let args = args();
     let base = Config::load(None).expect("configuration");
-    let admin = Store::connect(&base).await.expect("connecting");
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(base.database_url.parse::<PgConnectOptions>().expect("DATABASE_URL"))
+        .await
+        .expect("connecting");
     let db = &args.database;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
     )))
-    .execute(admin.pool())
+    .execute(&admin)
     .await
     .expect("dropping the bench database");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-        .execute(admin.pool())
+        .execute(&admin)
         .await
         .expect("creating the bench database");
     let options: PgConnectOptions = base.database_url.parse().expect("DATABASE_URL");
@@ -353,6 +356,6 @@ async fn main() {
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
     )))
-    .execute(admin.pool())
+    .execute(&admin)
     .await;
 }

@@ -45,6 +45,7 @@ pub struct TestApp {
     pub store: Store,
     /// The configuration the API (and every task) was started with.
     pub config: Arc<Config>,
+    pool: PgPool,
     shutdown: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
     ops_server: Option<JoinHandle<std::io::Result<()>>>,
@@ -137,6 +138,7 @@ impl TestAppBuilder {
 
     /// Migrates the database, starts the tasks, then serves the router on 127.0.0.1:0.
     pub async fn start(self) -> TestApp {
+        let pool = self.pool.clone();
         let store = Store::from_pool(self.pool);
         store
             .migrate(&self.config.embedding)
@@ -174,6 +176,7 @@ impl TestAppBuilder {
             ops_base_url: format!("http://{ops_addr}"),
             client,
             store,
+            pool,
             config,
             shutdown,
             server: Some(server),
@@ -204,7 +207,7 @@ impl TestApp {
 
     /// The pool, for assertions straight on the database (as a superuser: RLS does not apply).
     pub fn pool(&self) -> &PgPool {
-        self.store.pool()
+        &self.pool
     }
 
     /// `base_url` + `path`.

@@ -8,15 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[sqlx::test(migrations = false)]
 async fn tasks_start_with_the_app_and_stop_with_it(pool: PgPool) {
+    let probe = pool.clone();
     let stopped = Arc::new(AtomicBool::new(false));
     let seen_stop = stopped.clone();
     let app = TestApp::builder(pool)
         .config(|c| c.worker.max_attempts = 3)
-        .with_task("probe", move |store, config, shutdown| {
+        .with_task("probe", move |_store, config, shutdown| {
             tokio::spawn(async move {
                 // The schema is migrated before any task starts.
                 let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-                    .fetch_one(store.pool())
+                    .fetch_one(&probe)
                     .await
                     .expect("the schema exists");
                 shutdown.cancelled().await;

@@ -13,19 +13,21 @@
 //! - [`answer`]: one question answered: retrieve, prompt, stream the model into the assistant
 //!   message (flushed at a bounded interval), complete/fail/cancel it, one usage event; a
 //!   follow-up is condensed into a standalone query first (chat model) or carried over.
-//! - [`feed`]: change signals of assistant messages (PostgreSQL LISTEN), one connection per
-//!   process, so readers and the worker learn of changes wherever they were made.
+//! - [`feed`] (re-exported from `ragpipe_store::feed`): change signals of assistant messages
+//!   (PostgreSQL LISTEN), one connection per process, so readers and the worker learn of changes
+//!   wherever they were made.
 //! - [`follow`]: the SSE protocol's events derived from the message row, resumable at any
 //!   event id.
 
 pub mod answer;
 pub mod eval;
-pub mod feed;
 pub mod follow;
 pub mod followup;
 pub mod prompt;
 pub mod retrieve;
 pub mod sources;
+
+pub use ragpipe_store::feed;
 
 pub use answer::{AnswerContext, AnswerError, FlushPolicy, Outcome};
 pub use feed::MessageFeed;

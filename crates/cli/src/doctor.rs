@@ -4,6 +4,7 @@
 use ragpipe_core::Config;
 use ragpipe_core::config::ModelEndpoint;
 use ragpipe_store::Store;
+use ragpipe_store::migrate::Pgvector;
 use serde::Serialize;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -90,31 +91,16 @@ fn fail(name: &'static str, detail: String) -> Check {
 }
 
 async fn pgvector(store: &Store) -> Check {
-    let installed: Result<Option<String>, _> =
-        sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-            .fetch_optional(store.pool())
-            .await;
-    match installed {
-        Ok(Some(version)) => ok("pgvector", format!("version {version}")),
-        Ok(None) => {
-            let available: Option<String> =
-                sqlx::query_scalar("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
-                    .fetch_optional(store.pool())
-                    .await
-                    .ok()
-                    .flatten();
-            match available {
-                Some(v) => fail(
-                    "pgvector",
-                    format!("pgvector {v} is available but not created in this database: run `ragpipe migrate`"),
-                ),
-                None => fail(
-                    "pgvector",
-                    "the pgvector extension is not installed on this server: run scripts/setup or install pgvector"
-                        .into(),
-                ),
-            }
-        }
+    match store.pgvector().await {
+        Ok(Pgvector::Created(version)) => ok("pgvector", format!("version {version}")),
+        Ok(Pgvector::Available(v)) => fail(
+            "pgvector",
+            format!("pgvector {v} is available but not created in this database: run `ragpipe migrate`"),
+        ),
+        Ok(Pgvector::Missing) => fail(
+            "pgvector",
+            "the pgvector extension is not installed on this server: run scripts/setup or install pgvector".into(),
+        ),
         Err(e) => fail("pgvector", format!("checking for pgvector: {e}")),
     }
 }

@@ -1,6 +1,7 @@
 //! API keys: created once, shown once, stored as a sha256 hash.
 
-use crate::{APP_ROLE, Store, StoreError};
+use crate::operator::Reason;
+use crate::{Store, StoreError};
 use chrono::{DateTime, Utc};
 use ragpipe_core::UserId;
 use rand::Rng;
@@ -86,40 +87,30 @@ pub async fn authenticate(store: &Store, key: &str) -> Result<Option<Authenticat
         return Ok(None);
     }
     let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::db("beginning authentication"))?;
-    sqlx::query("SELECT set_config('role', $1, true), set_config('ragpipe.api_key_sha256', $2, true)")
-        .bind(APP_ROLE)
-        .bind(hex::encode(hash(key)))
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db("presenting an api key"))?;
+        .operator_tx(Reason::KeyLookup {
+            key_sha256: hex::encode(hash(key)),
+        })
+        .await?;
     let row: Option<(Uuid, Uuid)> =
         sqlx::query_as("SELECT id, user_id FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL")
             .bind(hash(key))
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.conn())
             .await
             .map_err(StoreError::db("looking up an api key"))?;
     let Some((key_id, user_id)) = row else {
         return Ok(None);
     };
     // Now acting as the owner: record the use (at most once a minute, to keep reads cheap).
-    sqlx::query("SELECT set_config('ragpipe.user_id', $1, true)")
-        .bind(user_id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db("acting as the key's owner"))?;
+    tx.act_as(UserId(user_id)).await?;
     sqlx::query(
         "UPDATE api_keys SET last_used_at = now() \
          WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
     )
     .bind(key_id)
-    .execute(&mut *tx)
+    .execute(tx.conn())
     .await
     .map_err(StoreError::db("recording api key use"))?;
-    tx.commit().await.map_err(StoreError::db("committing authentication"))?;
+    tx.commit().await?;
     Ok(Some(Authenticated {
         user_id: UserId(user_id),
         key_id,

@@ -5,6 +5,7 @@
 //! a partial HNSW index over `embedding::vector(dim)` restricted to its own rows; queries use the
 //! same expression and predicate so the planner picks that index.
 
+use crate::operator::Reason;
 use crate::{Store, StoreError};
 use sha2::{Digest, Sha256};
 
@@ -42,10 +43,10 @@ pub async fn ensure(store: &Store, model: &str, dim: u32, base_url: Option<&str>
             "embedding dimension {dim} is outside 1..=2000"
         )));
     }
-    let pool = store.pool();
+    let mut tx = store.operator_tx(Reason::Shared).await?;
     let existing: Option<i32> = sqlx::query_scalar("SELECT dim FROM embedding_models WHERE model = $1")
         .bind(model)
-        .fetch_optional(pool)
+        .fetch_optional(tx.conn())
         .await
         .map_err(StoreError::db("reading embedding models"))?;
     if let Some(recorded) = existing
@@ -59,10 +60,9 @@ pub async fn ensure(store: &Store, model: &str, dim: u32, base_url: Option<&str>
     let name = index_name(model, dim);
     let index_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(&name)
-        .fetch_one(pool)
+        .fetch_one(tx.conn())
         .await
         .map_err(StoreError::db("looking for the embedding index"))?;
-    let mut tx = pool.begin().await.map_err(StoreError::db("beginning"))?;
     sqlx::query(
         "INSERT INTO embedding_models (model, dim, index_name, base_url) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (model) DO UPDATE SET base_url = EXCLUDED.base_url \
@@ -72,7 +72,7 @@ pub async fn ensure(store: &Store, model: &str, dim: u32, base_url: Option<&str>
     .bind(dim as i32)
     .bind(&name)
     .bind(base_url)
-    .execute(&mut *tx)
+    .execute(tx.conn())
     .await
     .map_err(StoreError::db("recording the embedding model"))?;
     if !index_exists {
@@ -83,22 +83,23 @@ pub async fn ensure(store: &Store, model: &str, dim: u32, base_url: Option<&str>
         );
         // Audited: the dimension is an integer and the model a quoted literal.
         sqlx::query(sqlx::AssertSqlSafe(ddl))
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await
             .map_err(StoreError::db("creating the embedding index"))?;
     }
-    tx.commit()
-        .await
-        .map_err(StoreError::db("committing the embedding model"))?;
+    tx.commit().await?;
     Ok(!index_exists)
 }
 
 /// Every recorded model.
 pub async fn list(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
-    sqlx::query_as("SELECT model, dim, index_name, base_url FROM embedding_models ORDER BY created_at")
-        .fetch_all(store.pool())
+    let mut tx = store.operator_tx(Reason::Shared).await?;
+    let models = sqlx::query_as("SELECT model, dim, index_name, base_url FROM embedding_models ORDER BY created_at")
+        .fetch_all(tx.conn())
         .await
-        .map_err(StoreError::db("listing embedding models"))
+        .map_err(StoreError::db("listing embedding models"))?;
+    tx.commit().await?;
+    Ok(models)
 }
 
 /// The recorded models that have at least one chunk (of any user): during a migration from one
@@ -106,26 +107,27 @@ pub async fn list(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
 /// pool connects as; the names come from `ragpipe_embedding_models_in_use()` (migration
 /// `..._embedding_models_in_use.sql`), which sees every chunk's model and returns only names.
 pub async fn with_chunks(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
-    let mut tx = crate::monitoring::begin(store).await?;
+    let mut tx = store.operator_tx(Reason::Monitoring).await?;
     let models = sqlx::query_as(
         "SELECT m.model, m.dim, m.index_name, m.base_url FROM embedding_models AS m \
          WHERE m.model IN (SELECT u.model FROM ragpipe_embedding_models_in_use() AS u) \
          ORDER BY m.created_at, m.model",
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("listing embedding models in use"))?;
-    tx.commit()
-        .await
-        .map_err(StoreError::db("ending the embedding model read"))?;
+    tx.commit().await?;
     Ok(models)
 }
 
 /// One recorded model.
 pub async fn get(store: &Store, model: &str) -> Result<Option<EmbeddingModel>, StoreError> {
-    sqlx::query_as("SELECT model, dim, index_name, base_url FROM embedding_models WHERE model = $1")
+    let mut tx = store.operator_tx(Reason::Shared).await?;
+    let recorded = sqlx::query_as("SELECT model, dim, index_name, base_url FROM embedding_models WHERE model = $1")
         .bind(model)
-        .fetch_optional(store.pool())
+        .fetch_optional(tx.conn())
         .await
-        .map_err(StoreError::db("reading an embedding model"))
+        .map_err(StoreError::db("reading an embedding model"))?;
+    tx.commit().await?;
+    Ok(recorded)
 }

@@ -2,6 +2,7 @@
 //! transaction (an upload and its ingest job commit together or not at all); workers consume
 //! them through apalis' PostgreSQL storage (`workers/*`).
 
+use crate::operator::Reason;
 use crate::{StoreError, UserTx};
 use apalis::prelude::TaskBuilder;
 use ragpipe_core::{DocumentId, UserId};
@@ -102,11 +103,7 @@ pub async fn remove_dead_workers(
     silent_for: std::time::Duration,
 ) -> Result<u64, StoreError> {
     let silent_for_us = i64::try_from(silent_for.as_micros()).unwrap_or(i64::MAX);
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::db("removing dead workers"))?;
+    let mut tx = store.operator_tx(Reason::Queue).await?;
     let dead: Vec<String> = sqlx::query_scalar(
         "SELECT w.id FROM apalis.workers w \
          WHERE w.worker_type = $1 \
@@ -118,7 +115,7 @@ pub async fn remove_dead_workers(
     )
     .bind(queue)
     .bind(silent_for_us as f64)
-    .fetch_all(&mut *tx)
+    .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("finding dead workers"))?;
     if dead.is_empty() {
@@ -131,7 +128,7 @@ pub async fn remove_dead_workers(
          WHERE lock_by = ANY($1) AND status NOT IN ('Running', 'Queued')",
     )
     .bind(&dead)
-    .execute(&mut *tx)
+    .execute(tx.conn())
     .await
     .map_err(StoreError::db("releasing dead workers' finished jobs"))?;
     let removed = sqlx::query(
@@ -139,11 +136,11 @@ pub async fn remove_dead_workers(
            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)",
     )
     .bind(&dead)
-    .execute(&mut *tx)
+    .execute(tx.conn())
     .await
     .map_err(StoreError::db("removing dead workers"))?
     .rows_affected();
-    tx.commit().await.map_err(StoreError::db("removing dead workers"))?;
+    tx.commit().await?;
     Ok(removed)
 }
 
@@ -170,28 +167,46 @@ pub async fn delay_retry(
     delay: std::time::Duration,
 ) -> Result<(), StoreError> {
     let delay_us = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
+    let mut tx = store.operator_tx(Reason::Queue).await?;
     sqlx::query("UPDATE apalis.jobs SET run_at = now() + make_interval(secs => $2::float8 / 1e6) WHERE id = $1")
         .bind(task_id)
         .bind(delay_us)
-        .execute(store.pool())
+        .execute(tx.conn())
         .await
         .map_err(StoreError::db("scheduling a job's retry"))?;
-    let pool = store.pool().clone();
+    tx.commit().await?;
+    let store = store.clone();
     let (queue, task_id) = (queue.to_owned(), task_id.to_owned());
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
-        let woken = sqlx::query(
-            "SELECT pg_notify('apalis::job::insert', \
-                    json_build_object('job_type', $1::text, 'id', $2::text, 'run_at', now())::text)",
-        )
-        .bind(&queue)
-        .bind(&task_id)
-        .execute(&pool)
-        .await;
+        let woken = store.notify_queue(&queue, &task_id).await;
         if let Err(e) = woken {
             // Harmless: the workers' next fetch finds the job.
             tracing::debug!(error = %e, job = %task_id, "could not wake the workers for a retry");
         }
     });
     Ok(())
+}
+
+impl crate::Store {
+    /// Wakes the workers of `queue` the way a new job `task_id` does (apalis' `NOTIFY`).
+    async fn notify_queue(&self, queue: &str, task_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.operator_tx(Reason::Queue).await?;
+        sqlx::query(
+            "SELECT pg_notify('apalis::job::insert', \
+                    json_build_object('job_type', $1::text, 'id', $2::text, 'run_at', now())::text)",
+        )
+        .bind(queue)
+        .bind(task_id)
+        .execute(tx.conn())
+        .await
+        .map_err(StoreError::db("waking a queue's workers"))?;
+        tx.commit().await
+    }
+
+    /// The job queue's storage for jobs `J`, for a worker to consume (the queue's own SQL runs
+    /// on the store's pool).
+    pub fn job_storage<J>(&self) -> apalis_postgres::PostgresStorage<J> {
+        apalis_postgres::PostgresStorage::new(&self.pool)
+    }
 }

@@ -12,10 +12,12 @@ pub mod documents;
 pub mod embedding_cache;
 pub mod embedding_models;
 mod error;
+pub mod feed;
 pub mod jobs;
 pub mod liveness;
 pub mod migrate;
 pub mod monitoring;
+mod operator;
 pub mod quotas;
 pub mod reprocess;
 pub mod retry;
@@ -80,10 +82,21 @@ impl Store {
         Store { pool }
     }
 
-    /// The pool, for the job queue's storage and for schema-level operations. User data must
-    /// not be read through it directly: use [`Store::user_tx`].
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Closes the pool: waits for connections in use to be returned, then closes them all.
+    /// Every later query fails with a closed pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The database this store connects to, as `host:port/database` (no credentials).
+    pub fn database(&self) -> String {
+        let options = self.pool.connect_options();
+        format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        )
     }
 
     /// Begins a transaction acting as `user`: row-level security shows it only that user's rows.

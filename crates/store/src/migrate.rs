@@ -9,6 +9,7 @@
 //! forward here, before the migrations run, and any other mismatch is refused with the version
 //! and what to do.
 
+use crate::operator::Reason;
 use crate::{Store, StoreError, embedding_models};
 use ragpipe_core::config::ModelEndpoint;
 use sqlx::migrate::Migrator;
@@ -90,6 +91,38 @@ impl Store {
             .map(|m| format!("{} {}", m.version, m.description))
             .collect())
     }
+
+    /// Whether the pgvector extension is created in the database, or only installed on the
+    /// server, or neither.
+    pub async fn pgvector(&self) -> Result<Pgvector, StoreError> {
+        let mut tx = self.operator_tx(Reason::Shared).await?;
+        let created: Option<String> =
+            sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+                .fetch_optional(tx.conn())
+                .await
+                .map_err(StoreError::db("looking for the pgvector extension"))?;
+        let state = match created {
+            Some(version) => Pgvector::Created(version),
+            None => sqlx::query_scalar("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+                .fetch_optional(tx.conn())
+                .await
+                .map_err(StoreError::db("looking for an installed pgvector"))?
+                .map_or(Pgvector::Missing, Pgvector::Available),
+        };
+        tx.commit().await?;
+        Ok(state)
+    }
+}
+
+/// The pgvector extension's state ([`Store::pgvector`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pgvector {
+    /// Created in the database, at this version.
+    Created(String),
+    /// Installed on the server (this default version) but not created in the database.
+    Available(String),
+    /// Not installed on the server.
+    Missing,
 }
 
 /// A released migration that was edited in place after databases had applied it.

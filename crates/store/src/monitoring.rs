@@ -6,11 +6,8 @@
 //! `ragpipe_document_status_counts()` function (migration `..._metrics.sql`), which sees every
 //! row's status and returns only counts.
 
-use crate::{APP_ROLE, Store, StoreError};
-use sqlx::{Postgres, Transaction};
-
-/// Longest a monitoring query may run: a scrape must not pile load on a struggling database.
-const STATEMENT_TIMEOUT: &str = "5s";
+use crate::operator::Reason;
+use crate::{Store, StoreError};
 
 /// Jobs waiting in one queue.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -44,7 +41,7 @@ pub struct Snapshot {
 
 /// Reads the queue and document aggregates.
 pub async fn snapshot(store: &Store) -> Result<Snapshot, StoreError> {
-    let mut tx = begin(store).await?;
+    let mut tx = store.operator_tx(Reason::Monitoring).await?;
     // The filter is the predicate of apalis' partial fetch index, so this reads that index
     // (waiting jobs only), not every job ever run.
     let queues = sqlx::query_as::<_, QueueStats>(
@@ -55,32 +52,15 @@ pub async fn snapshot(store: &Store) -> Result<Snapshot, StoreError> {
          WHERE status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts) \
          GROUP BY job_type ORDER BY job_type",
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("reading job queue depth"))?;
     let documents = sqlx::query_as::<_, StatusCount>(
         "SELECT status, documents FROM ragpipe_document_status_counts() ORDER BY status",
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("counting documents by status"))?;
-    tx.commit()
-        .await
-        .map_err(StoreError::db("ending the monitoring read"))?;
+    tx.commit().await?;
     Ok(Snapshot { queues, documents })
-}
-
-pub(crate) async fn begin(store: &Store) -> Result<Transaction<'static, Postgres>, StoreError> {
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::db("beginning a monitoring read"))?;
-    sqlx::query("SELECT set_config('role', $1, true), set_config('statement_timeout', $2, true)")
-        .bind(APP_ROLE)
-        .bind(STATEMENT_TIMEOUT)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db("switching to the application role"))?;
-    Ok(tx)
 }

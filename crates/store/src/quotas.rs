@@ -9,6 +9,7 @@
 //! Reading a user's budgets and use goes through their [`UserTx`]; changing budgets is an
 //! operator's act (`ragpipe plans set`, `ragpipe users quota`) and runs as the pool's role.
 
+use crate::operator::Reason;
 use crate::{Store, StoreError, UserTx};
 use chrono::{DateTime, Utc};
 use ragpipe_core::UserId;
@@ -262,12 +263,15 @@ pub struct Plan {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Every plan, by name. Plans are not user data: read through the pool.
+/// Every plan, by name. Plans are not user data ([`Reason::Shared`]).
 pub async fn plans(store: &Store) -> Result<Vec<Plan>, StoreError> {
-    sqlx::query_as("SELECT name, monthly_tokens, storage_bytes, updated_at FROM plans ORDER BY name")
-        .fetch_all(store.pool())
+    let mut tx = store.operator_tx(Reason::Shared).await?;
+    let plans = sqlx::query_as("SELECT name, monthly_tokens, storage_bytes, updated_at FROM plans ORDER BY name")
+        .fetch_all(tx.conn())
         .await
-        .map_err(StoreError::db("reading the plans"))
+        .map_err(StoreError::db("reading the plans"))?;
+    tx.commit().await?;
+    Ok(plans)
 }
 
 /// A budget to set: a number, or unlimited.
@@ -322,7 +326,8 @@ pub async fn set_plan(
     monthly_tokens: Option<Limit>,
     storage_bytes: Option<Limit>,
 ) -> Result<Plan, StoreError> {
-    sqlx::query_as(
+    let mut tx = store.operator_tx(Reason::Shared).await?;
+    let plan = sqlx::query_as(
         "UPDATE plans SET monthly_tokens = CASE WHEN $2 THEN $3 ELSE monthly_tokens END, \
                           storage_bytes = CASE WHEN $4 THEN $5 ELSE storage_bytes END, \
                           updated_at = now() \
@@ -333,10 +338,12 @@ pub async fn set_plan(
     .bind(monthly_tokens.and_then(Limit::value))
     .bind(storage_bytes.is_some())
     .bind(storage_bytes.and_then(Limit::value))
-    .fetch_optional(store.pool())
+    .fetch_optional(tx.conn())
     .await
     .map_err(StoreError::db("changing a plan's budgets"))?
-    .ok_or(StoreError::NotFound("plan"))
+    .ok_or(StoreError::NotFound("plan"))?;
+    tx.commit().await?;
+    Ok(plan)
 }
 
 /// A user's own budget: the plan's, or one of their own.
@@ -368,22 +375,13 @@ impl FromStr for UserBudget {
 /// this runs as the pool's role, the schema owner, in a transaction that sets the user: the
 /// table's policy still bounds the write to that user's rows. `NotFound` for an unknown user.
 pub async fn set_user_budget(store: &Store, user: UserId, quota: Quota, budget: UserBudget) -> Result<(), StoreError> {
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::db("beginning a quota change"))?;
-    sqlx::query("SELECT set_config('ragpipe.user_id', $1, true)")
-        .bind(user.0.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db("setting the user for a quota change"))?;
+    let mut tx = store.operator_tx(Reason::QuotaChange(user)).await?;
     match budget {
         UserBudget::Plan => {
             sqlx::query("DELETE FROM user_quotas WHERE user_id = $1 AND quota = $2")
                 .bind(user.0)
                 .bind(quota.as_str())
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await
                 .map_err(StoreError::db("removing a user's budget"))?;
         }
@@ -395,7 +393,7 @@ pub async fn set_user_budget(store: &Store, user: UserId, quota: Quota, budget: 
             .bind(user.0)
             .bind(quota.as_str())
             .bind(limit.value())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await
             .map_err(StoreError::db("setting a user's budget"))
             .map_err(|e| match &e {
@@ -407,7 +405,7 @@ pub async fn set_user_budget(store: &Store, user: UserId, quota: Quota, budget: 
             })?;
         }
     }
-    tx.commit().await.map_err(StoreError::db("committing a quota change"))
+    tx.commit().await
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! its status showing the stages.
 
 use crate::jobs::{INGEST_QUEUE, IngestJob, enqueue};
+use crate::operator::Reason;
 use crate::{Store, StoreError, UserTx};
 use chrono::{DateTime, Utc};
 use ragpipe_core::{DocumentId, DocumentStatus, UserId};
@@ -233,11 +234,13 @@ impl Candidate {
 /// Fails unless the store's connection can read every user's documents (a superuser or a role
 /// with BYPASSRLS, as `ragpipe migrate` uses): a batch run works across users.
 pub async fn check_admin(store: &Store) -> Result<(), StoreError> {
+    let mut tx = store.operator_tx(Reason::Shared).await?;
     let bypasses: Option<bool> =
         sqlx::query_scalar("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
-            .fetch_optional(store.pool())
+            .fetch_optional(tx.conn())
             .await
             .map_err(StoreError::db("checking the database role"))?;
+    tx.commit().await?;
     if bypasses == Some(true) {
         Ok(())
     } else {
@@ -264,16 +267,19 @@ const CANDIDATE_SQL: &str = "SELECT d.id, d.user_id, d.status, d.chunk_count, d.
 /// The documents `selection` picks, with what a run needs to plan them, oldest first. Reads
 /// across users: the store must connect as an admin role ([`check_admin`]).
 pub async fn candidates(store: &Store, selection: &Selection) -> Result<Vec<Candidate>, StoreError> {
-    sqlx::query_as(CANDIDATE_SQL)
+    let mut tx = store.operator_tx(Reason::Reprocess).await?;
+    let candidates = sqlx::query_as(CANDIDATE_SQL)
         .bind(&selection.users)
         .bind(&selection.documents)
         .bind(selection.status.map(|s| s.as_str()))
         .bind(selection.since)
         .bind(selection.embedding_model.as_deref())
         .bind(selection.extractor_version.as_deref())
-        .fetch_all(store.pool())
+        .fetch_all(tx.conn())
         .await
-        .map_err(StoreError::db("selecting documents to reprocess"))
+        .map_err(StoreError::db("selecting documents to reprocess"))?;
+    tx.commit().await?;
+    Ok(candidates)
 }
 
 /// One document of the transaction's user, as a run sees it.
@@ -379,13 +385,15 @@ pub struct RunState {
 
 /// The state of run `run` (from the partial index on pending runs; across users, admin only).
 pub async fn run_state(store: &Store, run: &str) -> Result<RunState, StoreError> {
+    let mut tx = store.operator_tx(Reason::Reprocess).await?;
     let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
         "SELECT id, reprocess ->> 'error' FROM documents WHERE reprocess IS NOT NULL AND reprocess ->> 'run' = $1",
     )
     .bind(run)
-    .fetch_all(store.pool())
+    .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("reading a run's documents"))?;
+    tx.commit().await?;
     let mut state = RunState::default();
     for (id, error) in rows {
         match error {

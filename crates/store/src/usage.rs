@@ -1,7 +1,8 @@
 //! Usage events: append-only, idempotent by key; and the usage report (grouped totals over a
 //! period), for one user through their transaction or for all users as the operator.
 
-use crate::{APP_ROLE, Store, StoreError, UserTx};
+use crate::operator::Reason;
+use crate::{Store, StoreError, UserTx};
 use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, Utc};
 use uuid::Uuid;
 
@@ -333,30 +334,19 @@ pub async fn report(tx: &mut UserTx, period: Period, group_by: GroupBy) -> Resul
 /// Every user's usage over `period`, grouped by `group_by`: the operator's report.
 ///
 /// Runs as the application role with no acting user, like the monitoring reads
-/// ([`crate::stats`]): `usage_events` is user data under forced row-level security, so the rows
+/// ([`crate::monitoring`]): `usage_events` is user data under forced row-level security, so the rows
 /// come from `ragpipe_usage_by_day()`, which sees every event and returns per-day aggregates
 /// only.
 pub async fn report_all(store: &Store, period: Period, group_by: GroupBy) -> Result<UsageReport, StoreError> {
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::db("beginning the all-users usage report"))?;
-    sqlx::query("SELECT set_config('role', $1, true)")
-        .bind(APP_ROLE)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db("switching to the application role"))?;
+    let mut tx = store.operator_tx(Reason::UsageReport).await?;
     let grouped: Vec<GroupedRow> = sqlx::query_as(sqlx::AssertSqlSafe(report_sql(ALL_EVENTS_BY_DAY)))
         .bind(period.from)
         .bind(period.to)
         .bind(group_by.as_str())
-        .fetch_all(&mut *tx)
+        .fetch_all(tx.conn())
         .await
         .map_err(StoreError::db("reading the all-users usage report"))?;
-    tx.commit()
-        .await
-        .map_err(StoreError::db("ending the all-users usage report"))?;
+    tx.commit().await?;
     Ok(assemble(period, group_by, grouped))
 }
 

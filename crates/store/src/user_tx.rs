@@ -40,7 +40,7 @@ impl Store {
     /// which a custom plan folds into an index condition and a generic plan cannot (the
     /// document list then reads every document of the user to fill a page).
     pub async fn search_tx(&self, user: UserId) -> Result<UserTx, StoreError> {
-        UserTx::begin_with(self.pool(), user, Plans::Generic).await
+        UserTx::begin_with(&self.pool, user, Plans::Generic).await
     }
 }
 
@@ -136,7 +136,7 @@ mod tests {
     ) {
         let migrating = Store::from_pool(PgPoolOptions::new().connect_with(connect.clone()).await.expect("pool"));
         migrating.migrate(&Config::defaults().embedding).await.expect("migrate");
-        migrating.pool().close().await;
+        migrating.close().await;
         // One connection, so every transaction below runs on the same one.
         let pool = options.max_connections(1).connect_with(connect).await.expect("pool");
         let store = Store::from_pool(pool);
@@ -162,7 +162,7 @@ mod tests {
         let tx = store.search_tx(user).await.expect("search tx");
         drop(tx);
         let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
-            .fetch_one(store.pool())
+            .fetch_one(&store.pool)
             .await
             .expect("setting");
         assert_eq!(mode, "auto");

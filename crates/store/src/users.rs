@@ -41,14 +41,15 @@ pub struct NewUser {
 pub async fn create(store: &Store, new: &NewUser) -> Result<User, StoreError> {
     let id = new.id.unwrap_or_default();
     let mut tx = store.user_tx(id).await?;
-    let user = sqlx::query_as::<_, User>(
+    let user = sqlx::query_as!(
+        User,
         "INSERT INTO users (id, email, display_name, plan) VALUES ($1, $2, $3, coalesce($4, 'free')) \
          RETURNING id, email, display_name, plan, subscription_status, created_at",
+        id.0,
+        new.email.trim(),
+        new.display_name.as_deref(),
+        new.plan.as_deref(),
     )
-    .bind(id.0)
-    .bind(new.email.trim())
-    .bind(&new.display_name)
-    .bind(&new.plan)
     .fetch_one(tx.conn())
     .await
     .map_err(StoreError::db("creating a user"))
@@ -66,10 +67,11 @@ pub async fn create(store: &Store, new: &NewUser) -> Result<User, StoreError> {
 /// The user, as seen by themselves.
 pub async fn get(store: &Store, id: UserId) -> Result<User, StoreError> {
     let mut tx = store.user_tx(id).await?;
-    let user = sqlx::query_as::<_, User>(
+    let user = sqlx::query_as!(
+        User,
         "SELECT id, email, display_name, plan, subscription_status, created_at FROM users WHERE id = $1",
+        id.0,
     )
-    .bind(id.0)
     .fetch_optional(tx.conn())
     .await
     .map_err(StoreError::db("reading a user"))?

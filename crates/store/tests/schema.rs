@@ -259,6 +259,7 @@ async fn usage_events_are_append_only_even_for_their_owner(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn nothing_leaks_between_transactions_on_one_pooled_connection(pool: PgPool) {
+    let options = pool.connect_options().as_ref().clone();
     let store = migrated(pool).await;
     let a = new_user(&store, "a@example.com").await;
     let b = new_user(&store, "b@example.com").await;
@@ -267,12 +268,12 @@ async fn nothing_leaks_between_transactions_on_one_pooled_connection(pool: PgPoo
     // One connection, so every transaction below reuses it.
     let one = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .connect_with(store.pool().connect_options().as_ref().clone())
+        .connect_with(options)
         .await
         .expect("pool");
     let store = Store::from_pool(one.clone());
-    let pid = |s: &Store| {
-        let p = s.pool().clone();
+    let pid = || {
+        let p = one.clone();
         async move {
             sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
                 .fetch_one(&p)
@@ -280,7 +281,7 @@ async fn nothing_leaks_between_transactions_on_one_pooled_connection(pool: PgPoo
                 .expect("pid")
         }
     };
-    let first_pid = pid(&store).await;
+    let first_pid = pid().await;
 
     let mut tx = store.user_tx(a).await.expect("tx a");
     let a_docs: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM documents")
@@ -306,7 +307,7 @@ async fn nothing_leaks_between_transactions_on_one_pooled_connection(pool: PgPoo
             .expect("state");
     assert_ne!(role, "ragpipe_app");
     assert_eq!(acting, None);
-    assert_eq!(pid(&store).await, first_pid, "the same pooled connection was reused");
+    assert_eq!(pid().await, first_pid, "the same pooled connection was reused");
 }
 
 #[sqlx::test(migrations = false)]

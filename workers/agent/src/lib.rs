@@ -9,7 +9,6 @@
 //! reason, so nothing stays `streaming` forever.
 
 use apalis::prelude::*;
-use apalis_postgres::PostgresStorage;
 use ragpipe_agent::AnswerContext;
 use ragpipe_agent::MessageFeed;
 use ragpipe_agent::answer::answer;
@@ -116,7 +115,9 @@ async fn run_once(
     }
     // LISTEN/NOTIFY wakes the worker the moment a question is committed: the time to the first
     // delta starts there.
-    let backend = PostgresStorage::<AgentJob>::new(ctx.store().pool())
+    let backend = ctx
+        .store()
+        .job_storage::<AgentJob>()
         .with_config(queue_config(&config))
         .with_pubsub();
     // Unique per process, so a restarted process never inherits (and keeps alive) the jobs of

@@ -11,7 +11,6 @@
 //! document failed so nothing is left `embedding` forever.
 
 use apalis::prelude::*;
-use apalis_postgres::PostgresStorage;
 use futures::StreamExt;
 use ragpipe_core::{Config, DocumentStatus, ErrorKind, SetupError};
 use ragpipe_ingest::{ChunkSettings, Chunker, Extracted, Limits, ModelLimit};
@@ -762,7 +761,9 @@ async fn run_once(
     let concurrency = ctx.config.worker.concurrency.max(1) as usize;
     // LISTEN/NOTIFY wakes the worker the moment a job is committed; polling alone backs off
     // while idle, so an upload after a quiet spell would wait seconds.
-    let backend = PostgresStorage::<IngestJob>::new(ctx.store.pool())
+    let backend = ctx
+        .store
+        .job_storage::<IngestJob>()
         .with_config(queue_config(&ctx.config))
         .with_pubsub();
     // The worker id is its name: unique per process, so a restarted process never inherits (and

@@ -13,11 +13,11 @@
 //! [`FEED_PING_CHANNEL`] every [`FEED_HEARTBEAT`] and beats when the ping comes back through
 //! the listening connection, so a connection that is up but deaf shows as stale.
 
+use crate::conversations::{MESSAGE_EVENTS_CHANNEL, MessageEvent};
+use crate::liveness::Component;
+use crate::retry::Backoff;
+use crate::{Store, StoreError};
 use ragpipe_core::{MessageId, MessageStatus};
-use ragpipe_store::conversations::{MESSAGE_EVENTS_CHANNEL, MessageEvent};
-use ragpipe_store::liveness::Component;
-use ragpipe_store::retry::Backoff;
-use ragpipe_store::{Store, StoreError};
 use sqlx::postgres::PgListener;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
@@ -96,13 +96,7 @@ static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 impl MessageFeed {
     /// The process's feed for `store`'s database, started (and listening) if it was not.
     pub async fn shared(store: &Store) -> Result<MessageFeed, StoreError> {
-        let options = store.pool().connect_options();
-        let key = format!(
-            "{}:{}/{}",
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or_default()
-        );
+        let key = store.database();
         let existing = |key: &str| {
             FEEDS
                 .lock()
@@ -253,7 +247,7 @@ async fn pings(store: Store, ping: String) {
         if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(FEED_PING_CHANNEL)
             .bind(&ping)
-            .execute(store.pool())
+            .execute(&store.pool)
             .await
         {
             if matches!(e, sqlx::Error::PoolClosed) {
@@ -276,7 +270,7 @@ async fn listen(
     loop {
         component.starting();
         let connected = async {
-            let mut listener = PgListener::connect_with(store.pool()).await?;
+            let mut listener = PgListener::connect_with(&store.pool).await?;
             listener.listen_all([MESSAGE_EVENTS_CHANNEL, FEED_PING_CHANNEL]).await?;
             Ok::<_, sqlx::Error>(listener)
         }
