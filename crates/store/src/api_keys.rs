@@ -16,7 +16,7 @@ const KEY_RANDOM_CHARS: usize = 40;
 const SHOWN_PREFIX_CHARS: usize = 10;
 
 /// A stored key (without the key itself).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ApiKey {
     /// Id.
     pub id: Uuid,
@@ -62,14 +62,15 @@ pub async fn create(store: &Store, user: UserId, name: Option<&str>) -> Result<C
         .collect();
     let key = format!("{KEY_PREFIX}{random}");
     let mut tx = store.user_tx(user).await?;
-    let record = sqlx::query_as::<_, ApiKey>(
+    let record = sqlx::query_as!(
+        ApiKey,
         "INSERT INTO api_keys (user_id, name, prefix, key_sha256) VALUES ($1, $2, $3, $4) \
          RETURNING id, user_id, name, prefix, created_at",
+        user.0,
+        name,
+        &key[..SHOWN_PREFIX_CHARS],
+        &hash(&key),
     )
-    .bind(user.0)
-    .bind(name)
-    .bind(&key[..SHOWN_PREFIX_CHARS])
-    .bind(hash(&key))
     .fetch_one(tx.conn())
     .await
     .map_err(|e| match &e {
@@ -91,22 +92,23 @@ pub async fn authenticate(store: &Store, key: &str) -> Result<Option<Authenticat
             key_sha256: hex::encode(hash(key)),
         })
         .await?;
-    let row: Option<(Uuid, Uuid)> =
-        sqlx::query_as("SELECT id, user_id FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL")
-            .bind(hash(key))
-            .fetch_optional(tx.conn())
-            .await
-            .map_err(StoreError::db("looking up an api key"))?;
-    let Some((key_id, user_id)) = row else {
+    let row = sqlx::query!(
+        "SELECT id, user_id FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL",
+        &hash(key),
+    )
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(StoreError::db("looking up an api key"))?;
+    let Some((key_id, user_id)) = row.map(|r| (r.id, r.user_id)) else {
         return Ok(None);
     };
     // Now acting as the owner: record the use (at most once a minute, to keep reads cheap).
     tx.act_as(UserId(user_id)).await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE api_keys SET last_used_at = now() \
          WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+        key_id,
     )
-    .bind(key_id)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("recording api key use"))?;

@@ -66,8 +66,7 @@ pub async fn replace(
     info: &ChunkSetInfo<'_>,
 ) -> Result<(), StoreError> {
     let user = tx.user_id();
-    sqlx::query("DELETE FROM document_chunks WHERE document_id = $1")
-        .bind(document.0)
+    sqlx::query!("DELETE FROM document_chunks WHERE document_id = $1", document.0)
         .execute(tx.conn())
         .await
         .map_err(StoreError::db("removing the previous chunk set"))?;
@@ -92,49 +91,49 @@ pub async fn replace(
         end.push(c.byte_range.end as i32);
         embedding.push(Vector::from(c.embedding.clone()));
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, page_first, page_last, \
                                       heading_path, byte_start, byte_end, embedding, embedding_model) \
          SELECT $1, $2, i, c, t, pf, pl, CASE WHEN h = '' THEN '{}'::text[] ELSE string_to_array(h, $11) END, s, e, v, $12 \
          FROM UNNEST($3::int[], $4::text[], $5::int[], $6::int[], $7::int[], $8::text[], $9::int[], $10::int[], $13::vector[]) \
               AS u(i, c, t, pf, pl, h, s, e, v)",
+        document.0,
+        user.0,
+        &index,
+        &content as &[&str],
+        &tokens,
+        &page_first as &[Option<i32>],
+        &page_last as &[Option<i32>],
+        &path,
+        &start,
+        &end,
+        PATH_SEPARATOR.to_string(),
+        info.embedding_model,
+        &embedding as &[Vector],
     )
-    .bind(document.0)
-    .bind(user.0)
-    .bind(&index)
-    .bind(&content)
-    .bind(&tokens)
-    .bind(&page_first)
-    .bind(&page_last)
-    .bind(&path)
-    .bind(&start)
-    .bind(&end)
-    .bind(PATH_SEPARATOR.to_string())
-    .bind(info.embedding_model)
-    .bind(&embedding)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("inserting the chunk set"))?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE documents SET status = 'ready', progress = 1, error = NULL, chunk_count = $2, embedding_model = $3, \
          chunk_max_tokens = $4, chunk_overlap_tokens = $5, tokenizer = $6, extractor_version = $7, title = $8, \
          language = $9, page_count = $10, failed_pages = $11, warnings = $13, updated_at = now(), ready_at = now(), \
          reprocess = CASE WHEN reprocess ->> 'run' = $12 THEN NULL ELSE reprocess END, \
          last_reprocess_run = coalesce($12, last_reprocess_run) WHERE id = $1",
+        document.0,
+        n as i32,
+        info.embedding_model,
+        info.max_tokens as i32,
+        info.overlap_tokens as i32,
+        info.tokenizer,
+        info.extractor_version,
+        info.title,
+        info.language,
+        info.page_count.map(|p| p as i32),
+        &info.failed_pages,
+        info.run,
+        &info.warnings,
     )
-    .bind(document.0)
-    .bind(n as i32)
-    .bind(info.embedding_model)
-    .bind(info.max_tokens as i32)
-    .bind(info.overlap_tokens as i32)
-    .bind(info.tokenizer)
-    .bind(info.extractor_version)
-    .bind(info.title)
-    .bind(info.language)
-    .bind(info.page_count.map(|p| p as i32))
-    .bind(&info.failed_pages)
-    .bind(info.run)
-    .bind(&info.warnings)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("marking the document ready"))?;
@@ -142,7 +141,7 @@ pub async fn replace(
 }
 
 /// A chunk's text as stored, for embedding it again.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ChunkText {
     /// Chunk id.
     pub id: i64,
@@ -154,11 +153,14 @@ pub struct ChunkText {
 
 /// The document's chunks, in order ([`reembed`] later checks the set is still the same).
 pub async fn texts(tx: &mut UserTx, document: DocumentId) -> Result<Vec<ChunkText>, StoreError> {
-    sqlx::query_as("SELECT id, content, token_count FROM document_chunks WHERE document_id = $1 ORDER BY chunk_index")
-        .bind(document.0)
-        .fetch_all(tx.conn())
-        .await
-        .map_err(StoreError::db("reading a document's chunks"))
+    sqlx::query_as!(
+        ChunkText,
+        "SELECT id, content, token_count FROM document_chunks WHERE document_id = $1 ORDER BY chunk_index",
+        document.0,
+    )
+    .fetch_all(tx.conn())
+    .await
+    .map_err(StoreError::db("reading a document's chunks"))
 }
 
 /// Replaces the vectors of the document's chunks (`vectors[i]` for chunk `ids[i]`) with ones by
@@ -174,37 +176,39 @@ pub async fn reembed(
     run: Option<&str>,
 ) -> Result<(), StoreError> {
     let embedding: Vec<Vector> = vectors.iter().map(|v| Vector::from(v.clone())).collect();
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "UPDATE document_chunks AS c SET embedding = u.v, embedding_model = $3 \
          FROM UNNEST($2::int8[], $4::vector[]) AS u(id, v) WHERE c.id = u.id AND c.document_id = $1",
+        document.0,
+        ids,
+        model,
+        &embedding as &[Vector],
     )
-    .bind(document.0)
-    .bind(ids)
-    .bind(model)
-    .bind(&embedding)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("replacing a document's vectors"))?
     .rows_affected();
-    let current: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks WHERE document_id = $1")
-        .bind(document.0)
-        .fetch_one(tx.conn())
-        .await
-        .map_err(StoreError::db("counting a document's chunks"))?;
+    let current = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM document_chunks WHERE document_id = $1"#,
+        document.0,
+    )
+    .fetch_one(tx.conn())
+    .await
+    .map_err(StoreError::db("counting a document's chunks"))?;
     if updated != ids.len() as u64 || current != ids.len() as i64 {
         return Err(StoreError::Conflict(format!(
             "the chunk set changed while it was re-embedded ({updated} of {} chunks updated, {current} now)",
             ids.len()
         )));
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE documents SET embedding_model = $2, updated_at = now(), \
          reprocess = CASE WHEN reprocess ->> 'run' = $3 THEN NULL ELSE reprocess END, \
          last_reprocess_run = coalesce($3, last_reprocess_run) WHERE id = $1",
+        document.0,
+        model,
+        run,
     )
-    .bind(document.0)
-    .bind(model)
-    .bind(run)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("recording a document's embedding model"))?;
@@ -212,7 +216,7 @@ pub async fn reembed(
 }
 
 /// A stored chunk, as listed to its owner.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StoredChunk {
     /// Chunk id.
     pub id: i64,
@@ -247,14 +251,15 @@ pub async fn list(
     offset: u32,
     limit: u32,
 ) -> Result<Vec<StoredChunk>, StoreError> {
-    sqlx::query_as(
-        "SELECT id, chunk_index, content, token_count, page_first, page_last, heading_path, byte_start, byte_end, \
-                embedding_model, embedding IS NOT NULL AS embedded, length(search_vector) > 0 AS searchable \
-         FROM document_chunks WHERE document_id = $1 ORDER BY chunk_index OFFSET $2 LIMIT $3",
+    sqlx::query_as!(
+        StoredChunk,
+        r#"SELECT id, chunk_index, content, token_count, page_first, page_last, heading_path, byte_start, byte_end,
+                embedding_model, embedding IS NOT NULL AS "embedded!", length(search_vector) > 0 AS "searchable!"
+         FROM document_chunks WHERE document_id = $1 ORDER BY chunk_index OFFSET $2 LIMIT $3"#,
+        document.0,
+        i64::from(offset),
+        i64::from(limit.clamp(1, 1000)),
     )
-    .bind(document.0)
-    .bind(i64::from(offset))
-    .bind(i64::from(limit.clamp(1, 1000)))
     .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("listing chunks"))

@@ -7,12 +7,23 @@ use ragpipe_core::{DocumentId, DocumentStatus};
 use serde::Serialize;
 use uuid::Uuid;
 
-const DOCUMENT_COLUMNS: &str = "id, user_id, filename, content_type, byte_size, encode(sha256, 'hex') AS sha256, status, \
-     progress, error, title, language, page_count, chunk_count, failed_pages, warnings, metadata, embedding_model, \
-     chunk_max_tokens, chunk_overlap_tokens, tokenizer, extractor_version, reprocess, created_at, updated_at, ready_at";
+/// A checked statement that returns [`Document`] rows: `$head` + the document's columns +
+/// `$tail` (each a string literal), with its arguments.
+macro_rules! query_documents {
+    ($head:tt, $tail:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Document,
+            $head + r#"id, user_id, filename, content_type, byte_size, encode(sha256, 'hex') AS "sha256!", status,
+                progress, error, title, language, page_count, chunk_count, failed_pages, warnings, metadata,
+                embedding_model, chunk_max_tokens, chunk_overlap_tokens, tokenizer, extractor_version, reprocess,
+                created_at, updated_at, ready_at "# + $tail
+            $(, $arg)*
+        )
+    };
+}
 
 /// A document as its owner sees it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Document {
     /// Id.
     pub id: Uuid,
@@ -119,26 +130,28 @@ pub struct Stored {
 pub async fn create(tx: &mut UserTx, new: &NewDocument<'_>, max_attempts: u32) -> Result<Stored, StoreError> {
     let user = tx.user_id();
     let id = DocumentId::new();
-    let inserted: Option<Document> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let inserted = query_documents!(
         "INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256, metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, sha256) DO NOTHING RETURNING {DOCUMENT_COLUMNS}"
-    )))
-    .bind(id.0)
-    .bind(user.0)
-    .bind(new.filename)
-    .bind(new.content_type)
-    .bind(new.bytes.len() as i64)
-    .bind(&new.sha256[..])
-    .bind(&new.metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, sha256) DO NOTHING RETURNING ",
+        "",
+        id.0,
+        user.0,
+        new.filename,
+        new.content_type,
+        new.bytes.len() as i64,
+        &new.sha256[..],
+        &new.metadata,
+    )
     .fetch_optional(tx.conn())
     .await
     .map_err(StoreError::db("inserting a document"))?;
     let Some(document) = inserted else {
-        let existing: Document = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE user_id = $1 AND sha256 = $2"
-        )))
-        .bind(user.0)
-        .bind(&new.sha256[..])
+        let existing = query_documents!(
+            "SELECT ",
+            "FROM documents WHERE user_id = $1 AND sha256 = $2",
+            user.0,
+            &new.sha256[..],
+        )
         .fetch_one(tx.conn())
         .await
         .map_err(StoreError::db("reading the existing document"))?;
@@ -147,13 +160,15 @@ pub async fn create(tx: &mut UserTx, new: &NewDocument<'_>, max_attempts: u32) -
             created: false,
         });
     };
-    sqlx::query("INSERT INTO document_blobs (document_id, user_id, bytes) VALUES ($1, $2, $3)")
-        .bind(id.0)
-        .bind(user.0)
-        .bind(new.bytes)
-        .execute(tx.conn())
-        .await
-        .map_err(StoreError::db("storing the document's bytes"))?;
+    sqlx::query!(
+        "INSERT INTO document_blobs (document_id, user_id, bytes) VALUES ($1, $2, $3)",
+        id.0,
+        user.0,
+        new.bytes,
+    )
+    .execute(tx.conn())
+    .await
+    .map_err(StoreError::db("storing the document's bytes"))?;
     enqueue(tx, INGEST_QUEUE, &[IngestJob::upload(user, id)], max_attempts).await?;
     Ok(Stored {
         document,
@@ -163,14 +178,11 @@ pub async fn create(tx: &mut UserTx, new: &NewDocument<'_>, max_attempts: u32) -
 
 /// One document, or `NotFound` (also for another user's id: ids do not leak).
 pub async fn get(tx: &mut UserTx, id: DocumentId) -> Result<Document, StoreError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = $1"
-    )))
-    .bind(id.0)
-    .fetch_optional(tx.conn())
-    .await
-    .map_err(StoreError::db("reading a document"))?
-    .ok_or(StoreError::NotFound("document"))
+    query_documents!("SELECT ", "FROM documents WHERE id = $1", id.0)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(StoreError::db("reading a document"))?
+        .ok_or(StoreError::NotFound("document"))
 }
 
 /// Newest first, `limit` at a time, after the `before` id of the previous page.
@@ -180,14 +192,15 @@ pub async fn list(
     before: Option<DocumentId>,
     limit: u32,
 ) -> Result<Vec<Document>, StoreError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {DOCUMENT_COLUMNS} FROM documents \
+    query_documents!(
+        "SELECT ",
+        "FROM documents \
          WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR id < $2) \
-         ORDER BY id DESC LIMIT $3"
-    )))
-    .bind(status.map(|s| s.as_str()))
-    .bind(before.map(|b| b.0))
-    .bind(i64::from(limit.clamp(1, 1000)))
+         ORDER BY id DESC LIMIT $3",
+        status.map(|s| s.as_str()),
+        before.map(|b| b.0),
+        i64::from(limit.clamp(1, 1000)),
+    )
     .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("listing documents"))
@@ -195,8 +208,7 @@ pub async fn list(
 
 /// Deletes a document; its bytes and chunks go with it (foreign keys cascade).
 pub async fn delete(tx: &mut UserTx, id: DocumentId) -> Result<(), StoreError> {
-    let deleted = sqlx::query("DELETE FROM documents WHERE id = $1")
-        .bind(id.0)
+    let deleted = sqlx::query!("DELETE FROM documents WHERE id = $1", id.0)
         .execute(tx.conn())
         .await
         .map_err(StoreError::db("deleting a document"))?
@@ -210,8 +222,7 @@ pub async fn delete(tx: &mut UserTx, id: DocumentId) -> Result<(), StoreError> {
 
 /// The original bytes.
 pub async fn bytes(tx: &mut UserTx, id: DocumentId) -> Result<Vec<u8>, StoreError> {
-    sqlx::query_scalar("SELECT bytes FROM document_blobs WHERE document_id = $1")
-        .bind(id.0)
+    sqlx::query_scalar!("SELECT bytes FROM document_blobs WHERE document_id = $1", id.0)
         .fetch_optional(tx.conn())
         .await
         .map_err(StoreError::db("reading a document's bytes"))?
@@ -226,13 +237,13 @@ pub async fn set_stage(
     status: DocumentStatus,
     progress: f32,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE documents SET status = $2, progress = $3, error = NULL, updated_at = now(), \
          attempts = attempts + (CASE WHEN $2 = 'extracting' THEN 1 ELSE 0 END) WHERE id = $1",
+        id.0,
+        status.as_str(),
+        progress.clamp(0.0, 1.0),
     )
-    .bind(id.0)
-    .bind(status.as_str())
-    .bind(progress.clamp(0.0, 1.0))
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("updating a document's status"))?;
@@ -243,11 +254,11 @@ pub async fn set_stage(
 pub async fn fail(tx: &mut UserTx, id: DocumentId, error: &str) -> Result<(), StoreError> {
     // A ready document is never failed: a reprocessing that fails keeps its chunk set (the run
     // records why, reprocess::fail).
-    sqlx::query(
+    sqlx::query!(
         "UPDATE documents SET status = 'failed', error = $2, updated_at = now() WHERE id = $1 AND status <> 'ready'",
+        id.0,
+        error,
     )
-    .bind(id.0)
-    .bind(error)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("marking a document failed"))?;

@@ -39,26 +39,27 @@ pub async fn lookup(
         return Ok(HashMap::new());
     }
     let keys: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
-    let rows: Vec<(Vec<u8>, Vector, Option<String>)> = sqlx::query_as(
-        "SELECT text_sha256, embedding, usage_key FROM embedding_cache \
-         WHERE user_id = $1 AND model = $2 AND dim = $3 AND text_sha256 = ANY ($4::bytea[])",
+    let user = tx.user_id().0;
+    let rows = sqlx::query!(
+        r#"SELECT text_sha256, embedding AS "embedding!: Vector", usage_key FROM embedding_cache
+         WHERE user_id = $1 AND model = $2 AND dim = $3 AND text_sha256 = ANY ($4::bytea[])"#,
+        user,
+        model,
+        dim as i32,
+        &keys as &[&[u8]],
     )
-    .bind(tx.user_id().0)
-    .bind(model)
-    .bind(dim as i32)
-    .bind(&keys)
     .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("reading the embedding cache"))?;
     Ok(rows
         .into_iter()
-        .filter_map(|(hash, vector, usage_key)| {
-            let hash: [u8; 32] = hash.try_into().ok()?;
+        .filter_map(|row| {
+            let hash: [u8; 32] = row.text_sha256.try_into().ok()?;
             Some((
                 hash,
                 Cached {
-                    vector: vector.to_vec(),
-                    usage_key,
+                    vector: row.embedding.to_vec(),
+                    usage_key: row.usage_key,
                 },
             ))
         })
@@ -80,17 +81,17 @@ pub async fn insert(
     }
     let keys: Vec<&[u8]> = entries.iter().map(|(h, _)| &h[..]).collect();
     let vectors: Vec<Vector> = entries.iter().map(|(_, v)| Vector::from(v.to_vec())).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO embedding_cache (user_id, model, dim, text_sha256, embedding, usage_key) \
          SELECT $1, $2, $3, h, v, $6 FROM UNNEST($4::bytea[], $5::vector[]) AS u(h, v) \
          ON CONFLICT DO NOTHING",
+        tx.user_id().0,
+        model,
+        dim as i32,
+        &keys as &[&[u8]],
+        &vectors as &[Vector],
+        usage_key,
     )
-    .bind(tx.user_id().0)
-    .bind(model)
-    .bind(dim as i32)
-    .bind(&keys)
-    .bind(&vectors)
-    .bind(usage_key)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("writing the embedding cache"))?;
@@ -108,14 +109,14 @@ pub async fn cached_keys(
         return Ok(Default::default());
     }
     let keys: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
-    let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+    let rows: Vec<Vec<u8>> = sqlx::query_scalar!(
         "SELECT text_sha256 FROM embedding_cache \
          WHERE user_id = $1 AND model = $2 AND dim = $3 AND text_sha256 = ANY ($4::bytea[])",
+        tx.user_id().0,
+        model,
+        dim as i32,
+        &keys as &[&[u8]],
     )
-    .bind(tx.user_id().0)
-    .bind(model)
-    .bind(dim as i32)
-    .bind(&keys)
     .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("reading the embedding cache"))?;

@@ -10,7 +10,7 @@ use crate::{Store, StoreError};
 use sha2::{Digest, Sha256};
 
 /// A model with a vector index.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EmbeddingModel {
     /// Model name as configured.
     pub model: String,
@@ -44,8 +44,7 @@ pub async fn ensure(store: &Store, model: &str, dim: u32, base_url: Option<&str>
         )));
     }
     let mut tx = store.operator_tx(Reason::Shared).await?;
-    let existing: Option<i32> = sqlx::query_scalar("SELECT dim FROM embedding_models WHERE model = $1")
-        .bind(model)
+    let existing = sqlx::query_scalar!("SELECT dim FROM embedding_models WHERE model = $1", model)
         .fetch_optional(tx.conn())
         .await
         .map_err(StoreError::db("reading embedding models"))?;
@@ -58,20 +57,19 @@ pub async fn ensure(store: &Store, model: &str, dim: u32, base_url: Option<&str>
         )));
     }
     let name = index_name(model, dim);
-    let index_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&name)
+    let index_exists = sqlx::query_scalar!(r#"SELECT to_regclass($1) IS NOT NULL AS "exists!""#, &name)
         .fetch_one(tx.conn())
         .await
         .map_err(StoreError::db("looking for the embedding index"))?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO embedding_models (model, dim, index_name, base_url) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (model) DO UPDATE SET base_url = EXCLUDED.base_url \
          WHERE embedding_models.base_url IS DISTINCT FROM EXCLUDED.base_url",
+        model,
+        dim as i32,
+        &name,
+        base_url,
     )
-    .bind(model)
-    .bind(dim as i32)
-    .bind(&name)
-    .bind(base_url)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("recording the embedding model"))?;
@@ -94,10 +92,13 @@ pub async fn ensure(store: &Store, model: &str, dim: u32, base_url: Option<&str>
 /// Every recorded model.
 pub async fn list(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
     let mut tx = store.operator_tx(Reason::Shared).await?;
-    let models = sqlx::query_as("SELECT model, dim, index_name, base_url FROM embedding_models ORDER BY created_at")
-        .fetch_all(tx.conn())
-        .await
-        .map_err(StoreError::db("listing embedding models"))?;
+    let models = sqlx::query_as!(
+        EmbeddingModel,
+        "SELECT model, dim, index_name, base_url FROM embedding_models ORDER BY created_at"
+    )
+    .fetch_all(tx.conn())
+    .await
+    .map_err(StoreError::db("listing embedding models"))?;
     tx.commit().await?;
     Ok(models)
 }
@@ -108,7 +109,8 @@ pub async fn list(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
 /// `..._embedding_models_in_use.sql`), which sees every chunk's model and returns only names.
 pub async fn with_chunks(store: &Store) -> Result<Vec<EmbeddingModel>, StoreError> {
     let mut tx = store.operator_tx(Reason::Monitoring).await?;
-    let models = sqlx::query_as(
+    let models = sqlx::query_as!(
+        EmbeddingModel,
         "SELECT m.model, m.dim, m.index_name, m.base_url FROM embedding_models AS m \
          WHERE m.model IN (SELECT u.model FROM ragpipe_embedding_models_in_use() AS u) \
          ORDER BY m.created_at, m.model",
@@ -123,11 +125,14 @@ pub async fn with_chunks(store: &Store) -> Result<Vec<EmbeddingModel>, StoreErro
 /// One recorded model.
 pub async fn get(store: &Store, model: &str) -> Result<Option<EmbeddingModel>, StoreError> {
     let mut tx = store.operator_tx(Reason::Shared).await?;
-    let recorded = sqlx::query_as("SELECT model, dim, index_name, base_url FROM embedding_models WHERE model = $1")
-        .bind(model)
-        .fetch_optional(tx.conn())
-        .await
-        .map_err(StoreError::db("reading an embedding model"))?;
+    let recorded = sqlx::query_as!(
+        EmbeddingModel,
+        "SELECT model, dim, index_name, base_url FROM embedding_models WHERE model = $1",
+        model,
+    )
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(StoreError::db("reading an embedding model"))?;
     tx.commit().await?;
     Ok(recorded)
 }

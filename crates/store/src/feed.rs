@@ -244,9 +244,7 @@ async fn pings(store: Store, ping: String) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(FEED_PING_CHANNEL)
-            .bind(&ping)
+        if let Err(e) = sqlx::query!("SELECT pg_notify($1, $2)", FEED_PING_CHANNEL, &ping,)
             .execute(&store.pool)
             .await
         {

@@ -104,7 +104,7 @@ pub async fn remove_dead_workers(
 ) -> Result<u64, StoreError> {
     let silent_for_us = i64::try_from(silent_for.as_micros()).unwrap_or(i64::MAX);
     let mut tx = store.operator_tx(Reason::Queue).await?;
-    let dead: Vec<String> = sqlx::query_scalar(
+    let dead: Vec<String> = sqlx::query_scalar!(
         "SELECT w.id FROM apalis.workers w \
          WHERE w.worker_type = $1 \
            AND w.last_seen < now() - make_interval(secs => $2::float8 / 1e6) \
@@ -112,9 +112,9 @@ pub async fn remove_dead_workers(
                            WHERE j.lock_by = w.id AND j.status IN ('Running', 'Queued')) \
          ORDER BY w.id \
          FOR UPDATE OF w SKIP LOCKED",
+        queue,
+        silent_for_us as f64,
     )
-    .bind(queue)
-    .bind(silent_for_us as f64)
     .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("finding dead workers"))?;
@@ -123,19 +123,19 @@ pub async fn remove_dead_workers(
     }
     // Re-checked under the rows' locks: a job locked by one of them since the select (which a
     // dead worker cannot do, but a stalled one could) keeps it.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE apalis.jobs SET lock_by = NULL \
          WHERE lock_by = ANY($1) AND status NOT IN ('Running', 'Queued')",
+        &dead,
     )
-    .bind(&dead)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("releasing dead workers' finished jobs"))?;
-    let removed = sqlx::query(
+    let removed = sqlx::query!(
         "DELETE FROM apalis.workers w WHERE w.id = ANY($1) \
            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)",
+        &dead,
     )
-    .bind(&dead)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("removing dead workers"))?
@@ -168,12 +168,14 @@ pub async fn delay_retry(
 ) -> Result<(), StoreError> {
     let delay_us = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
     let mut tx = store.operator_tx(Reason::Queue).await?;
-    sqlx::query("UPDATE apalis.jobs SET run_at = now() + make_interval(secs => $2::float8 / 1e6) WHERE id = $1")
-        .bind(task_id)
-        .bind(delay_us)
-        .execute(tx.conn())
-        .await
-        .map_err(StoreError::db("scheduling a job's retry"))?;
+    sqlx::query!(
+        "UPDATE apalis.jobs SET run_at = now() + make_interval(secs => $2::float8 / 1e6) WHERE id = $1",
+        task_id,
+        delay_us as f64,
+    )
+    .execute(tx.conn())
+    .await
+    .map_err(StoreError::db("scheduling a job's retry"))?;
     tx.commit().await?;
     let store = store.clone();
     let (queue, task_id) = (queue.to_owned(), task_id.to_owned());
@@ -192,12 +194,12 @@ impl crate::Store {
     /// Wakes the workers of `queue` the way a new job `task_id` does (apalis' `NOTIFY`).
     async fn notify_queue(&self, queue: &str, task_id: &str) -> Result<(), StoreError> {
         let mut tx = self.operator_tx(Reason::Queue).await?;
-        sqlx::query(
+        sqlx::query!(
             "SELECT pg_notify('apalis::job::insert', \
                     json_build_object('job_type', $1::text, 'id', $2::text, 'run_at', now())::text)",
+            queue,
+            task_id,
         )
-        .bind(queue)
-        .bind(task_id)
         .execute(tx.conn())
         .await
         .map_err(StoreError::db("waking a queue's workers"))?;

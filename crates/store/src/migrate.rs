@@ -42,15 +42,13 @@ impl Store {
             .acquire()
             .await
             .map_err(StoreError::db("acquiring a connection to migrate"))?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(MIGRATE_LOCK)
-            .execute(&mut *lock_conn)
+        sqlx::query!("SELECT pg_advisory_lock($1)", MIGRATE_LOCK,)
+            .fetch_one(&mut *lock_conn)
             .await
             .map_err(StoreError::db("taking the migration lock"))?;
         let result = self.migrate_locked(embedding).await;
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(MIGRATE_LOCK)
-            .execute(&mut *lock_conn)
+        let unlocked = sqlx::query!("SELECT pg_advisory_unlock($1)", MIGRATE_LOCK,)
+            .fetch_one(&mut *lock_conn)
             .await;
         let report = result?;
         unlocked.map_err(StoreError::db("releasing the migration lock"))?;
@@ -97,16 +95,17 @@ impl Store {
     pub async fn pgvector(&self) -> Result<Pgvector, StoreError> {
         let mut tx = self.operator_tx(Reason::Shared).await?;
         let created: Option<String> =
-            sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            sqlx::query_scalar!("SELECT extversion FROM pg_extension WHERE extname = 'vector'",)
                 .fetch_optional(tx.conn())
                 .await
                 .map_err(StoreError::db("looking for the pgvector extension"))?;
         let state = match created {
             Some(version) => Pgvector::Created(version),
-            None => sqlx::query_scalar("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+            None => sqlx::query_scalar!("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'",)
                 .fetch_optional(tx.conn())
                 .await
                 .map_err(StoreError::db("looking for an installed pgvector"))?
+                .flatten()
                 .map_or(Pgvector::Missing, Pgvector::Available),
         };
         tx.commit().await?;
@@ -199,12 +198,13 @@ async fn bring_forward(store: &Store, edited: &EditedMigration) -> Result<Option
         .begin()
         .await
         .map_err(StoreError::db("beginning a migration repair"))?;
-    let applied: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT checksum FROM _sqlx_migrations WHERE version = $1 AND success FOR UPDATE")
-            .bind(edited.version)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::db("reading an applied migration's checksum"))?;
+    let applied: Option<Vec<u8>> = sqlx::query_scalar!(
+        "SELECT checksum FROM _sqlx_migrations WHERE version = $1 AND success FOR UPDATE",
+        edited.version,
+    )
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(StoreError::db("reading an applied migration's checksum"))?;
     let Some(applied) = applied else {
         return Ok(None);
     };
@@ -219,13 +219,15 @@ async fn bring_forward(store: &Store, edited: &EditedMigration) -> Result<Option
         .map_err(StoreError::db(
             "bringing an earlier text of an edited migration forward",
         ))?;
-    sqlx::query("UPDATE _sqlx_migrations SET checksum = $2 WHERE version = $1 AND checksum = $3")
-        .bind(edited.version)
-        .bind(current)
-        .bind(&applied)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db("recording a repaired migration's checksum"))?;
+    sqlx::query!(
+        "UPDATE _sqlx_migrations SET checksum = $2 WHERE version = $1 AND checksum = $3",
+        edited.version,
+        current,
+        &applied,
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::db("recording a repaired migration's checksum"))?;
     tx.commit()
         .await
         .map_err(StoreError::db("committing a migration repair"))?;
@@ -250,12 +252,11 @@ async fn refuse_unknown_texts(store: &Store) -> Result<(), StoreError> {
     if !migrations_table_exists(store).await? {
         return Ok(());
     }
-    let applied: Vec<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(&store.pool)
-            .await
-            .map_err(StoreError::db("reading applied migrations' checksums"))?;
-    for (version, checksum) in applied {
+    let applied = sqlx::query!("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&store.pool)
+        .await
+        .map_err(StoreError::db("reading applied migrations' checksums"))?;
+    for (version, checksum) in applied.into_iter().map(|r| (r.version, r.checksum)) {
         let Some(migration) = MIGRATOR
             .iter()
             .find(|m| m.version == version && m.migration_type.is_up_migration())
@@ -278,7 +279,7 @@ async fn refuse_unknown_texts(store: &Store) -> Result<(), StoreError> {
 }
 
 async fn migrations_table_exists(store: &Store) -> Result<bool, StoreError> {
-    sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+    sqlx::query_scalar!(r#"SELECT to_regclass('public._sqlx_migrations') IS NOT NULL AS "exists!""#,)
         .fetch_one(&store.pool)
         .await
         .map_err(StoreError::db("looking for the migrations table"))
@@ -288,7 +289,7 @@ async fn applied_versions(store: &Store) -> Result<Vec<i64>, StoreError> {
     if !migrations_table_exists(store).await? {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+    sqlx::query_scalar!("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",)
         .fetch_all(&store.pool)
         .await
         .map_err(StoreError::db("reading applied migrations"))

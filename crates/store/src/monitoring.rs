@@ -10,7 +10,7 @@ use crate::operator::Reason;
 use crate::{Store, StoreError};
 
 /// Jobs waiting in one queue.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueStats {
     /// Queue name (`jobs::INGEST_QUEUE`, ...).
     pub queue: String,
@@ -22,7 +22,7 @@ pub struct QueueStats {
 }
 
 /// Documents in one status, across all users.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusCount {
     /// The status (`queued`, ..., `ready`, `failed`).
     pub status: String,
@@ -44,19 +44,21 @@ pub async fn snapshot(store: &Store) -> Result<Snapshot, StoreError> {
     let mut tx = store.operator_tx(Reason::Monitoring).await?;
     // The filter is the predicate of apalis' partial fetch index, so this reads that index
     // (waiting jobs only), not every job ever run.
-    let queues = sqlx::query_as::<_, QueueStats>(
-        "SELECT job_type AS queue, count(*) AS waiting, \
-                coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)::float8 \
-                    AS oldest_waiting_seconds \
-         FROM apalis.jobs \
-         WHERE status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts) \
-         GROUP BY job_type ORDER BY job_type",
+    let queues = sqlx::query_as!(
+        QueueStats,
+        r#"SELECT job_type AS queue, count(*) AS "waiting!",
+                coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)::float8
+                    AS "oldest_waiting_seconds!"
+         FROM apalis.jobs
+         WHERE status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)
+         GROUP BY job_type ORDER BY job_type"#,
     )
     .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("reading job queue depth"))?;
-    let documents = sqlx::query_as::<_, StatusCount>(
-        "SELECT status, documents FROM ragpipe_document_status_counts() ORDER BY status",
+    let documents = sqlx::query_as!(
+        StatusCount,
+        r#"SELECT status AS "status!", documents AS "documents!" FROM ragpipe_document_status_counts() ORDER BY status"#,
     )
     .fetch_all(tx.conn())
     .await

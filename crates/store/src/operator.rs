@@ -68,27 +68,35 @@ impl Store {
             .await
             .map_err(StoreError::db("beginning an operator transaction"))?;
         let set = match &reason {
-            Reason::KeyLookup { key_sha256 } => Some(
-                sqlx::query("SELECT set_config('role', $1, true), set_config('ragpipe.api_key_sha256', $2, true)")
-                    .bind(APP_ROLE)
-                    .bind(key_sha256.clone()),
-            ),
-            Reason::Monitoring => Some(
-                sqlx::query("SELECT set_config('role', $1, true), set_config('statement_timeout', $2, true)")
-                    .bind(APP_ROLE)
-                    .bind(MONITORING_STATEMENT_TIMEOUT),
-            ),
-            Reason::UsageReport => Some(sqlx::query("SELECT set_config('role', $1, true)").bind(APP_ROLE)),
-            Reason::QuotaChange(user) => {
-                Some(sqlx::query("SELECT set_config('ragpipe.user_id', $1, true)").bind(user.0.to_string()))
-            }
-            Reason::Shared | Reason::Queue | Reason::Reprocess => None,
-        };
-        if let Some(set) = set {
-            set.execute(&mut *tx)
+            Reason::KeyLookup { key_sha256 } => sqlx::query!(
+                "SELECT set_config('role', $1, true) AS role, set_config('ragpipe.api_key_sha256', $2, true) AS key",
+                APP_ROLE,
+                key_sha256,
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map(drop),
+            Reason::Monitoring => sqlx::query!(
+                "SELECT set_config('role', $1, true) AS role, set_config('statement_timeout', $2, true) AS timeout",
+                APP_ROLE,
+                MONITORING_STATEMENT_TIMEOUT,
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map(drop),
+            Reason::UsageReport => sqlx::query!("SELECT set_config('role', $1, true)", APP_ROLE)
+                .fetch_one(&mut *tx)
                 .await
-                .map_err(StoreError::db("setting up an operator transaction"))?;
-        }
+                .map(drop),
+            Reason::QuotaChange(user) => {
+                sqlx::query!("SELECT set_config('ragpipe.user_id', $1, true)", user.0.to_string())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map(drop)
+            }
+            Reason::Shared | Reason::Queue | Reason::Reprocess => Ok(()),
+        };
+        set.map_err(StoreError::db("setting up an operator transaction"))?;
         Ok(OperatorTx { tx })
     }
 }
@@ -101,9 +109,8 @@ impl OperatorTx {
 
     /// From now on acts as `user` (after [`Reason::KeyLookup`] found the key's owner).
     pub(crate) async fn act_as(&mut self, user: UserId) -> Result<(), StoreError> {
-        sqlx::query("SELECT set_config('ragpipe.user_id', $1, true)")
-            .bind(user.0.to_string())
-            .execute(&mut *self.tx)
+        sqlx::query!("SELECT set_config('ragpipe.user_id', $1, true)", user.0.to_string())
+            .fetch_one(&mut *self.tx)
             .await
             .map_err(StoreError::db("acting as the key's owner"))?;
         Ok(())

@@ -139,7 +139,6 @@ impl QuotaStatus {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct StatusRow {
     plan: String,
     period_start: DateTime<Utc>,
@@ -154,23 +153,25 @@ struct StatusRow {
 /// The acting user's budgets and use (`NotFound` when the user does not exist).
 pub async fn status(tx: &mut UserTx) -> Result<QuotaStatus, StoreError> {
     // `now()` is the transaction's start, so the period and the sums agree with each other.
-    let row: StatusRow = sqlx::query_as(
-        "SELECT u.plan, period.start AS period_start, \
-                CASE WHEN t.user_id IS NULL THEN p.monthly_tokens ELSE t.budget END AS tokens_limit, \
-                t.user_id IS NOT NULL AS tokens_override, \
-                (SELECT coalesce(sum(e.prompt_tokens + e.completion_tokens), 0)::bigint FROM usage_events e \
-                 WHERE e.user_id = u.id AND e.origin = 'user' AND e.created_at >= period.start) AS tokens_used, \
-                CASE WHEN s.user_id IS NULL THEN p.storage_bytes ELSE s.budget END AS storage_limit, \
-                s.user_id IS NOT NULL AS storage_override, \
-                (SELECT coalesce(sum(d.byte_size), 0)::bigint FROM documents d WHERE d.user_id = u.id) AS storage_used \
-         FROM users u \
-         CROSS JOIN (SELECT date_trunc('month', now(), 'UTC') AS start) period \
-         JOIN plans p ON p.name = u.plan \
-         LEFT JOIN user_quotas t ON t.user_id = u.id AND t.quota = 'monthly_tokens' \
-         LEFT JOIN user_quotas s ON s.user_id = u.id AND s.quota = 'storage_bytes' \
-         WHERE u.id = $1",
+    let user = tx.user_id().0;
+    let row = sqlx::query_as!(
+        StatusRow,
+        r#"SELECT u.plan, period.start AS "period_start!",
+                CASE WHEN t.user_id IS NULL THEN p.monthly_tokens ELSE t.budget END AS tokens_limit,
+                t.user_id IS NOT NULL AS "tokens_override!",
+                (SELECT coalesce(sum(e.prompt_tokens + e.completion_tokens), 0)::bigint FROM usage_events e
+                 WHERE e.user_id = u.id AND e.origin = 'user' AND e.created_at >= period.start) AS "tokens_used!",
+                CASE WHEN s.user_id IS NULL THEN p.storage_bytes ELSE s.budget END AS storage_limit,
+                s.user_id IS NOT NULL AS "storage_override!",
+                (SELECT coalesce(sum(d.byte_size), 0)::bigint FROM documents d WHERE d.user_id = u.id) AS "storage_used!"
+         FROM users u
+         CROSS JOIN (SELECT date_trunc('month', now(), 'UTC') AS start) period
+         JOIN plans p ON p.name = u.plan
+         LEFT JOIN user_quotas t ON t.user_id = u.id AND t.quota = 'monthly_tokens'
+         LEFT JOIN user_quotas s ON s.user_id = u.id AND s.quota = 'storage_bytes'
+         WHERE u.id = $1"#,
+        user,
     )
-    .bind(tx.user_id().0)
     .fetch_optional(tx.conn())
     .await
     .map_err(StoreError::db("reading the user's quotas"))?
@@ -218,9 +219,9 @@ pub async fn check_upload(
 ) -> Result<QuotaStatus, QuotaError> {
     // FOR NO KEY UPDATE: conflicts with another upload's lock, not with inserts of rows that
     // reference the user (those take KEY SHARE).
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(tx.user_id().0)
-        .execute(tx.conn())
+    let user = tx.user_id().0;
+    sqlx::query!("SELECT 1 AS locked FROM users WHERE id = $1 FOR NO KEY UPDATE", user)
+        .fetch_optional(tx.conn())
         .await
         .map_err(StoreError::db("locking the user for the quota check"))?;
     let status = status(tx).await?;
@@ -233,14 +234,15 @@ pub async fn check_upload(
             .map(|(len, sha)| (i64::try_from(len).unwrap_or(i64::MAX), sha.to_vec()))
             .collect();
         let shas: Vec<Vec<u8>> = files.iter().map(|(_, sha)| sha.clone()).collect();
-        let stored: Vec<(Vec<u8>,)> =
-            sqlx::query_as("SELECT sha256 FROM documents WHERE user_id = $1 AND sha256 = ANY($2)")
-                .bind(tx.user_id().0)
-                .bind(&shas)
-                .fetch_all(tx.conn())
-                .await
-                .map_err(StoreError::db("finding the upload's files among the stored documents"))?;
-        let stored: HashSet<Vec<u8>> = stored.into_iter().map(|(sha,)| sha).collect();
+        let stored = sqlx::query_scalar!(
+            "SELECT sha256 FROM documents WHERE user_id = $1 AND sha256 = ANY($2)",
+            user,
+            &shas,
+        )
+        .fetch_all(tx.conn())
+        .await
+        .map_err(StoreError::db("finding the upload's files among the stored documents"))?;
+        let stored: HashSet<Vec<u8>> = stored.into_iter().collect();
         let adding = files
             .iter()
             .filter(|(_, sha)| !stored.contains(sha))
@@ -251,7 +253,7 @@ pub async fn check_upload(
 }
 
 /// A plan's budgets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
     /// Its name (`users.plan`).
     pub name: String,
@@ -266,10 +268,13 @@ pub struct Plan {
 /// Every plan, by name. Plans are not user data ([`Reason::Shared`]).
 pub async fn plans(store: &Store) -> Result<Vec<Plan>, StoreError> {
     let mut tx = store.operator_tx(Reason::Shared).await?;
-    let plans = sqlx::query_as("SELECT name, monthly_tokens, storage_bytes, updated_at FROM plans ORDER BY name")
-        .fetch_all(tx.conn())
-        .await
-        .map_err(StoreError::db("reading the plans"))?;
+    let plans = sqlx::query_as!(
+        Plan,
+        "SELECT name, monthly_tokens, storage_bytes, updated_at FROM plans ORDER BY name"
+    )
+    .fetch_all(tx.conn())
+    .await
+    .map_err(StoreError::db("reading the plans"))?;
     tx.commit().await?;
     Ok(plans)
 }
@@ -327,17 +332,18 @@ pub async fn set_plan(
     storage_bytes: Option<Limit>,
 ) -> Result<Plan, StoreError> {
     let mut tx = store.operator_tx(Reason::Shared).await?;
-    let plan = sqlx::query_as(
+    let plan = sqlx::query_as!(
+        Plan,
         "UPDATE plans SET monthly_tokens = CASE WHEN $2 THEN $3 ELSE monthly_tokens END, \
                           storage_bytes = CASE WHEN $4 THEN $5 ELSE storage_bytes END, \
                           updated_at = now() \
          WHERE name = $1 RETURNING name, monthly_tokens, storage_bytes, updated_at",
+        name,
+        monthly_tokens.is_some(),
+        monthly_tokens.and_then(Limit::value),
+        storage_bytes.is_some(),
+        storage_bytes.and_then(Limit::value),
     )
-    .bind(name)
-    .bind(monthly_tokens.is_some())
-    .bind(monthly_tokens.and_then(Limit::value))
-    .bind(storage_bytes.is_some())
-    .bind(storage_bytes.and_then(Limit::value))
     .fetch_optional(tx.conn())
     .await
     .map_err(StoreError::db("changing a plan's budgets"))?
@@ -378,21 +384,23 @@ pub async fn set_user_budget(store: &Store, user: UserId, quota: Quota, budget: 
     let mut tx = store.operator_tx(Reason::QuotaChange(user)).await?;
     match budget {
         UserBudget::Plan => {
-            sqlx::query("DELETE FROM user_quotas WHERE user_id = $1 AND quota = $2")
-                .bind(user.0)
-                .bind(quota.as_str())
-                .execute(tx.conn())
-                .await
-                .map_err(StoreError::db("removing a user's budget"))?;
+            sqlx::query!(
+                "DELETE FROM user_quotas WHERE user_id = $1 AND quota = $2",
+                user.0,
+                quota.as_str(),
+            )
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::db("removing a user's budget"))?;
         }
         UserBudget::Own(limit) => {
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO user_quotas (user_id, quota, budget) VALUES ($1, $2, $3) \
                  ON CONFLICT (user_id, quota) DO UPDATE SET budget = EXCLUDED.budget, updated_at = now()",
+                user.0,
+                quota.as_str(),
+                limit.value(),
             )
-            .bind(user.0)
-            .bind(quota.as_str())
-            .bind(limit.value())
             .execute(tx.conn())
             .await
             .map_err(StoreError::db("setting a user's budget"))

@@ -151,7 +151,7 @@ impl Pending {
 }
 
 /// One document as a run sees it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     /// The document.
     pub id: Uuid,
@@ -235,13 +235,13 @@ impl Candidate {
 /// with BYPASSRLS, as `ragpipe migrate` uses): a batch run works across users.
 pub async fn check_admin(store: &Store) -> Result<(), StoreError> {
     let mut tx = store.operator_tx(Reason::Shared).await?;
-    let bypasses: Option<bool> =
-        sqlx::query_scalar("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
+    let bypasses =
+        sqlx::query_scalar!("SELECT rolsuper OR rolbypassrls AS bypasses FROM pg_roles WHERE rolname = current_user")
             .fetch_optional(tx.conn())
             .await
             .map_err(StoreError::db("checking the database role"))?;
     tx.commit().await?;
-    if bypasses == Some(true) {
+    if bypasses.flatten() == Some(true) {
         Ok(())
     } else {
         Err(StoreError::Config(
@@ -252,49 +252,61 @@ pub async fn check_admin(store: &Store) -> Result<(), StoreError> {
     }
 }
 
-// Reads documents only: planning a run over a large corpus touches no chunk.
-const CANDIDATE_SQL: &str = "SELECT d.id, d.user_id, d.status, d.chunk_count, d.embedding_model, \
-            d.chunk_max_tokens, d.chunk_overlap_tokens, d.extractor_version, d.reprocess, d.last_reprocess_run \
-     FROM documents AS d \
-     WHERE (cardinality($1::uuid[]) = 0 OR d.user_id = ANY ($1)) \
-       AND (cardinality($2::uuid[]) = 0 OR d.id = ANY ($2)) \
-       AND ($3::text IS NULL OR d.status = $3) \
-       AND ($4::timestamptz IS NULL OR d.created_at >= $4) \
-       AND ($5::text IS NULL OR d.embedding_model = $5) \
-       AND ($6::text IS NULL OR d.extractor_version = $6) \
-     ORDER BY d.created_at, d.id";
+/// The checked statement that reads [`Candidate`]s (`$1` users and `$2` documents, each empty
+/// for all; `$3` status, `$4` created since, `$5` embedding model, `$6` extractor, each NULL for
+/// any). It reads documents only: planning a run over a large corpus touches no chunk.
+macro_rules! query_candidates {
+    ($($arg:expr),* $(,)?) => {
+        sqlx::query_as!(
+            Candidate,
+            "SELECT d.id, d.user_id, d.status, d.chunk_count, d.embedding_model, \
+                    d.chunk_max_tokens, d.chunk_overlap_tokens, d.extractor_version, d.reprocess, d.last_reprocess_run \
+             FROM documents AS d \
+             WHERE (cardinality($1::uuid[]) = 0 OR d.user_id = ANY ($1)) \
+               AND (cardinality($2::uuid[]) = 0 OR d.id = ANY ($2)) \
+               AND ($3::text IS NULL OR d.status = $3) \
+               AND ($4::timestamptz IS NULL OR d.created_at >= $4) \
+               AND ($5::text IS NULL OR d.embedding_model = $5) \
+               AND ($6::text IS NULL OR d.extractor_version = $6) \
+             ORDER BY d.created_at, d.id",
+            $($arg),*
+        )
+    };
+}
 
 /// The documents `selection` picks, with what a run needs to plan them, oldest first. Reads
 /// across users: the store must connect as an admin role ([`check_admin`]).
 pub async fn candidates(store: &Store, selection: &Selection) -> Result<Vec<Candidate>, StoreError> {
     let mut tx = store.operator_tx(Reason::Reprocess).await?;
-    let candidates = sqlx::query_as(CANDIDATE_SQL)
-        .bind(&selection.users)
-        .bind(&selection.documents)
-        .bind(selection.status.map(|s| s.as_str()))
-        .bind(selection.since)
-        .bind(selection.embedding_model.as_deref())
-        .bind(selection.extractor_version.as_deref())
-        .fetch_all(tx.conn())
-        .await
-        .map_err(StoreError::db("selecting documents to reprocess"))?;
+    let candidates = query_candidates!(
+        &selection.users,
+        &selection.documents,
+        selection.status.map(|s| s.as_str()),
+        selection.since,
+        selection.embedding_model.as_deref(),
+        selection.extractor_version.as_deref(),
+    )
+    .fetch_all(tx.conn())
+    .await
+    .map_err(StoreError::db("selecting documents to reprocess"))?;
     tx.commit().await?;
     Ok(candidates)
 }
 
 /// One document of the transaction's user, as a run sees it.
 pub async fn candidate(tx: &mut UserTx, document: DocumentId) -> Result<Candidate, StoreError> {
-    sqlx::query_as(CANDIDATE_SQL)
-        .bind(Vec::<Uuid>::new())
-        .bind(vec![document.0])
-        .bind(None::<&str>)
-        .bind(None::<DateTime<Utc>>)
-        .bind(None::<&str>)
-        .bind(None::<&str>)
-        .fetch_optional(tx.conn())
-        .await
-        .map_err(StoreError::db("reading a document to reprocess"))?
-        .ok_or(StoreError::NotFound("document"))
+    query_candidates!(
+        &[] as &[Uuid],
+        &[document.0] as &[Uuid],
+        None::<&str>,
+        None::<DateTime<Utc>>,
+        None::<&str>,
+        None::<&str>,
+    )
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(StoreError::db("reading a document to reprocess"))?
+    .ok_or(StoreError::NotFound("document"))
 }
 
 /// Marks `documents` (of the transaction's user) with their pending runs and enqueues their
@@ -316,7 +328,7 @@ pub async fn mark(
             context: "encoding a reprocessing run",
             source: Box::new(e),
         })?;
-    let marked: Vec<Uuid> = sqlx::query_scalar(
+    let marked = sqlx::query_scalar!(
         "UPDATE documents AS d SET reprocess = u.pending, \
                 status = CASE WHEN d.status = 'failed' THEN 'queued' ELSE d.status END, \
                 error = CASE WHEN d.status = 'failed' THEN NULL ELSE d.error END, \
@@ -325,9 +337,9 @@ pub async fn mark(
          FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, pending) \
          WHERE d.id = u.id AND d.status IN ('ready', 'failed') AND (d.reprocess IS NULL OR d.reprocess ? 'error') \
          RETURNING d.id",
+        &ids,
+        &values,
     )
-    .bind(&ids)
-    .bind(&values)
     .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("marking documents for reprocessing"))?;
@@ -361,13 +373,13 @@ pub async fn mark_many(
 /// Records that the run failed on a document: its chunk set (if any) is kept, and the error is
 /// kept with the run for `ragpipe reprocess` to report (running it again retries).
 pub async fn fail(tx: &mut UserTx, document: DocumentId, run: &str, error: &str) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE documents SET reprocess = reprocess || jsonb_build_object('error', $3::text), updated_at = now() \
          WHERE id = $1 AND reprocess ->> 'run' = $2",
+        document.0,
+        run,
+        error,
     )
-    .bind(document.0)
-    .bind(run)
-    .bind(error)
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("recording a failed reprocessing"))?;
@@ -386,16 +398,17 @@ pub struct RunState {
 /// The state of run `run` (from the partial index on pending runs; across users, admin only).
 pub async fn run_state(store: &Store, run: &str) -> Result<RunState, StoreError> {
     let mut tx = store.operator_tx(Reason::Reprocess).await?;
-    let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-        "SELECT id, reprocess ->> 'error' FROM documents WHERE reprocess IS NOT NULL AND reprocess ->> 'run' = $1",
+    let rows = sqlx::query!(
+        "SELECT id, reprocess ->> 'error' AS error FROM documents WHERE reprocess IS NOT NULL AND reprocess ->> 'run' = $1",
+        run,
     )
-    .bind(run)
     .fetch_all(tx.conn())
     .await
     .map_err(StoreError::db("reading a run's documents"))?;
     tx.commit().await?;
     let mut state = RunState::default();
-    for (id, error) in rows {
+    for row in rows {
+        let (id, error) = (row.id, row.error);
         match error {
             Some(e) => state.failed.push((id, e)),
             None => state.in_flight += 1,

@@ -1,20 +1,9 @@
-//! Reading values out of rows without panicking: a column whose name or type no longer matches
-//! the schema, or a status string that is none of its type's values, is an error naming it.
-//! (`sqlx::Row::get` panics on the first, and `parse().unwrap_or(…)` would turn the second into
-//! a plausible but wrong value.)
+//! Reading status strings out of rows: a status that is none of its type's values is an error
+//! naming it (`parse().unwrap_or(…)` would turn it into a plausible but wrong value). Column
+//! names and types are checked when the crate is built, by the query macros.
 
 use crate::StoreError;
-use sqlx::postgres::PgRow;
-use sqlx::{Postgres, Row};
 use std::str::FromStr;
-
-/// Column `name` of `row`, decoded as `T`.
-pub(crate) fn column<'r, T>(row: &'r PgRow, name: &'static str) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-{
-    row.try_get(name).map_err(StoreError::db("reading a column"))
-}
 
 /// A status column's string as its type (`MessageStatus`, `DocumentStatus`, ...).
 pub(crate) fn parse_status<T>(value: &str) -> Result<T, StoreError>

@@ -80,24 +80,25 @@ pub struct NewUsage<'a> {
 
 /// Records the event unless one with the same idempotency key exists. Returns whether it was new.
 pub async fn record(tx: &mut UserTx, e: &NewUsage<'_>) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(
+    let user = tx.user_id().0;
+    let inserted = sqlx::query!(
         "INSERT INTO usage_events (user_id, kind, model, prompt_tokens, completion_tokens, requests, cost, \
                                    idempotency_key, document_id, message_id, request_id, cached_tokens, origin) \
          VALUES ($1, $2, $3, $4, $5, $6, ($7::float8)::numeric, $8, $9, $10, $11, $12, $13) ON CONFLICT (idempotency_key) DO NOTHING",
+        user,
+        e.kind.as_str(),
+        e.model,
+        e.prompt_tokens as i64,
+        e.completion_tokens as i64,
+        e.requests as i32,
+        e.cost,
+        e.idempotency_key,
+        e.document_id,
+        e.message_id,
+        e.request_id,
+        e.cached_tokens as i64,
+        e.origin.as_str(),
     )
-    .bind(tx.user_id().0)
-    .bind(e.kind.as_str())
-    .bind(e.model)
-    .bind(e.prompt_tokens as i64)
-    .bind(e.completion_tokens as i64)
-    .bind(e.requests as i32)
-    .bind(e.cost)
-    .bind(&e.idempotency_key)
-    .bind(e.document_id)
-    .bind(e.message_id)
-    .bind(e.request_id)
-    .bind(e.cached_tokens as i64)
-    .bind(e.origin.as_str())
     .execute(tx.conn())
     .await
     .map_err(StoreError::db("recording usage"))?
@@ -200,7 +201,7 @@ pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 /// Sums over a set of usage events.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct UsageTotals {
     /// Usage events.
     pub events: i64,
@@ -246,42 +247,59 @@ pub struct UsageReport {
     pub total: UsageTotals,
 }
 
-/// The acting user's events over `period`, as per-day rows of the same shape as
-/// `ragpipe_usage_by_day()` (the all-users report), so both reports group identically.
-const USER_EVENTS_BY_DAY: &str = "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, model, kind, origin, \
-            count(*) AS events, sum(requests)::bigint AS requests, sum(prompt_tokens)::bigint AS prompt_tokens, \
-            sum(completion_tokens)::bigint AS completion_tokens, sum(cached_tokens)::bigint AS cached_tokens, \
-            sum(cost) AS cost \
-     FROM usage_events WHERE user_id = $4 AND created_at >= $1 AND created_at < $2 GROUP BY 1, 2, 3, 4";
-
-/// Every user's events over `period`, per day (aggregates only; refuses in a user transaction).
-const ALL_EVENTS_BY_DAY: &str = "SELECT * FROM ragpipe_usage_by_day($1, $2)";
-
-/// Groups the per-day rows by `$3` with a grand total (the empty grouping set) in one pass.
-/// Costs are summed as `numeric` and converted once, so the total is the exact sum.
-fn report_sql(by_day: &str) -> String {
-    format!(
-        "WITH by_day AS ({by_day}), \
-              keyed AS (SELECT CASE $3 WHEN 'day' THEN to_char(day::timestamp, 'YYYY-MM-DD') WHEN 'model' THEN model ELSE kind END AS key, * \
-                        FROM by_day) \
-         SELECT key, grouping(key) = 1 AS is_total, \
-                coalesce(sum(events), 0)::bigint AS events, coalesce(sum(requests), 0)::bigint AS requests, \
-                coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens, \
-                coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens, \
-                coalesce(sum(cached_tokens), 0)::bigint AS cached_tokens, \
-                coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint AS total_tokens, \
-                coalesce(sum(prompt_tokens + completion_tokens) FILTER (WHERE origin = 'user'), 0)::bigint AS charged_tokens, \
-                coalesce(sum(cost), 0)::float8 AS cost \
-         FROM keyed GROUP BY GROUPING SETS ((key), ()) ORDER BY is_total, key"
-    )
+/// A checked statement that groups per-day rows by `$3` with a grand total (the empty grouping
+/// set) in one pass. `$by_day` (a string literal) gives the per-day rows: the acting user's
+/// (`$4`) events, or every user's from `ragpipe_usage_by_day()`, so both reports group
+/// identically. Costs are summed as `numeric` and converted once, so the total is the exact sum.
+macro_rules! query_report {
+    ($by_day:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query!(
+            "WITH by_day AS (" + $by_day + r#"),
+                  keyed AS (SELECT CASE $3 WHEN 'day' THEN to_char(day::timestamp, 'YYYY-MM-DD')
+                                           WHEN 'model' THEN model ELSE kind END AS key, *
+                            FROM by_day)
+             SELECT key, grouping(key) = 1 AS "is_total!",
+                    coalesce(sum(events), 0)::bigint AS "events!", coalesce(sum(requests), 0)::bigint AS "requests!",
+                    coalesce(sum(prompt_tokens), 0)::bigint AS "prompt_tokens!",
+                    coalesce(sum(completion_tokens), 0)::bigint AS "completion_tokens!",
+                    coalesce(sum(cached_tokens), 0)::bigint AS "cached_tokens!",
+                    coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint AS "total_tokens!",
+                    coalesce(sum(prompt_tokens + completion_tokens) FILTER (WHERE origin = 'user'), 0)::bigint
+                        AS "charged_tokens!",
+                    coalesce(sum(cost), 0)::float8 AS "cost!"
+             FROM keyed GROUP BY GROUPING SETS ((key), ()) ORDER BY 2, key"#
+            $(, $arg)*
+        )
+    };
 }
 
-/// A row of `report_sql`: a group, or (`is_total`) the grand total.
-#[derive(sqlx::FromRow)]
+/// Reads [`query_report!`]'s rows.
+macro_rules! grouped_rows {
+    ($rows:expr) => {
+        $rows
+            .into_iter()
+            .map(|r| GroupedRow {
+                key: r.key,
+                is_total: r.is_total,
+                totals: UsageTotals {
+                    events: r.events,
+                    requests: r.requests,
+                    prompt_tokens: r.prompt_tokens,
+                    completion_tokens: r.completion_tokens,
+                    cached_tokens: r.cached_tokens,
+                    total_tokens: r.total_tokens,
+                    charged_tokens: r.charged_tokens,
+                    cost: r.cost,
+                },
+            })
+            .collect::<Vec<_>>()
+    };
+}
+
+/// A row of [`query_report!`]: a group, or (`is_total`) the grand total.
 struct GroupedRow {
     key: Option<String>,
     is_total: bool,
-    #[sqlx(flatten)]
     totals: UsageTotals,
 }
 
@@ -320,14 +338,22 @@ fn assemble(period: Period, group_by: GroupBy, grouped: Vec<GroupedRow>) -> Usag
 
 /// The acting user's usage over `period`, grouped by `group_by`.
 pub async fn report(tx: &mut UserTx, period: Period, group_by: GroupBy) -> Result<UsageReport, StoreError> {
-    let grouped: Vec<GroupedRow> = sqlx::query_as(sqlx::AssertSqlSafe(report_sql(USER_EVENTS_BY_DAY)))
-        .bind(period.from)
-        .bind(period.to)
-        .bind(group_by.as_str())
-        .bind(tx.user_id().0)
-        .fetch_all(tx.conn())
-        .await
-        .map_err(StoreError::db("reading the usage report"))?;
+    let user = tx.user_id().0;
+    let rows = query_report!(
+        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, model, kind, origin, count(*) AS events,
+                sum(requests)::bigint AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
+                sum(completion_tokens)::bigint AS completion_tokens, sum(cached_tokens)::bigint AS cached_tokens,
+                sum(cost) AS cost
+         FROM usage_events WHERE user_id = $4 AND created_at >= $1 AND created_at < $2 GROUP BY 1, 2, 3, 4",
+        period.from,
+        period.to,
+        group_by.as_str(),
+        user,
+    )
+    .fetch_all(tx.conn())
+    .await
+    .map_err(StoreError::db("reading the usage report"))?;
+    let grouped = grouped_rows!(rows);
     Ok(assemble(period, group_by, grouped))
 }
 
@@ -339,13 +365,16 @@ pub async fn report(tx: &mut UserTx, period: Period, group_by: GroupBy) -> Resul
 /// only.
 pub async fn report_all(store: &Store, period: Period, group_by: GroupBy) -> Result<UsageReport, StoreError> {
     let mut tx = store.operator_tx(Reason::UsageReport).await?;
-    let grouped: Vec<GroupedRow> = sqlx::query_as(sqlx::AssertSqlSafe(report_sql(ALL_EVENTS_BY_DAY)))
-        .bind(period.from)
-        .bind(period.to)
-        .bind(group_by.as_str())
-        .fetch_all(tx.conn())
-        .await
-        .map_err(StoreError::db("reading the all-users usage report"))?;
+    let rows = query_report!(
+        "SELECT * FROM ragpipe_usage_by_day($1, $2)",
+        period.from,
+        period.to,
+        group_by.as_str(),
+    )
+    .fetch_all(tx.conn())
+    .await
+    .map_err(StoreError::db("reading the all-users usage report"))?;
+    let grouped = grouped_rows!(rows);
     tx.commit().await?;
     Ok(assemble(period, group_by, grouped))
 }

@@ -54,19 +54,27 @@ impl UserTx {
             .begin()
             .await
             .map_err(StoreError::db("beginning a user transaction"))?;
-        let sql = match plans {
-            Plans::Auto => "SELECT set_config('role', $1, true), set_config('ragpipe.user_id', $2, true)",
-            Plans::Generic => {
-                "SELECT set_config('role', $1, true), set_config('ragpipe.user_id', $2, true), \
-                        set_config('plan_cache_mode', 'force_generic_plan', true)"
-            }
-        };
-        sqlx::query(sql)
-            .bind(APP_ROLE)
-            .bind(user.0.to_string())
-            .execute(&mut *tx)
+        let user_id = user.0.to_string();
+        let set = match plans {
+            Plans::Auto => sqlx::query!(
+                "SELECT set_config('role', $1, true) AS role, set_config('ragpipe.user_id', $2, true) AS user",
+                APP_ROLE,
+                user_id,
+            )
+            .fetch_one(&mut *tx)
             .await
-            .map_err(StoreError::db("switching to the application role"))?;
+            .map(drop),
+            Plans::Generic => sqlx::query!(
+                "SELECT set_config('role', $1, true) AS role, set_config('ragpipe.user_id', $2, true) AS user, \
+                        set_config('plan_cache_mode', 'force_generic_plan', true) AS plans",
+                APP_ROLE,
+                user_id,
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map(drop),
+        };
+        set.map_err(StoreError::db("switching to the application role"))?;
         Ok(UserTx { tx, user })
     }
 
