@@ -3,23 +3,15 @@
 
 mod admin;
 mod ask;
-mod bench;
-mod bench_embed;
-mod bench_followup;
-mod bench_ingest;
-mod bench_reprocess;
-mod bench_search;
 mod demo;
 mod doctor;
-mod eval;
 mod extract;
 mod ingest;
-mod reprocess;
 mod search;
 mod serve;
-mod shutdown;
 mod usage;
-mod workers;
+
+use ragpipe_cli::{eval, reprocess, shutdown, workers};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -52,9 +44,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(BenchCommand),
     /// Run the main job end to end: migrate, ingest the fixture documents, search them.
     Demo(demo::DemoArgs),
     /// Serve the HTTP API (and, unless --no-workers, the workers) until SIGTERM.
@@ -94,37 +83,9 @@ enum Command {
     Plans(admin::PlansCommand),
 }
 
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// Ingestion throughput on a generated corpus against a COPY ceiling.
-    Ingest(bench_ingest::BenchIngestArgs),
-    /// Search latency at 100,000 chunks against the bare HNSW query.
-    Search(bench_search::BenchSearchArgs),
-    /// Reprocessing throughput (re-ingest, re-embed, re-chunk) against a first ingestion.
-    Reprocess(bench_reprocess::BenchReprocessArgs),
-    /// Follow-up retrieval with and without the conversation (and the reranker, if set).
-    Followup(bench_followup::BenchFollowupArgs),
-    /// The local embedding model's throughput against an embeddings server of the same model.
-    Embed(bench_embed::BenchEmbedArgs),
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ragpipe_cli::run_main(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -155,7 +116,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => doctor::run(&config, json).await,
-        Command::Bench(BenchCommand::Ingest(args)) => bench_ingest::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Worker {
@@ -177,27 +137,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search(args) => search::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Ask(args) => ask::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(config, args).await.map(|()| ExitCode::SUCCESS),
-        Command::Bench(BenchCommand::Search(args)) => bench_search::run(config, args).await.map(|()| ExitCode::SUCCESS),
-        Command::Bench(BenchCommand::Followup(args)) => {
-            bench_followup::run(config, args).await.map(|()| ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Embed(args)) => bench_embed::run(config, args).await.map(|()| ExitCode::SUCCESS),
-        Command::Bench(BenchCommand::Reprocess(args)) => {
-            bench_reprocess::run(config, args).await.map(|()| ExitCode::SUCCESS)
-        }
         Command::Extract(args) => extract::run(&args, &config).map(|()| ExitCode::SUCCESS),
         Command::Users(cmd) => admin::users(&config, cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Keys(cmd) => admin::keys(&config, cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Usage(args) => usage::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Plans(cmd) => admin::plans(&config, cmd).await.map(|()| ExitCode::SUCCESS),
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAGPIPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lopdf=off,sqlx::postgres::notice=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
