@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use ragpipe_core::{Config, UserId};
-use ragpipe_store::{Store, documents};
+use ragpipe_store::{Store, documents, users};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
@@ -163,6 +163,20 @@ impl Corpus {
     pub fn filename(n: usize) -> String {
         format!("doc-{n:04}.md")
     }
+}
+
+/// Creates the run's user, `email`, and returns its id.
+pub async fn create_user(store: &Store, email: &str) -> anyhow::Result<UserId> {
+    let user = UserId::new();
+    let new = users::NewUser {
+        email: email.to_owned(),
+        id: Some(user),
+        ..Default::default()
+    };
+    users::create(store, &new)
+        .await
+        .with_context(|| format!("creating the benchmark's user {email}"))?;
+    Ok(user)
 }
 
 /// Generates `docs` documents of about `words` words and uploads them for `user` through

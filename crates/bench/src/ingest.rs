@@ -4,12 +4,12 @@
 //! machines). With `--versus-embedding-url`, the same corpus is ingested a second time with
 //! embeddings from that server, and the two runs' times are compared.
 
-use crate::common::{ScratchDatabase, measurement_pool, peak_rss_mib, upload_corpus, wait_until_settled};
+use crate::common::{ScratchDatabase, create_user, measurement_pool, peak_rss_mib, upload_corpus, wait_until_settled};
 use anyhow::Context;
 use clap::Args;
 use ragpipe_core::config::{EmbeddingProvider, ModelEndpoint};
 use ragpipe_core::{Config, UserId};
-use ragpipe_store::{Store, documents, users};
+use ragpipe_store::{Store, documents};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -188,16 +188,7 @@ async fn measure_once(
     source: &Source<'_>,
     ceiling: bool,
 ) -> anyhow::Result<(RunFigures, Option<(f64, f64)>)> {
-    let user = UserId::new();
-    users::create(
-        store,
-        &users::NewUser {
-            email: "bench@example.com".into(),
-            id: Some(user),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let user = create_user(store, "bench@example.com").await?;
 
     let started = Instant::now();
     let (documents, bytes) = match source {

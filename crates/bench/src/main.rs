@@ -17,19 +17,16 @@ mod ingest;
 mod reprocess;
 mod search;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ragpipe_core::Config;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// ragpipe's benchmarks: each measures against a baseline taken in the same run.
 #[derive(Parser, Debug)]
 #[command(name = "ragpipe-bench", version, about)]
 struct Cli {
-    /// Configuration file (default: ./ragpipe.toml when it exists, or $RAGPIPE_CONFIG).
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ragpipe_cli::ConfigFlag,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,12 +47,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ragpipe_cli::run_main(run(cli))
+    ragpipe_cli::run_main(cli.config, |config| run(config, cli.command))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(cli.config.as_deref()).context("reading configuration")?;
-    match cli.command {
+async fn run(config: Config, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Ingest(args) => ingest::run(config, args).await,
         Command::Search(args) => search::run(config, args).await,
         Command::Reprocess(args) => reprocess::run(config, args).await,

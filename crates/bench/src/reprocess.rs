@@ -22,14 +22,15 @@
 //! shown.
 
 use crate::common::{
-    Corpus, ScratchDatabase, measurement_pool, peak_rss_mib, reset_peak_rss, upload_corpus, wait_until_settled,
+    Corpus, ScratchDatabase, create_user, measurement_pool, peak_rss_mib, reset_peak_rss, upload_corpus,
+    wait_until_settled,
 };
 use anyhow::{Context, bail};
 use clap::Args;
 use ragpipe_cli::reprocess::{ReprocessArgs, RunResult};
-use ragpipe_core::{Config, UserId};
+use ragpipe_core::Config;
 use ragpipe_store::reprocess::{self, Stage};
-use ragpipe_store::{Store, embedding_models, users};
+use ragpipe_store::{Store, embedding_models};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -213,16 +214,7 @@ async fn bench(store: &Store, db: &PgPool, config: &Arc<Config>, args: &BenchRep
     .execute(db)
     .await
     .context("turning autovacuum off on the scratch database")?;
-    let user = UserId::new();
-    users::create(
-        store,
-        &users::NewUser {
-            email: "bench@example.com".into(),
-            id: Some(user),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let user = create_user(store, "bench@example.com").await?;
     let per_phase_rss = reset_peak_rss();
     let sampler = ActivitySampler::start(db);
     let mut checks = Vec::new();

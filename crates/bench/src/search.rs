@@ -13,13 +13,13 @@
 //! as the product runs it: in a user transaction (role `ragpipe_app`, row-level security); only
 //! the statement is timed.
 
-use crate::common::{Rng, ScratchDatabase, measurement_pool};
+use crate::common::{Rng, ScratchDatabase, create_user, measurement_pool};
 use anyhow::Context;
 use clap::Args;
 use ragpipe_core::{Config, UserId};
 use ragpipe_llm::HashedEmbedder;
 use ragpipe_store::search::{self, Bm25, QueryVector, SearchMode, SearchQuery};
-use ragpipe_store::{Store, embedding_models, users};
+use ragpipe_store::{Store, embedding_models};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -329,16 +329,7 @@ async fn load(
     embedder: &HashedEmbedder,
     chunks: usize,
 ) -> anyhow::Result<String> {
-    let user = UserId::new();
-    users::create(
-        store,
-        &users::NewUser {
-            email: "bench-search@example.com".into(),
-            id: Some(user),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let user = create_user(store, "bench-search@example.com").await?;
     let index = embedding_models::index_name(model, dim);
     // Load without indexes or statistics triggers; build both afterwards.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

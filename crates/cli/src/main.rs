@@ -13,19 +13,16 @@ mod usage;
 
 use ragpipe_cli::{eval, reprocess, shutdown, workers};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ragpipe_core::Config;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Document ingestion and question answering on PostgreSQL + pgvector.
 #[derive(Parser, Debug)]
 #[command(name = "ragpipe", version, about)]
 struct Cli {
-    /// Configuration file (default: ./ragpipe.toml when it exists, or $RAGPIPE_CONFIG).
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ragpipe_cli::ConfigFlag,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,12 +82,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ragpipe_cli::run_main(run(cli))
+    ragpipe_cli::run_main(cli.config, |config| run(config, cli.command))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(cli.config.as_deref()).context("reading configuration")?;
-    match cli.command {
+async fn run(config: Config, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Migrate { json } => {
             let store = ragpipe_store::Store::connect(&config).await?;
             let report = store.migrate(&config.embedding).await?;
