@@ -2,7 +2,7 @@
 """Where the search statement's text leg spends its time, from EXPLAIN ANALYZE.
 
 Runs the text-only form of crates/store/src/search/hybrid.sql (or a variant of it) on a corpus
-that `ragpipe bench search --keep` left, as ragpipe_app with the corpus's user and generic plans
+that `ragpipe-bench search --keep` left, as ragpipe_app with the corpus's user and generic plans
 (as store::Store::search_tx does), for 100 queries made like the benchmark's (3 to 8 consecutive
 words of random chunks), and prints the medians of: execution time, time in the first pass's
 scans of search_postings and postings read, time in the second pass's scans (the probes for

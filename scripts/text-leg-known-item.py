@@ -2,7 +2,7 @@
 """How often the text leg ranks a query's source chunk first or within 10, for several bounds.
 
 Runs the text-only form of crates/store/src/search/hybrid.sql on a corpus that
-`ragpipe bench search --keep` left, as ragpipe_app with the corpus's user and generic plans (as
+`ragpipe-bench search --keep` left, as ragpipe_app with the corpus's user and generic plans (as
 store::Store::search_tx does), for 150 queries made like the benchmark's (3 to 8 consecutive
 words of a random chunk: that chunk is the one to find), once per BUDGET/RESCORED pair given,
 and prints the share found first, the share found within 10 and the median latency. A pair of

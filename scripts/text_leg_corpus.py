@@ -1,5 +1,5 @@
 """Shared by the text-leg scripts (explain-text-leg.py, text-leg-known-item.py): the text-only
-search statement prepared on a corpus that `ragpipe bench search --keep` left, in a transaction
+search statement prepared on a corpus that `ragpipe-bench search --keep` left, in a transaction
 as ragpipe_app with the corpus's user and generic plans (as store::Store::search_tx does), and
 queries made like the benchmark's (3 to 8 consecutive words of a random chunk)."""
 

@@ -388,6 +388,12 @@ impl EvalSet {
     }
 }
 
+/// The eval user whose documents `ragpipe eval --fixtures DIR` searches: the eval user for the
+/// fixtures folder, a user of the set's own for a set folder (derived from the folder's name).
+pub fn set_user(dir: &Path) -> UserId {
+    EvalSet::at(dir).user
+}
+
 /// Whether `dir` is an eval set folder (`documents/` and `questions.jsonl`) rather than the
 /// fixtures folder.
 fn is_set_dir(dir: &Path) -> bool {

@@ -3,37 +3,26 @@
 
 mod admin;
 mod ask;
-mod bench;
-mod bench_embed;
-mod bench_followup;
-mod bench_ingest;
-mod bench_reprocess;
-mod bench_search;
 mod demo;
 mod doctor;
-mod eval;
 mod extract;
 mod ingest;
-mod reprocess;
 mod search;
 mod serve;
-mod shutdown;
 mod usage;
-mod workers;
 
-use anyhow::Context;
+use ragpipe_cli::{eval, reprocess, shutdown, workers};
+
 use clap::{Parser, Subcommand};
 use ragpipe_core::Config;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Document ingestion and question answering on PostgreSQL + pgvector.
 #[derive(Parser, Debug)]
 #[command(name = "ragpipe", version, about)]
 struct Cli {
-    /// Configuration file (default: ./ragpipe.toml when it exists, or $RAGPIPE_CONFIG).
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ragpipe_cli::ConfigFlag,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,9 +41,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(BenchCommand),
     /// Run the main job end to end: migrate, ingest the fixture documents, search them.
     Demo(demo::DemoArgs),
     /// Serve the HTTP API (and, unless --no-workers, the workers) until SIGTERM.
@@ -94,42 +80,13 @@ enum Command {
     Plans(admin::PlansCommand),
 }
 
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// Ingestion throughput on a generated corpus against a COPY ceiling.
-    Ingest(bench_ingest::BenchIngestArgs),
-    /// Search latency at 100,000 chunks against the bare HNSW query.
-    Search(bench_search::BenchSearchArgs),
-    /// Reprocessing throughput (re-ingest, re-embed, re-chunk) against a first ingestion.
-    Reprocess(bench_reprocess::BenchReprocessArgs),
-    /// Follow-up retrieval with and without the conversation (and the reranker, if set).
-    Followup(bench_followup::BenchFollowupArgs),
-    /// The local embedding model's throughput against an embeddings server of the same model.
-    Embed(bench_embed::BenchEmbedArgs),
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ragpipe_cli::run_main(cli.config, |config| run(config, cli.command))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(cli.config.as_deref()).context("reading configuration")?;
-    match cli.command {
+async fn run(config: Config, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Migrate { json } => {
             let store = ragpipe_store::Store::connect(&config).await?;
             let report = store.migrate(&config.embedding).await?;
@@ -155,7 +112,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => doctor::run(&config, json).await,
-        Command::Bench(BenchCommand::Ingest(args)) => bench_ingest::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Worker {
@@ -177,27 +133,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search(args) => search::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Ask(args) => ask::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(config, args).await.map(|()| ExitCode::SUCCESS),
-        Command::Bench(BenchCommand::Search(args)) => bench_search::run(config, args).await.map(|()| ExitCode::SUCCESS),
-        Command::Bench(BenchCommand::Followup(args)) => {
-            bench_followup::run(config, args).await.map(|()| ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Embed(args)) => bench_embed::run(config, args).await.map(|()| ExitCode::SUCCESS),
-        Command::Bench(BenchCommand::Reprocess(args)) => {
-            bench_reprocess::run(config, args).await.map(|()| ExitCode::SUCCESS)
-        }
         Command::Extract(args) => extract::run(&args, &config).map(|()| ExitCode::SUCCESS),
         Command::Users(cmd) => admin::users(&config, cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Keys(cmd) => admin::keys(&config, cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Usage(args) => usage::run(config, args).await.map(|()| ExitCode::SUCCESS),
         Command::Plans(cmd) => admin::plans(&config, cmd).await.map(|()| ExitCode::SUCCESS),
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAGPIPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lopdf=off,sqlx::postgres::notice=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

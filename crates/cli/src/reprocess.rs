@@ -138,7 +138,8 @@ pub struct Failure {
 }
 
 impl ReprocessArgs {
-    pub(crate) fn selection(&self) -> anyhow::Result<Selection> {
+    /// The documents the flags select; fails when none is given (neither `--all` nor a filter).
+    pub fn selection(&self) -> anyhow::Result<Selection> {
         let filtered = !self.users.is_empty()
             || !self.documents.is_empty()
             || self.status.is_some()
@@ -173,7 +174,8 @@ impl ReprocessArgs {
         })
     }
 
-    pub(crate) fn target(&self, config: &Config) -> Target {
+    /// What the selected documents are brought to: the flags, else the configured settings.
+    pub fn target(&self, config: &Config) -> Target {
         Target {
             chunk_max_tokens: self.chunk_tokens.unwrap_or(config.chunking.max_tokens),
             chunk_overlap_tokens: self.overlap.unwrap_or(config.chunking.overlap_tokens),
@@ -252,12 +254,7 @@ pub async fn run(config: Config, args: ReprocessArgs) -> anyhow::Result<bool> {
 
 /// The target model's name and dimension. The configured model is recorded (with its vector
 /// index) if it is not yet; another must have been recorded by a process configured with it.
-pub(crate) async fn target_model(
-    store: &Store,
-    config: &Config,
-    model: &str,
-    dry_run: bool,
-) -> anyhow::Result<(String, u32)> {
+pub async fn target_model(store: &Store, config: &Config, model: &str, dry_run: bool) -> anyhow::Result<(String, u32)> {
     if model == config.embedding.model {
         if !dry_run {
             embedding_models::ensure(store, model, config.embedding.dim, config.embedding.base_url.as_deref())
@@ -389,7 +386,7 @@ fn print_plan(plan: &RunPlan) {
 /// one is finished or failed, looking again at the end for documents that became due meanwhile
 /// (uploads still in their first ingest, uploaded during the run on the old settings).
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn execute(
+pub async fn execute(
     store: &Store,
     config: &Config,
     run: &str,

@@ -1,4 +1,4 @@
-//! `ragpipe bench embed`: the local embedding model's throughput against an OpenAI-compatible
+//! `ragpipe-bench embed`: the local embedding model's throughput against an OpenAI-compatible
 //! embeddings server of the same model (the MiniLM server of `scripts/real-models`), on the same
 //! texts in the same run: inputs/s, word pieces/s, the ratio, the agreement of the vectors and
 //! peak memory.
@@ -45,7 +45,7 @@ pub async fn run(config: Config, args: BenchEmbedArgs) -> anyhow::Result<()> {
     if local.model == ragpipe_core::config::HASHED_MODEL {
         local.model = DEFAULT_LOCAL_MODEL.to_owned();
     }
-    let rss_start = crate::bench::peak_rss_mib().unwrap_or(0.0);
+    let rss_start = crate::common::peak_rss_mib().unwrap_or(0.0);
     let loading = Instant::now();
     let local_embedder = Embedder::new(&local).context("loading the local embedding model")?;
     let load_secs = loading.elapsed().as_secs_f64();
@@ -73,7 +73,7 @@ pub async fn run(config: Config, args: BenchEmbedArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let local_out = local_embedder.embed(&texts).await?;
     let local_secs = started.elapsed().as_secs_f64();
-    let local_rss = crate::bench::peak_rss_mib().unwrap_or(0.0);
+    let local_rss = crate::common::peak_rss_mib().unwrap_or(0.0);
     println!(
         "  local (in-process, {} threads): {:.1} inputs/s, {:.0} word pieces/s ({local_secs:.1} s; model loaded in {load_secs:.1} s)",
         local_embedder.local_threads().unwrap_or(0),
@@ -127,7 +127,7 @@ pub async fn run(config: Config, args: BenchEmbedArgs) -> anyhow::Result<()> {
 
 /// The first `args.inputs` chunks of the documents, chunked as ingest chunks for the local model.
 fn chunk_texts(config: &Config, args: &BenchEmbedArgs, embedder: &Embedder) -> anyhow::Result<Vec<String>> {
-    let paths = crate::bench::files_in(&args.documents)?;
+    let paths = crate::common::files_in(&args.documents)?;
     let chunker = ragpipe_ingest_worker::chunker_for(ChunkSettings::from_config(&config.chunking), embedder)
         .context("building the chunker")?;
     let limits = Limits::from_config(&config.limits);

@@ -1,10 +1,32 @@
-//! What the `ragpipe bench` commands share: a deterministic random source, a generated corpus
-//! uploaded as the API uploads, a scratch database on the configured server, and peak memory.
+//! What the benchmarks share: the measurement pool, a deterministic random source, a generated
+//! corpus uploaded as the API uploads, a scratch database on the configured server, and peak
+//! memory.
 
 use anyhow::Context;
 use ragpipe_core::{Config, UserId};
-use ragpipe_store::{Store, documents};
+use ragpipe_store::{Store, documents, users};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use std::str::FromStr;
 use std::time::Duration;
+
+/// A pool of the benchmark's own on `config.database_url`, for its measurement SQL (the
+/// connection's role, the database owner or administrator, sees every user's rows). A few
+/// connections: one for a sampler that holds its own, the others for counts and bulk loads;
+/// they show in `pg_stat_activity` as `ragpipe-bench`. Its statements are not logged: bulk
+/// loads and index builds are slow by design, and the benchmark times what it needs itself.
+pub async fn measurement_pool(config: &Config) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(&config.database_url)
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?
+        .application_name("ragpipe-bench")
+        .disable_statement_logging();
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("connecting to {}", ragpipe_store::redact(&config.database_url)))
+}
 
 /// Deterministic pseudo-random numbers (xorshift64*), so every run generates the same corpus.
 pub struct Rng(pub u64);
@@ -29,7 +51,8 @@ impl Rng {
 
 /// A database named `name` on the configured server, for one benchmark run.
 pub struct ScratchDatabase {
-    admin: Store,
+    /// The configured database's connection, which creates and drops the scratch one.
+    admin: PgPool,
     name: String,
     /// The configuration pointing at the scratch database.
     pub config: Config,
@@ -39,12 +62,12 @@ impl ScratchDatabase {
     /// Connects to the configured server and, when `recreate`, drops and creates `name`.
     pub async fn open(config: Config, name: &str, recreate: bool) -> anyhow::Result<ScratchDatabase> {
         let mut url = url::Url::parse(&config.database_url).context("DATABASE_URL")?;
-        let admin = Store::connect(&config).await?;
+        let admin = measurement_pool(&config).await?;
         let name = name.replace('"', "");
         if recreate {
             drop_database(&admin, &name).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-                .execute(admin.pool())
+                .execute(&admin)
                 .await
                 .with_context(|| format!("creating database {name}"))?;
         }
@@ -54,17 +77,19 @@ impl ScratchDatabase {
         Ok(ScratchDatabase { admin, name, config })
     }
 
-    /// Drops the database (its own connections must be closed first).
+    /// Drops the database (`WITH (FORCE)`: connections still open to it are ended).
     pub async fn drop(self) -> anyhow::Result<()> {
-        drop_database(&self.admin, &self.name).await
+        let dropped = drop_database(&self.admin, &self.name).await;
+        self.admin.close().await;
+        dropped
     }
 }
 
-async fn drop_database(admin: &Store, name: &str) -> anyhow::Result<()> {
+async fn drop_database(admin: &PgPool, name: &str) -> anyhow::Result<()> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
     )))
-    .execute(admin.pool())
+    .execute(admin)
     .await
     .with_context(|| format!("dropping database {name}"))?;
     Ok(())
@@ -140,6 +165,20 @@ impl Corpus {
     }
 }
 
+/// Creates the run's user, `email`, and returns its id.
+pub async fn create_user(store: &Store, email: &str) -> anyhow::Result<UserId> {
+    let user = UserId::new();
+    let new = users::NewUser {
+        email: email.to_owned(),
+        id: Some(user),
+        ..Default::default()
+    };
+    users::create(store, &new)
+        .await
+        .with_context(|| format!("creating the benchmark's user {email}"))?;
+    Ok(user)
+}
+
 /// Generates `docs` documents of about `words` words and uploads them for `user` through
 /// `documents::create` (row, bytes and ingest job, as the API does), in one transaction; returns
 /// the bytes uploaded. Each document is generated, uploaded and dropped in turn, so the process
@@ -167,7 +206,6 @@ pub async fn upload_corpus(
 
 /// The files directly in `dir`, sorted by path (the benchmarks' corpora of real documents).
 pub fn files_in(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    use anyhow::Context;
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
@@ -179,14 +217,17 @@ pub fn files_in(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>
     Ok(paths)
 }
 
-/// Waits until none of `user`'s documents is still in the pipeline (each is ready or failed).
-pub async fn wait_until_settled(store: &Store, user: UserId) -> anyhow::Result<()> {
+/// Waits until none of `user`'s documents is still in the pipeline (each is ready or failed),
+/// counting them on the measurement pool `db`.
+pub async fn wait_until_settled(db: &PgPool, user: UserId) -> anyhow::Result<()> {
     loop {
-        let mut tx = store.user_tx(user).await?;
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE status NOT IN ('ready', 'failed')")
-            .fetch_one(tx.conn())
-            .await?;
-        drop(tx);
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM documents WHERE user_id = $1 AND status NOT IN ('ready', 'failed')",
+        )
+        .bind(user.0)
+        .fetch_one(db)
+        .await
+        .context("counting the documents still in the pipeline")?;
         if open == 0 {
             return Ok(());
         }

@@ -1,10 +1,10 @@
-//! `ragpipe bench reprocess`: what reprocessing costs, against a first ingestion of the same
+//! `ragpipe-bench reprocess`: what reprocessing costs, against a first ingestion of the same
 //! corpus measured in the same run (the ratios are what to compare across machines).
 //!
 //! On a scratch database, with the offline hashed embedder (the model costs nothing there, so
 //! the figures are ragpipe's own work: extraction, chunking, the embedding cache, the database):
 //!
-//! 1. the generated corpus of `bench ingest` is uploaded as the API uploads and ingested through
+//! 1. the generated corpus of `ragpipe-bench ingest` is uploaded as the API uploads and ingested through
 //!    the queue by the process's workers;
 //! 2. every document is re-ingested through reprocessing (`ragpipe reprocess --all --stage
 //!    extract`): extracted and chunked again, every vector served by the embedding cache;
@@ -21,14 +21,18 @@
 //! an unpredictable moment (pgvector's HNSW vacuum is heavy) and each phase's own cleanup cost is
 //! shown.
 
-use crate::bench::{Corpus, ScratchDatabase, peak_rss_mib, reset_peak_rss, upload_corpus, wait_until_settled};
-use crate::reprocess::{ReprocessArgs, RunResult};
+use crate::common::{
+    Corpus, ScratchDatabase, create_user, measurement_pool, peak_rss_mib, reset_peak_rss, upload_corpus,
+    wait_until_settled,
+};
 use anyhow::{Context, bail};
 use clap::Args;
-use ragpipe_core::{Config, UserId};
+use ragpipe_cli::reprocess::{ReprocessArgs, RunResult};
+use ragpipe_core::Config;
 use ragpipe_store::reprocess::{self, Stage};
-use ragpipe_store::{Store, embedding_models, users};
+use ragpipe_store::{Store, embedding_models};
 use serde::Serialize;
+use sqlx::PgPool;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug)]
 pub struct BenchReprocessArgs {
-    /// Documents in the generated corpus (the generator of `bench ingest`).
+    /// Documents in the generated corpus (the generator of `ragpipe-bench ingest`).
     #[arg(long, default_value_t = 500)]
     pub docs: usize,
     /// Words per document (about 40 chunks of 512 tokens at the default).
@@ -170,9 +174,14 @@ pub async fn run(config: Config, args: BenchReprocessArgs) -> anyhow::Result<()>
     }
     let scratch = ScratchDatabase::open(config, &args.database, true).await?;
     let config = Arc::new(scratch.config.clone());
-    let store = Store::connect(&config).await?;
-    let report = bench(&store, &config, &args).await;
-    store.pool().close().await;
+    let report = async {
+        let store = Store::connect(&config).await?;
+        let db = measurement_pool(&config).await?;
+        let report = bench(&store, &db, &config, &args).await;
+        db.close().await;
+        report
+    }
+    .await;
     if args.keep {
         eprintln!("kept database {}", args.database);
     } else {
@@ -190,7 +199,9 @@ pub async fn run(config: Config, args: BenchReprocessArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn bench(store: &Store, config: &Arc<Config>, args: &BenchReprocessArgs) -> anyhow::Result<Report> {
+/// The four phases on the scratch database: `store` for what the product does, `db` for the
+/// benchmark's own SQL.
+async fn bench(store: &Store, db: &PgPool, config: &Arc<Config>, args: &BenchReprocessArgs) -> anyhow::Result<Report> {
     store.migrate(&config.embedding).await?;
     reprocess::check_admin(store).await?;
     sqlx::raw_sql(
@@ -200,55 +211,46 @@ async fn bench(store: &Store, config: &Arc<Config>, args: &BenchReprocessArgs) -
                  EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = false)', t); \
              END LOOP; END $$",
     )
-    .execute(store.pool())
+    .execute(db)
     .await
     .context("turning autovacuum off on the scratch database")?;
-    let user = UserId::new();
-    users::create(
-        store,
-        &users::NewUser {
-            email: "bench@example.com".into(),
-            id: Some(user),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let user = create_user(store, "bench@example.com").await?;
     let per_phase_rss = reset_peak_rss();
-    let sampler = ActivitySampler::start(store);
+    let sampler = ActivitySampler::start(db);
     let mut checks = Vec::new();
     let mut phases = Vec::new();
 
-    // 1. Upload and ingest, as `bench ingest` does.
+    // 1. Upload and ingest, as `ragpipe-bench ingest` does.
     eprintln!("1. ingesting {} generated documents of {} words", args.docs, args.words);
-    let before = Counters::read(store).await?;
+    let before = Counters::read(db).await?;
     sampler.take();
     let started = Instant::now();
     let bytes = upload_corpus(store, user, args.docs, args.words, config.worker.max_attempts).await?;
     let stop = CancellationToken::new();
-    let workers = crate::workers::spawn(store, config, stop.clone())?;
+    let workers = ragpipe_cli::workers::spawn(store, config, stop.clone())?;
     let result = async {
-        wait_until_settled(store, user).await?;
+        wait_until_settled(db, user).await?;
         let seconds = started.elapsed().as_secs_f64();
         let (ready, failed): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE status = 'ready'), count(*) FILTER (WHERE status = 'failed') FROM documents",
         )
-        .fetch_one(store.pool())
+        .fetch_one(db)
         .await?;
-        let mut ingest = Counters::read(store).await?.phase(
+        let mut ingest = Counters::read(db).await?.phase(
             &before,
             "ingest",
-            "upload + `ragpipe worker` (as `bench ingest`)".into(),
+            "upload + `ragpipe worker` (as `ragpipe-bench ingest`)".into(),
             ready as u64,
             failed as u64,
             seconds,
             sampler.take(),
         );
-        ingest.vacuum_seconds = vacuum(store).await?;
+        ingest.vacuum_seconds = vacuum(db).await?;
         if failed > 0 {
             checks.push(format!("FAILED: {failed} documents failed their first ingest"));
         }
         phases.push(ingest);
-        reprocess_phases(store, config, args, &sampler, &mut phases, &mut checks).await
+        reprocess_phases(store, db, config, args, &sampler, &mut phases, &mut checks).await
     }
     .await;
     sampler.stop();
@@ -306,6 +308,7 @@ const CLEARLY: f64 = 1.5;
 /// Phases 2 to 4, each a `ragpipe reprocess` run over every document, with its checks.
 async fn reprocess_phases(
     store: &Store,
+    db: &PgPool,
     config: &Config,
     args: &BenchReprocessArgs,
     sampler: &ActivitySampler,
@@ -329,8 +332,8 @@ async fn reprocess_phases(
         no_local_workers: true,
         json: args.json,
     };
-    let shutdown = crate::shutdown::on_signal();
-    let first = chunk_stats(store).await?;
+    let shutdown = ragpipe_cli::shutdown::on_signal();
+    let first = chunk_stats(db).await?;
     let every = |phase: &Phase, checks: &mut Vec<String>| {
         if phase.documents != args.docs as u64 || phase.failed > 0 {
             checks.push(format!(
@@ -344,6 +347,7 @@ async fn reprocess_phases(
     eprintln!("2. re-ingesting every document (--stage extract)");
     let phase = reprocess_phase(
         store,
+        db,
         config,
         "re-ingest",
         "--stage extract".into(),
@@ -355,7 +359,7 @@ async fn reprocess_phases(
         &shutdown,
     )
     .await?;
-    let after = chunk_stats(store).await?;
+    let after = chunk_stats(db).await?;
     checks.push(check(
         phase.texts_embedded == 0 && phase.model_tokens == 0 && after.chunks == first.chunks,
         format!(
@@ -371,9 +375,10 @@ async fn reprocess_phases(
         .await
         .with_context(|| format!("recording {}", args.embedding_model))?;
     eprintln!("3. re-embedding every document with {}", args.embedding_model);
-    let before = chunk_stats(store).await?;
+    let before = chunk_stats(db).await?;
     let phase = reprocess_phase(
         store,
+        db,
         config,
         "re-embed",
         format!("--embedding-model {}", args.embedding_model),
@@ -385,7 +390,7 @@ async fn reprocess_phases(
         &shutdown,
     )
     .await?;
-    let after = chunk_stats(store).await?;
+    let after = chunk_stats(db).await?;
     let (old_chunks, wrong_dim, old_documents): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM document_chunks WHERE embedding_model IS DISTINCT FROM $1), \
                 (SELECT count(*) FROM document_chunks WHERE vector_dims(embedding) <> $2), \
@@ -393,7 +398,7 @@ async fn reprocess_phases(
     )
     .bind(&args.embedding_model)
     .bind(args.embedding_dim as i32)
-    .fetch_one(store.pool())
+    .fetch_one(db)
     .await?;
     checks.push(check(
         old_chunks == 0 && wrong_dim == 0 && old_documents == 0,
@@ -421,6 +426,7 @@ async fn reprocess_phases(
         );
         let phase = reprocess_phase(
             store,
+            db,
             config,
             "re-chunk",
             format!("--chunk-tokens {} --overlap {}", args.chunk_tokens, args.overlap),
@@ -440,7 +446,7 @@ async fn reprocess_phases(
         .bind(args.chunk_tokens as i32)
         .bind(args.overlap as i32)
         .bind(&config.embedding.model)
-        .fetch_one(store.pool())
+        .fetch_one(db)
         .await?;
         checks.push(check(
             stale == 0,
@@ -461,8 +467,10 @@ fn check(ok: bool, what: String) -> String {
 
 /// One `ragpipe reprocess` run (what `reprocess::run` does without a dry run, the workers being
 /// this process's), timed from planning to the last document finished.
+#[allow(clippy::too_many_arguments)]
 async fn reprocess_phase(
     store: &Store,
+    db: &PgPool,
     config: &Config,
     name: &'static str,
     flags: String,
@@ -470,17 +478,17 @@ async fn reprocess_phase(
     sampler: &ActivitySampler,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Phase> {
-    let before = Counters::read(store).await?;
+    let before = Counters::read(db).await?;
     reset_peak_rss();
     sampler.take();
     let started = Instant::now();
     let selection = args.selection()?;
     let target = args.target(config);
-    crate::reprocess::target_model(store, config, &target.embedding_model, false).await?;
+    ragpipe_cli::reprocess::target_model(store, config, &target.embedding_model, false).await?;
     let run = reprocess::run_key(&selection, &target);
     let candidates = reprocess::candidates(store, &selection).await?;
     let result: RunResult =
-        crate::reprocess::execute(store, config, &run, &target, &selection, candidates, &args, shutdown).await?;
+        ragpipe_cli::reprocess::execute(store, config, &run, &target, &selection, candidates, &args, shutdown).await?;
     let seconds = started.elapsed().as_secs_f64();
     let activity = sampler.take();
     if result.interrupted {
@@ -489,7 +497,7 @@ async fn reprocess_phase(
     for f in &result.failed {
         eprintln!("  failed {}: {}", f.document_id, f.error);
     }
-    let mut phase = Counters::read(store).await?.phase(
+    let mut phase = Counters::read(db).await?.phase(
         &before,
         name,
         format!("ragpipe reprocess --all {flags}"),
@@ -498,15 +506,15 @@ async fn reprocess_phase(
         seconds,
         activity,
     );
-    phase.vacuum_seconds = vacuum(store).await?;
+    phase.vacuum_seconds = vacuum(db).await?;
     Ok(phase)
 }
 
 /// Vacuums and analyzes the scratch database; returns the seconds it took.
-async fn vacuum(store: &Store) -> anyhow::Result<f64> {
+async fn vacuum(db: &PgPool) -> anyhow::Result<f64> {
     let started = Instant::now();
     sqlx::raw_sql("VACUUM (ANALYZE)")
-        .execute(store.pool())
+        .execute(db)
         .await
         .context("vacuuming")?;
     Ok(started.elapsed().as_secs_f64())
@@ -527,30 +535,30 @@ struct ChunkStats {
     max_id: i64,
 }
 
-async fn chunk_stats(store: &Store) -> anyhow::Result<ChunkStats> {
+async fn chunk_stats(db: &PgPool) -> anyhow::Result<ChunkStats> {
     Ok(
         sqlx::query_as("SELECT count(*) AS chunks, coalesce(max(id), 0) AS max_id FROM document_chunks")
-            .fetch_one(store.pool())
+            .fetch_one(db)
             .await?,
     )
 }
 
 impl Counters {
-    /// Read as the administration connection (every user's rows).
-    async fn read(store: &Store) -> anyhow::Result<Counters> {
+    /// Read on the measurement pool (every user's rows).
+    async fn read(db: &PgPool) -> anyhow::Result<Counters> {
         let (cache_entries, prompt_tokens, cached_tokens): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM embedding_cache), \
                     (SELECT coalesce(sum(prompt_tokens), 0)::int8 FROM usage_events), \
                     (SELECT coalesce(sum(cached_tokens), 0)::int8 FROM usage_events)",
         )
-        .fetch_one(store.pool())
+        .fetch_one(db)
         .await?;
         Ok(Counters {
             cpu_seconds: cpu_seconds(),
             cache_entries,
             prompt_tokens,
             cached_tokens,
-            chunks: chunk_stats(store).await?,
+            chunks: chunk_stats(db).await?,
         })
     }
 
@@ -674,7 +682,7 @@ fn print_report(r: &Report) {
     println!("{}", r.target);
 }
 
-/// Writes the corpus `bench ingest` and this benchmark generate, one Markdown file a document.
+/// Writes the corpus `ragpipe-bench ingest` and this benchmark generate, one Markdown file a document.
 fn write_corpus(dir: &std::path::Path, docs: usize, words: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut corpus = Corpus::new();
@@ -713,10 +721,10 @@ struct ActivitySampler {
 }
 
 impl ActivitySampler {
-    fn start(store: &Store) -> ActivitySampler {
+    fn start(db: &PgPool) -> ActivitySampler {
         let counts: Arc<std::sync::Mutex<(u64, std::collections::BTreeMap<String, u64>)>> = Arc::default();
         let stop = CancellationToken::new();
-        let (pool, shared, stopped) = (store.pool().clone(), Arc::clone(&counts), stop.clone());
+        let (pool, shared, stopped) = (db.clone(), Arc::clone(&counts), stop.clone());
         tokio::spawn(async move {
             let Ok(mut conn) = pool.acquire().await else {
                 return;
@@ -764,6 +772,14 @@ impl ActivitySampler {
     }
 
     fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for ActivitySampler {
+    /// Stops sampling, so the connection it holds goes back to the pool (whose `close` waits
+    /// for it) however the benchmark ends.
+    fn drop(&mut self) {
         self.stop.cancel();
     }
 }

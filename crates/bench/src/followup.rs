@@ -1,4 +1,4 @@
-//! `ragpipe bench followup [--fixtures DIR] [--split S] [--k K] [--all-kinds] [--json]`:
+//! `ragpipe-bench followup [--fixtures DIR] [--split S] [--k K] [--all-kinds] [--json]`:
 //! retrieval of follow-up questions with and without the conversation, and of every question
 //! with and without the configured reranker.
 //!
@@ -10,16 +10,15 @@
 //! (follow-ups with the carry-over). When `RAGPIPE_RERANK_BASE_URL` is set, each variant is
 //! also measured with the rerank stage.
 
-use crate::eval::{EVAL_USER, ingest_corpus, load_questions};
 use anyhow::{Context, bail};
 use clap::Args;
 use ragpipe_agent::eval::{self, FOLLOW_UP, MRR_CUTOFF, Split};
 use ragpipe_agent::followup::retrieval_query;
 use ragpipe_agent::{QueryUsage, Retriever, SearchMode, SearchRequest};
-use ragpipe_core::{Config, UserId};
+use ragpipe_cli::eval::{ingest_corpus, load_questions, set_user};
+use ragpipe_core::Config;
 use ragpipe_llm::{Embedders, Reranker};
 use ragpipe_store::{Store, StoreError, users};
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -169,21 +168,4 @@ pub async fn run(config: Config, args: BenchFollowupArgs) -> anyhow::Result<()> 
         }
     }
     Ok(())
-}
-
-/// The eval user `ragpipe eval --fixtures DIR` uses for a set folder: derived from the
-/// folder's name, so both commands search the same corpus.
-fn set_user(dir: &std::path::Path) -> UserId {
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| dir.display().to_string());
-    if !dir.join("questions.jsonl").is_file() {
-        return EVAL_USER;
-    }
-    let digest = Sha256::digest(format!("ragpipe eval set {name}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    UserId(uuid::Builder::from_random_bytes(bytes).into_uuid())
 }

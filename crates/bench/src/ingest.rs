@@ -1,15 +1,16 @@
-//! `ragpipe bench ingest`: ingestion throughput on a generated corpus (or the files of
+//! `ragpipe-bench ingest`: ingestion throughput on a generated corpus (or the files of
 //! `--documents`), against the ceiling of a plain `COPY` of the same chunk and posting rows into
 //! tables with the same indexes, measured in the same run (the ratio is what to compare across
 //! machines). With `--versus-embedding-url`, the same corpus is ingested a second time with
 //! embeddings from that server, and the two runs' times are compared.
 
-use crate::bench::{ScratchDatabase, peak_rss_mib, upload_corpus, wait_until_settled};
+use crate::common::{ScratchDatabase, create_user, measurement_pool, peak_rss_mib, upload_corpus, wait_until_settled};
 use anyhow::Context;
 use clap::Args;
 use ragpipe_core::config::{EmbeddingProvider, ModelEndpoint};
 use ragpipe_core::{Config, UserId};
-use ragpipe_store::{Store, documents, users};
+use ragpipe_store::{Store, documents};
+use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -142,7 +143,7 @@ fn describe_embedding(endpoint: &ModelEndpoint) -> String {
 /// The files of `dir` that ingest reads, by name.
 fn read_files(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
-    for path in crate::bench::files_in(dir)? {
+    for path in crate::common::files_in(dir)? {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         if ragpipe_ingest::detect(&bytes).is_ok() {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
@@ -163,53 +164,66 @@ async fn ingest_once(
 ) -> anyhow::Result<(RunFigures, Option<(f64, f64)>)> {
     let scratch = ScratchDatabase::open(config, name, true).await?;
     let config = Arc::new(scratch.config.clone());
-    let store = Store::connect(&config).await?;
-    store.migrate(&config.embedding).await?;
-    let user = UserId::new();
-    users::create(
-        &store,
-        &users::NewUser {
-            email: "bench@example.com".into(),
-            id: Some(user),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let measured = async {
+        let store = Store::connect(&config).await?;
+        store.migrate(&config.embedding).await?;
+        let db = measurement_pool(&config).await?;
+        let measured = measure_once(&store, &db, &config, source, ceiling).await;
+        db.close().await;
+        measured
+    }
+    .await;
+    let dropped = scratch.drop().await;
+    let figures = measured?;
+    dropped?;
+    Ok(figures)
+}
+
+/// [`ingest_once`] on its scratch database: `store` for what the product does, `db` for the
+/// benchmark's own SQL.
+async fn measure_once(
+    store: &Store,
+    db: &PgPool,
+    config: &Arc<Config>,
+    source: &Source<'_>,
+    ceiling: bool,
+) -> anyhow::Result<(RunFigures, Option<(f64, f64)>)> {
+    let user = create_user(store, "bench@example.com").await?;
 
     let started = Instant::now();
     let (documents, bytes) = match source {
         Source::Generated { docs, words } => {
             eprintln!("generating {docs} documents of {words} words");
-            let bytes = upload_corpus(&store, user, *docs, *words, config.worker.max_attempts).await?;
+            let bytes = upload_corpus(store, user, *docs, *words, config.worker.max_attempts).await?;
             (*docs, bytes)
         }
         Source::Files(files) => (
             files.len(),
-            upload_files(&store, user, files, config.worker.max_attempts).await?,
+            upload_files(store, user, files, config.worker.max_attempts).await?,
         ),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let workers = crate::workers::spawn(&store, &config, shutdown.clone())?;
-    wait_until_settled(&store, user).await?;
+    let workers = ragpipe_cli::workers::spawn(store, config, shutdown.clone())?;
+    let settled = wait_until_settled(db, user).await;
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
     let _ = workers.await;
-    let mut tx = store.user_tx(user).await?;
+    settled?;
     let (ready, chunks): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status = 'ready'), coalesce(sum(chunk_count), 0)::bigint FROM documents",
+        "SELECT count(*) FILTER (WHERE status = 'ready'), coalesce(sum(chunk_count), 0)::bigint \
+         FROM documents WHERE user_id = $1",
     )
-    .fetch_one(tx.conn())
-    .await?;
-    drop(tx);
+    .bind(user.0)
+    .fetch_one(db)
+    .await
+    .context("counting the ingested documents and chunks")?;
     // The ceiling: the same rows, COPY'd into tables with the same indexes (the chunks, and the
     // text leg's postings that the chunk-set write also makes).
     let copy = if ceiling {
-        Some(copy_ceiling(&store).await?)
+        Some(copy_ceiling(db).await.context("measuring the COPY ceiling")?)
     } else {
         None
     };
-    store.pool().close().await;
-    let _ = scratch.drop().await;
     Ok((
         RunFigures {
             documents,
@@ -247,10 +261,10 @@ async fn upload_files(
 
 /// Chunks per second of a binary `COPY` of the pipeline's chunk rows and posting rows into
 /// empty copies of their tables with the same indexes, both timed; and of the chunk rows alone.
-async fn copy_ceiling(store: &Store) -> anyhow::Result<(f64, f64)> {
+async fn copy_ceiling(db: &PgPool) -> anyhow::Result<(f64, f64)> {
     let chunk_columns = "document_id, user_id, chunk_index, content, token_count, page_first, page_last, heading_path, byte_start, byte_end, embedding, embedding_model";
     let posting_columns = "user_id, lexeme, chunk_id, tf, token_count";
-    let mut conn = store.pool().acquire().await?;
+    let mut conn = db.acquire().await?;
     let mut secs = 0.0;
     let mut chunk_secs = 0.0;
     for (table, copy_table, columns) in [

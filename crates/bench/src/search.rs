@@ -1,10 +1,10 @@
-//! `ragpipe bench search`: search latency at 100,000 chunks, against the bare pgvector HNSW
+//! `ragpipe-bench search`: search latency at 100,000 chunks, against the bare pgvector HNSW
 //! query measured in the same run (the ratio is what to compare across machines).
 //!
 //! A database is created for the run (dropped first). The corpus is generated: Zipf-distributed
 //! words (a few very common, most rare, as in real text), about 300 words per chunk, 50 chunks
 //! per document, with the offline hashed embeddings of each chunk's text (which have lexical
-//! neighbourhoods, unlike random vectors). It is bulk-loaded as the administration connection
+//! neighbourhoods, unlike random vectors). It is bulk-loaded on the benchmark's own connection
 //! with `INSERT ... SELECT FROM UNNEST` batches, the indexes and the statistics triggers off; the
 //! indexes are built afterwards with a large `maintenance_work_mem` and the term statistics
 //! and postings computed in one statement each (the migrations' backfills). Queries are 3 to 8
@@ -13,12 +13,14 @@
 //! as the product runs it: in a user transaction (role `ragpipe_app`, row-level security); only
 //! the statement is timed.
 
-use crate::bench::{Rng, ScratchDatabase};
+use crate::common::{Rng, ScratchDatabase, create_user, measurement_pool};
+use anyhow::Context;
 use clap::Args;
 use ragpipe_core::{Config, UserId};
 use ragpipe_llm::HashedEmbedder;
 use ragpipe_store::search::{self, Bm25, QueryVector, SearchMode, SearchQuery};
-use ragpipe_store::{Store, embedding_models, users};
+use ragpipe_store::{Store, embedding_models};
+use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -154,8 +156,10 @@ pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
     let config = scratch.config.clone();
     let store = Store::connect(&config).await?;
     store.migrate(&config.embedding).await?;
-    let result = measure(&store, &config, &args).await;
-    store.pool().close().await;
+    let db = measurement_pool(&config).await?;
+    let result = measure(&store, &db, &config, &args).await;
+    db.close().await;
+    drop(store);
     if !args.keep && !args.reuse {
         scratch.drop().await?;
     }
@@ -188,34 +192,42 @@ pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyhow::Result<(String, Vec<Series>)> {
+async fn measure(
+    store: &Store,
+    db: &PgPool,
+    config: &Config,
+    args: &BenchSearchArgs,
+) -> anyhow::Result<(String, Vec<Series>)> {
     let model = config.embedding.model.clone();
     let dim = config.embedding.dim;
     let embedder = HashedEmbedder::new(dim as usize);
     let load = if args.reuse {
         "reused the corpus of a previous --keep run".to_owned()
     } else {
-        load(store, &model, dim, &embedder, args.chunks).await?
+        load(store, db, &model, dim, &embedder, args.chunks).await?
     };
     eprintln!("{load}");
     let user: UserId = UserId(
         sqlx::query_scalar("SELECT id FROM users WHERE email = 'bench-search@example.com'")
-            .fetch_one(store.pool())
-            .await?,
+            .fetch_one(db)
+            .await
+            .context("reading the benchmark user (does the corpus of a --keep run exist?)")?,
     );
     // Queries: 3 to 8 consecutive words of chunks spread over the table, so they mix common
     // and rare terms as a person's keywords do.
     let mut rng = Rng(0x00DD_BA11);
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks")
-        .fetch_one(store.pool())
-        .await?;
+        .fetch_one(db)
+        .await
+        .context("counting the chunks")?;
     let stride = (total / args.queries.max(1) as i64).max(1);
     let texts: Vec<(i64, String)> =
         sqlx::query_as("SELECT id, content FROM document_chunks WHERE id % $1 = 7 ORDER BY id LIMIT $2")
             .bind(stride)
             .bind(args.queries as i64)
-            .fetch_all(store.pool())
-            .await?;
+            .fetch_all(db)
+            .await
+            .context("reading the chunks queries are taken from")?;
     // The chunk each query was taken from: how often a mode ranks it first, or within k, is a
     // measure of retrieval quality that needs no judgements (a known-item search).
     let sources: Vec<i64> = texts.iter().map(|(id, _)| *id).collect();
@@ -311,22 +323,13 @@ async fn measure(store: &Store, config: &Config, args: &BenchSearchArgs) -> anyh
 /// Generates and bulk-loads the corpus, then builds the indexes and the term statistics.
 async fn load(
     store: &Store,
+    pool: &PgPool,
     model: &str,
     dim: u32,
     embedder: &HashedEmbedder,
     chunks: usize,
 ) -> anyhow::Result<String> {
-    let user = UserId::new();
-    users::create(
-        store,
-        &users::NewUser {
-            email: "bench-search@example.com".into(),
-            id: Some(user),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let pool = store.pool();
+    let user = create_user(store, "bench-search@example.com").await?;
     let index = embedding_models::index_name(model, dim);
     // Load without indexes or statistics triggers; build both afterwards.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
