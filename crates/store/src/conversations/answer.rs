@@ -119,11 +119,7 @@ pub async fn complete(
     .fetch_optional(tx.conn())
     .await
     .map_err(StoreError::db("completing an answer"))?;
-    let Some(row) = row else {
-        return refused(tx, ending.message).await;
-    };
-    end_request(tx, ending, "completed", None).await?;
-    Ok(Written::Done { bytes: row.bytes })
+    ended(tx, ending, row.map(|r| r.bytes), "completed", None).await
 }
 
 /// Fails a streaming answer with `error`, keeping its text (the tail is appended when the
@@ -151,11 +147,23 @@ pub async fn fail(tx: &mut UserTx, ending: &Ending<'_>, error: &str) -> Result<W
     .fetch_optional(tx.conn())
     .await
     .map_err(StoreError::db("failing an answer"))?;
-    let Some(row) = row else {
+    ended(tx, ending, row.map(|r| r.bytes), "failed", Some(error)).await
+}
+
+/// After an ending statement: the message is now `bytes` long and its request ends with
+/// `status`, or (`None`: the statement wrote nothing) the write was refused.
+async fn ended(
+    tx: &mut UserTx,
+    ending: &Ending<'_>,
+    bytes: Option<i64>,
+    status: &str,
+    error: Option<&str>,
+) -> Result<Written, StoreError> {
+    let Some(bytes) = bytes else {
         return refused(tx, ending.message).await;
     };
-    end_request(tx, ending, "failed", Some(error)).await?;
-    Ok(Written::Done { bytes: row.bytes })
+    end_request(tx, ending, status, error).await?;
+    Ok(Written::Done { bytes })
 }
 
 /// Records what a cancelled answer had used (the message keeps the text it had when it was
