@@ -4,7 +4,8 @@
 //! without a panic.
 //!
 //! The goldens are `insta` snapshots. After an intended change, run the test (each differing
-//! golden gets its new text beside it, `.snap.new`) and review them with `cargo insta review`,
+//! golden gets its new text beside it, `.snap.new`) and review them with
+//! `cargo insta review --workspace` (the goldens live outside the crate),
 //! or rewrite them all with `INSTA_UPDATE=always cargo test -p ragpipe-ingest --test fixtures`;
 //! either way, review the diff like code.
 
@@ -147,7 +148,7 @@ fn fixtures_extract_and_chunk_as_their_goldens_say() {
     assert!(checked >= 20, "only {checked} fixtures found");
     assert!(
         mismatches.is_empty(),
-        "{} golden(s) differ (review with `cargo insta review`, or accept with INSTA_UPDATE=always):\n{}",
+        "{} golden(s) differ (review with `cargo insta review --workspace`, or accept with INSTA_UPDATE=always):\n{}",
         mismatches.len(),
         mismatches.join("\n")
     );
