@@ -11,9 +11,12 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
+/// The chunk count in the fixture's golden (an insta snapshot: a header between `---` lines,
+/// then the JSON).
 fn golden_chunks(name: &str) -> Option<usize> {
-    let text = std::fs::read_to_string(fixtures().join("golden").join(format!("{name}.json"))).ok()?;
-    let golden: Value = serde_json::from_str(&text).ok()?;
+    let text = std::fs::read_to_string(fixtures().join("golden").join(format!("{name}.json.snap"))).ok()?;
+    let (_, json) = text.strip_prefix("---\n")?.split_once("\n---\n")?;
+    let golden: Value = serde_json::from_str(json).ok()?;
     golden["chunks"].as_array().map(Vec::len)
 }
 
@@ -97,7 +100,7 @@ async fn fixture_documents_uploaded_over_http_end_ready_with_their_golden_chunk_
                 if let Some(golden) = golden_chunks(name) {
                     assert_eq!(
                         chunks, golden,
-                        "{name}: chunk count differs from fixtures/golden/{name}.json"
+                        "{name}: chunk count differs from fixtures/golden/{name}.json.snap"
                     );
                     with_golden += 1;
                 }

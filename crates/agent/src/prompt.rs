@@ -496,9 +496,9 @@ mod tests {
         );
     }
 
-    /// Snapshot of a whole assembled prompt; the expected text is checked in beside the
-    /// templates' tests. Rewrite it with `UPDATE_SNAPSHOTS=1 cargo test -p ragpipe-agent` and
-    /// review the diff like code.
+    /// Snapshot of a whole assembled prompt (`tests/snapshots/prompt.snap`). After an intended
+    /// change, review the new text with `cargo insta review` (or accept it with
+    /// `INSTA_UPDATE=always cargo test -p ragpipe-agent`) and review the diff like code.
     #[test]
     fn prompt_snapshot() {
         let p = Prompts::embedded();
@@ -560,16 +560,13 @@ mod tests {
             rendered.push_str(&format!("=== {role} ===\n{}\n", m.content));
         }
         rendered.push_str(&format!("=== {} tokens ===\n", prompt.tokens));
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/prompt.txt");
-        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-            std::fs::create_dir_all(path.parent().expect("has a parent")).expect("snapshot dir");
-            std::fs::write(&path, &rendered).expect("writing the snapshot");
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(
-            rendered, expected,
-            "the assembled prompt changed; rerun with UPDATE_SNAPSHOTS=1 and review the diff"
-        );
+        insta::with_settings!({
+            snapshot_path => "../tests/snapshots",
+            prepend_module_to_snapshot => false,
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!("prompt", rendered);
+        });
     }
 
     #[test]

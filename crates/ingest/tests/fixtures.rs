@@ -1,12 +1,17 @@
 //! Fixture-driven tests: every document in `fixtures/documents/` extracts and chunks exactly as
-//! its golden files in `fixtures/golden/` say, and every hostile fixture fails with the error
-//! a user should see, without a panic.
+//! its golden snapshots in `fixtures/golden/` say (`NAME.txt.snap`: the text; `NAME.json.snap`:
+//! metadata and chunks), and every hostile fixture fails with the error a user should see,
+//! without a panic.
 //!
-//! After an intended change, regenerate the goldens with
-//! `UPDATE_GOLDEN=1 cargo test -p ragpipe-ingest --test fixtures` and review the diff like code.
+//! The goldens are `insta` snapshots. After an intended change, run the test (each differing
+//! golden gets its new text beside it, `.snap.new`) and review them with
+//! `cargo insta review --workspace` (the goldens live outside the crate),
+//! or rewrite them all with `INSTA_UPDATE=always cargo test -p ragpipe-ingest --test fixtures`;
+//! either way, review the diff like code.
 
 use ragpipe_ingest::{ChunkSettings, Chunker, ExtractError, Limits, extract};
 use serde_json::json;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,26 +52,19 @@ fn documents() -> Vec<PathBuf> {
     files
 }
 
-/// Compares `actual` with the golden file, or rewrites it under `UPDATE_GOLDEN=1`.
-fn check_golden(path: &Path, actual: &str, mismatches: &mut Vec<String>) {
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(path, actual).expect("golden written");
-        return;
-    }
-    let expected = std::fs::read_to_string(path).unwrap_or_default();
-    if expected != actual {
-        let line = expected
-            .lines()
-            .zip(actual.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(expected.lines().count().min(actual.lines().count()));
-        mismatches.push(format!(
-            "{}: differs at line {}:\n  golden: {:?}\n  actual: {:?}",
-            path.display(),
-            line + 1,
-            expected.lines().nth(line).unwrap_or("<end>"),
-            actual.lines().nth(line).unwrap_or("<end>")
-        ));
+/// Compares `actual` with the snapshot `fixtures/golden/{name}.snap`. A difference is collected
+/// rather than ending the test (insta leaves the new text beside the golden as `.snap.new`),
+/// so that one run shows every fixture that changed.
+fn check_golden(name: &str, actual: &str, mismatches: &mut Vec<String>) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../../../fixtures/golden");
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let checked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        settings.bind(|| insta::assert_snapshot!(name, actual));
+    }));
+    if checked.is_err() {
+        mismatches.push(format!("fixtures/golden/{name}.snap"));
     }
 }
 
@@ -139,11 +137,10 @@ fn fixtures_extract_and_chunk_as_their_goldens_say() {
                 "starts": c.content.chars().take(40).collect::<String>(),
             })).collect::<Vec<_>>(),
         });
-        let golden = root().join("golden");
-        check_golden(&golden.join(format!("{name}.txt")), &doc.text, &mut mismatches);
+        check_golden(&format!("{name}.txt"), &doc.text, &mut mismatches);
         check_golden(
-            &golden.join(format!("{name}.json")),
-            &(serde_json::to_string_pretty(&meta).expect("json") + "\n"),
+            &format!("{name}.json"),
+            &serde_json::to_string_pretty(&meta).expect("json"),
             &mut mismatches,
         );
         checked += 1;
@@ -151,7 +148,7 @@ fn fixtures_extract_and_chunk_as_their_goldens_say() {
     assert!(checked >= 20, "only {checked} fixtures found");
     assert!(
         mismatches.is_empty(),
-        "{} fixture(s) differ from their goldens (UPDATE_GOLDEN=1 to accept):\n{}",
+        "{} golden(s) differ (review with `cargo insta review --workspace`, or accept with INSTA_UPDATE=always):\n{}",
         mismatches.len(),
         mismatches.join("\n")
     );
