@@ -119,7 +119,7 @@ pub fn spawn_agent_worker(
     store: &Store,
     config: &Arc<Config>,
     shutdown: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), String>> {
+) -> tokio::task::JoinHandle<Result<(), ragpipe_agent_worker::WorkerError>> {
     ragpipe_agent_worker::spawn(store.clone(), Arc::clone(config), shutdown)
 }
 

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use ragpipe_core::Config;
+use ragpipe_ingest_worker::WorkerError;
 use ragpipe_store::Store;
 use ragpipe_store::liveness::Liveness;
 use std::sync::Arc;
@@ -32,10 +33,9 @@ pub fn spawn_reporting(
     let mut ingest = ragpipe_ingest_worker::spawn_supervised(store.clone(), Arc::clone(config), stop.clone(), liveness);
     let mut agent = ragpipe_agent_worker::spawn_supervised(store.clone(), Arc::clone(config), stop.clone(), liveness);
     Ok(tokio::spawn(async move {
-        let outcome = |name: &str, r: Result<Result<(), String>, tokio::task::JoinError>| {
+        let outcome = |name: &str, r: Result<Result<(), WorkerError>, tokio::task::JoinError>| {
             r.with_context(|| format!("{name} worker task"))?
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("{name} worker"))
+                .map_err(anyhow::Error::from)
         };
         // Whichever ends first: on a failure, stop the other and report the failure.
         let (first, rest, rest_name) = tokio::select! {
@@ -68,7 +68,7 @@ pub async fn run(config: Config, concurrency: Option<u32>, metrics_listen: Optio
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
             let state = ragpipe_api::AppState::new(store.clone(), Arc::clone(&config))
-                .map_err(anyhow::Error::msg)?
+                .context("setting up the metrics listener")?
                 .with_liveness(liveness.clone());
             let stop = shutdown.clone();
             eprintln!("ragpipe worker: metrics on http://{addr}/metrics");

@@ -19,6 +19,7 @@ use ragpipe_store::conversations::AgentJob;
 use ragpipe_store::jobs::AGENT_QUEUE;
 use ragpipe_store::liveness::Liveness;
 use ragpipe_store::retry::{RetryPolicy, retry};
+pub use ragpipe_worker::WorkerError;
 use ragpipe_worker::{JobAttempt, JobQueue};
 use std::future::Future;
 use std::sync::Arc;
@@ -97,7 +98,10 @@ impl JobQueue for AgentQueue {
 /// Runs an agent worker until `shutdown` resolves; then it stops taking jobs, finishes the
 /// answers in flight and returns. Unsupervised: it returns the first failure of its queue
 /// connection ([`spawn`] restarts it).
-pub async fn run(ctx: Arc<AnswerContext>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+pub async fn run(
+    ctx: Arc<AnswerContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
     ragpipe_worker::run::<AgentQueue>(ctx, shutdown).await
 }
 
@@ -107,7 +111,7 @@ pub fn spawn(
     store: Store,
     config: Arc<Config>,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), String>> {
+) -> tokio::task::JoinHandle<Result<(), WorkerError>> {
     spawn_supervised(store, config, shutdown, &Liveness::new())
 }
 
@@ -118,7 +122,7 @@ pub fn spawn_supervised(
     config: Arc<Config>,
     shutdown: CancellationToken,
     liveness: &Liveness,
-) -> tokio::task::JoinHandle<Result<(), String>> {
+) -> tokio::task::JoinHandle<Result<(), WorkerError>> {
     let settings = Arc::clone(&config);
     let feed_liveness = liveness.clone();
     ragpipe_worker::spawn_supervised::<AgentQueue, _, _>(&config, shutdown, liveness, || async move {
@@ -136,7 +140,6 @@ pub fn spawn_supervised(
             }
             Err(e) => Err(e),
         };
-        // The report of a process part that cannot start: the whole chain, as text.
-        ctx.map_err(|e| e.to_string())
+        ctx
     })
 }

@@ -16,7 +16,7 @@
 //!   process and start, so a restart never adopts (and keeps alive) a dead worker's jobs.
 
 use apalis::prelude::*;
-use ragpipe_core::{Config, ErrorKind};
+use ragpipe_core::{Config, ErrorKind, SetupError};
 use ragpipe_store::Store;
 use ragpipe_store::jobs;
 use ragpipe_store::liveness::{Component, Failure, InFlight, Liveness, restart_backoff, supervise};
@@ -132,22 +132,46 @@ pub fn dead_worker_after(config: &Config) -> Duration {
     heartbeat(config).saturating_mul(10)
 }
 
+/// Why a worker ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Its context could not be built (a misconfiguration): it never took a job.
+    #[error("the {queue} worker cannot start")]
+    Setup {
+        /// The worker's name ([`JobQueue::NAME`]).
+        queue: &'static str,
+        /// What could not be built, and why.
+        #[source]
+        source: SetupError,
+    },
+    /// Its queue connection failed (an unsupervised run ends with the first such failure; a
+    /// supervised one only with a failure that starting again cannot cure).
+    #[error("the {queue} worker's queue connection failed")]
+    Queue {
+        /// The worker's name ([`JobQueue::NAME`]).
+        queue: &'static str,
+        /// What happened.
+        #[source]
+        source: Failure,
+    },
+}
+
 /// Runs a worker of `Q` until `shutdown` resolves; then it stops taking jobs, finishes the ones
 /// in flight and returns. Unsupervised: it returns the first failure of its queue connection
 /// ([`spawn_supervised`] restarts it).
 pub async fn run<Q: JobQueue>(
     ctx: Arc<Q::Context>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), WorkerError> {
     let in_flight = InFlight::default();
     let result = run_once::<Q>(ctx, shutdown, None, in_flight.clone()).await;
     in_flight.wait().await;
-    result.map_err(|e| e.message)
+    result.map_err(|source| WorkerError::Queue { queue: Q::NAME, source })
 }
 
 /// Starts a supervised worker of `Q` on the current runtime, reporting into `liveness` as the
-/// component [`JobQueue::NAME`]: `context` builds its context (an error, the whole chain as
-/// text, reports the component dead and ends the task with it); then it runs, restarted with
+/// component [`JobQueue::NAME`]: `context` builds its context (an error reports the component
+/// dead, with the piece and its cause, and ends the task with it); then it runs, restarted with
 /// backoff whenever its queue connection fails, until `shutdown` is cancelled, and the task
 /// ends once the jobs in flight have.
 pub fn spawn_supervised<Q, F, Fut>(
@@ -155,19 +179,19 @@ pub fn spawn_supervised<Q, F, Fut>(
     shutdown: CancellationToken,
     liveness: &Liveness,
     context: F,
-) -> tokio::task::JoinHandle<Result<(), String>>
+) -> tokio::task::JoinHandle<Result<(), WorkerError>>
 where
     Q: JobQueue,
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Q::Context, String>> + Send + 'static,
+    Fut: Future<Output = Result<Q::Context, SetupError>> + Send + 'static,
 {
     let component = liveness.register(Q::NAME, Some(Q::QUEUE), heartbeat(config));
     tokio::spawn(async move {
         let ctx = match context().await {
             Ok(ctx) => Arc::new(ctx),
-            Err(e) => {
-                component.dead(&e);
-                return Err(e);
+            Err(source) => {
+                component.dead(&source);
+                return Err(WorkerError::Setup { queue: Q::NAME, source });
             }
         };
         let in_flight = InFlight::default();
@@ -183,7 +207,7 @@ where
         let result = supervised.await;
         // Jobs of instances that failed under them may still be running: let them finish.
         in_flight.wait().await;
-        result.map_err(|e| e.message)
+        result.map_err(|source| WorkerError::Queue { queue: Q::NAME, source })
     })
 }
 

@@ -23,4 +23,4 @@ mod worker;
 pub use context::{IngestContext, chunker_for, model_limit};
 pub use error::JobError;
 pub use pipeline::{Outcome, ingest_document};
-pub use worker::{IngestQueue, run, spawn, spawn_supervised};
+pub use worker::{IngestQueue, WorkerError, run, spawn, spawn_supervised};

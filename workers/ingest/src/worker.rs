@@ -9,6 +9,7 @@ use ragpipe_store::jobs::{INGEST_QUEUE, IngestJob};
 use ragpipe_store::liveness::{Failure, Liveness};
 use ragpipe_store::retry::{RetryPolicy, retry};
 use ragpipe_store::{Store, embedding_models};
+pub use ragpipe_worker::WorkerError;
 use ragpipe_worker::{JobAttempt, JobQueue};
 use std::future::Future;
 use std::sync::Arc;
@@ -110,7 +111,10 @@ impl JobQueue for IngestQueue {
 /// Runs an ingest worker until `shutdown` resolves; then it stops taking jobs, finishes the
 /// ones in flight and returns. Unsupervised: it returns the first failure of its queue
 /// connection ([`spawn`] restarts it).
-pub async fn run(ctx: Arc<IngestContext>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+pub async fn run(
+    ctx: Arc<IngestContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
     ragpipe_worker::run::<IngestQueue>(ctx, shutdown).await
 }
 
@@ -120,7 +124,7 @@ pub fn spawn(
     store: Store,
     config: Arc<Config>,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), String>> {
+) -> tokio::task::JoinHandle<Result<(), WorkerError>> {
     spawn_supervised(store, config, shutdown, &Liveness::new())
 }
 
@@ -130,10 +134,9 @@ pub fn spawn_supervised(
     config: Arc<Config>,
     shutdown: CancellationToken,
     liveness: &Liveness,
-) -> tokio::task::JoinHandle<Result<(), String>> {
+) -> tokio::task::JoinHandle<Result<(), WorkerError>> {
     let settings = Arc::clone(&config);
     ragpipe_worker::spawn_supervised::<IngestQueue, _, _>(&config, shutdown, liveness, || async move {
-        // The report of a process part that cannot start: the whole chain, as text.
-        IngestContext::new(store, settings).map_err(|e| e.to_string())
+        IngestContext::new(store, settings)
     })
 }
