@@ -30,7 +30,9 @@
 //! never a 403. Every response with an error status, including unknown routes, extractor
 //! rejections, body limits and the requests hyper refuses before routing
 //! ([`protocol_errors`]), has the one JSON shape of [`Error`]. No string with a NUL character
-//! reaches the database ([`body`]).
+//! reaches the database ([`body`]). Every route is registered together with its OpenAPI
+//! operation ([`openapi`]), so none is served undocumented; `tests/tests/api_openapi.rs`
+//! checks every operation's real answers against the served document.
 
 pub mod auth;
 pub mod body;

@@ -122,7 +122,7 @@ pub fn to_sse(event: &AnswerEvent) -> Event {
         stream starts with 404 (not the caller's answer) or 400 (an id this stream never sent).",
     params(
         ("id" = Uuid, Path, description = "The message's id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event \
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "The id of the last event \
             received: the stream resumes after it. Browsers' EventSource sends it on reconnect."),
     ),
     responses(
