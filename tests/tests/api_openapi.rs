@@ -1,15 +1,18 @@
 //! The OpenAPI document the server serves is what the server does: a real API (with ingest
 //! and agent workers and the test chat model) answers every operation, with successes and the
-//! error statuses the handlers produce, and each answer is checked against the document the
-//! same server serves at `/openapi.json`: its status is listed for that operation, its content
-//! type is the one listed, and its body validates against the listed schema (JSON Schema
-//! 2020-12, `$ref`s resolved in `#/components/schemas`), event by event for event streams.
+//! error statuses the handlers produce (used-up budgets included), and each answer is checked
+//! against the document the same server serves at `/openapi.json`: its status is listed for
+//! that operation, its content type is the one listed, and its body validates against the
+//! listed schema (JSON Schema 2020-12, `$ref`s resolved in `#/components/schemas`), event by
+//! event for event streams. A second test checks that the schemas refuse what they should, so
+//! that a check validating nothing cannot pass.
 
 mod agent_support;
 
 use agent_support::{QUESTION, start_with};
 use jsonschema::{Draft, Validator};
-use ragpipe_tests::app::{TestApp, UploadFile};
+use ragpipe_store::quotas::{self, Limit, Quota, UserBudget};
+use ragpipe_tests::app::{TestApp, TestUser, UploadFile};
 use ragpipe_tests::openai_server::ScriptedReply;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -263,6 +266,12 @@ fn parse_events(text: &str) -> Vec<Event> {
 /// A reply slow enough (about 1.8 s of deltas) that an answer can be cancelled while written.
 fn slow_reply() -> ScriptedReply {
     ScriptedReply::fixture("slow-long-answer").expect("fixture")
+}
+
+async fn set_budget(app: &TestApp, user: &TestUser, quota: Quota, budget: UserBudget) {
+    quotas::set_user_budget(&app.store, user.id, quota, budget)
+        .await
+        .expect("setting a budget");
 }
 
 fn cited_reply() -> ScriptedReply {
@@ -615,6 +624,27 @@ async fn every_operation_answers_as_the_openapi_document_says(options: PgPoolOpt
         .await;
     c.send(&post, t, as_alice(&post, "/v1/documents/x/reprocess")).await;
     c.send(&post, t, anonymous(&post, &reprocess)).await;
+
+    // Budgets used up: tokens (429 wherever models would be called), then storage (413).
+    let other = listed["documents"][1]["id"]
+        .as_str()
+        .expect("a second document")
+        .to_owned();
+    let more = || upload(vec![UploadFile::new("more.txt", b"More.\n".to_vec())]);
+    set_budget(app, alice, Quota::MonthlyTokens, UserBudget::Own(Limit::At(1))).await;
+    let (status, _) = c.send(&post, "/v1/documents", more()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let ask = as_alice(&post, &path).json(&json!({"content": "And?"}));
+    let (status, _) = c.send(&post, "/v1/conversations/{id}/messages", ask).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let again = as_alice(&post, &format!("/v1/documents/{other}/reprocess"));
+    let (status, _) = c.send(&post, t, again).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    set_budget(app, alice, Quota::MonthlyTokens, UserBudget::Plan).await;
+    set_budget(app, alice, Quota::StorageBytes, UserBudget::Own(Limit::At(1))).await;
+    let (status, _) = c.send(&post, "/v1/documents", more()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    set_budget(app, alice, Quota::StorageBytes, UserBudget::Plan).await;
 
     let t = "/v1/documents/{id}";
     c.send(&delete, t, as_bob(&delete, &format!("/v1/documents/{ready}")))
