@@ -4,8 +4,9 @@
 
 use crate::body::OptionalJsonBody;
 use crate::params::{IdPath, Query};
+use crate::schemas;
 use crate::upload::{self, UploadLimits, UploadedFile};
-use crate::{AppState, Auth, Error};
+use crate::{AppState, Auth, Error, ErrorBody};
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
@@ -29,14 +30,42 @@ pub const DEFAULT_CHUNK_PAGE_SIZE: u32 = 100;
 pub const MAX_CHUNK_PAGE_SIZE: u32 = 1000;
 
 /// What an upload returns: one entry per `file` part, in order, each with `created`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UploadResponse {
-    /// The stored (or already existing) documents.
+    /// The stored (or already existing) documents, one per `file` part, in order.
+    #[schema(value_type = Vec<schemas::StoredDocument>)]
     pub documents: Vec<Stored>,
 }
 
 /// `POST /v1/documents`. 201 when every file is new, 200 when at least one was already there
 /// (same bytes as a document the caller has: that document is returned, nothing is queued).
+#[utoipa::path(
+    post,
+    operation_id = "upload_documents",
+    path = "/v1/documents",
+    tag = "documents",
+    summary = "Upload one or more documents",
+    description = "multipart/form-data: one or more `file` parts, each optionally followed by a \
+        `metadata` part (a JSON object) for that file. The format is detected from the bytes. All \
+        files are stored, with their ingest jobs, in one transaction, or none is. A file whose \
+        bytes the caller already uploaded returns the existing document with `created: false`.",
+    request_body(content = schemas::UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Every file was new", body = UploadResponse),
+        (status = 200, description = "At least one file was already there", body = UploadResponse),
+        (status = 400, description = "Not a multipart body, a broken one, no `file` part, an empty \
+            file (`empty_file`), metadata that is not a JSON object or has a NUL character \
+            (`invalid_metadata`)", body = ErrorBody),
+        (status = 401, description = "No API key, or a malformed, unknown or revoked one (`unauthorized`)", body = ErrorBody),
+        (status = 413, description = "Over the per-file (`file_too_large`) or per-request \
+            (`request_too_large`) limit, too many files, metadata too large, or over the caller's \
+            storage budget (`storage_budget_exceeded`, naming the budget and the use)", body = ErrorBody),
+        (status = 415, description = "A file is not PDF, text, Markdown, HTML or DOCX \
+            (`unsupported_format`, naming what was detected)", body = ErrorBody),
+        (status = 429, description = "The caller's monthly token budget is used up until the period \
+            rolls over (`token_budget_exceeded`, naming the budget and the use; see `GET /v1/usage`)", body = ErrorBody),
+    ),
+)]
 pub async fn upload(
     State(state): State<AppState>,
     auth: Auth,
@@ -120,21 +149,25 @@ async fn inspect(file: UploadedFile) -> Result<(UploadedFile, Inspected), Error>
 }
 
 /// Query of `GET /v1/documents`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only documents in this status.
+    #[param(value_type = Option<schemas::DocumentStatus>)]
     pub status: Option<DocumentStatus>,
-    /// Page size (default 50, at most 200).
+    /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200, default = 50)]
     pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
     pub before: Option<Uuid>,
 }
 
 /// A page of documents, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DocumentPage {
     /// The documents.
+    #[schema(value_type = Vec<schemas::Document>)]
     pub documents: Vec<Document>,
     /// Pass as `before` for the next page; null on the last page.
     pub next: Option<Uuid>,
@@ -142,6 +175,20 @@ pub struct DocumentPage {
 
 /// `GET /v1/documents?status=&limit=&before=`: keyset pagination by id (ids are time-ordered
 /// UUIDv7, so newest first), stable while documents are added.
+#[utoipa::path(
+    get,
+    operation_id = "list_documents",
+    path = "/v1/documents",
+    tag = "documents",
+    summary = "List documents, newest first",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page", body = DocumentPage),
+        (status = 400, description = "A `limit` outside 1..=200, an unknown status, a malformed \
+            cursor, an unknown parameter, a NUL character in one (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No API key, or a malformed, unknown or revoked one (`unauthorized`)", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -167,6 +214,20 @@ pub async fn list(
 }
 
 /// `GET /v1/documents/{id}`: status, progress, error, page and chunk counts, metadata.
+#[utoipa::path(
+    get,
+    operation_id = "get_document",
+    path = "/v1/documents/{id}",
+    tag = "documents",
+    summary = "One document: status, progress, error, counts",
+    params(("id" = Uuid, Path, description = "The document's id")),
+    responses(
+        (status = 200, description = "The document", body = schemas::Document),
+        (status = 400, description = "An `id` that is not a UUID (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No API key, or a malformed, unknown or revoked one (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such document of the caller's: another user's is not found either (`not_found`)", body = ErrorBody),
+    ),
+)]
 pub async fn get(State(state): State<AppState>, auth: Auth, IdPath(id): IdPath) -> Result<Json<Document>, Error> {
     let mut tx = state.store.user_tx(auth.user_id).await?;
     let document = documents::get(&mut tx, DocumentId(id)).await?;
@@ -175,17 +236,20 @@ pub async fn get(State(state): State<AppState>, auth: Auth, IdPath(id): IdPath) 
 }
 
 /// Query of `GET /v1/documents/{id}/chunks`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ChunkParams {
-    /// Chunks to skip (by position).
+    /// Chunks to skip (by position); the `next_offset` of the previous page.
+    #[param(minimum = 0, default = 0)]
     pub offset: Option<u32>,
-    /// Page size (default 100, at most 1000).
+    /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<u32>,
 }
 
 /// A page of a document's chunks, in order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChunkPage {
     /// The document.
     pub document_id: Uuid,
@@ -194,12 +258,28 @@ pub struct ChunkPage {
     /// The offset of the first chunk here.
     pub offset: u32,
     /// The chunks.
+    #[schema(value_type = Vec<schemas::Chunk>)]
     pub chunks: Vec<StoredChunk>,
     /// Pass as `offset` for the next page; null on the last page.
     pub next_offset: Option<u32>,
 }
 
 /// `GET /v1/documents/{id}/chunks?offset=&limit=`.
+#[utoipa::path(
+    get,
+    operation_id = "list_chunks",
+    path = "/v1/documents/{id}/chunks",
+    tag = "documents",
+    summary = "A document's chunks, in order",
+    params(("id" = Uuid, Path, description = "The document's id"), ChunkParams),
+    responses(
+        (status = 200, description = "A page", body = ChunkPage),
+        (status = 400, description = "An `id` that is not a UUID, a `limit` outside 1..=1000, a \
+            malformed or unknown parameter (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No API key, or a malformed, unknown or revoked one (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such document of the caller's: another user's is not found either (`not_found`)", body = ErrorBody),
+    ),
+)]
 pub async fn chunks(
     State(state): State<AppState>,
     auth: Auth,
@@ -233,6 +313,20 @@ pub async fn chunks(
 }
 
 /// `DELETE /v1/documents/{id}`: 204; the bytes and chunks go with it (foreign keys cascade).
+#[utoipa::path(
+    delete,
+    operation_id = "delete_document",
+    path = "/v1/documents/{id}",
+    tag = "documents",
+    summary = "Delete a document with its bytes and chunks",
+    params(("id" = Uuid, Path, description = "The document's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "An `id` that is not a UUID (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No API key, or a malformed, unknown or revoked one (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such document of the caller's: another user's is not found either (`not_found`)", body = ErrorBody),
+    ),
+)]
 pub async fn delete(State(state): State<AppState>, auth: Auth, IdPath(id): IdPath) -> Result<StatusCode, Error> {
     let mut tx = state.store.user_tx(auth.user_id).await?;
     documents::delete(&mut tx, DocumentId(id)).await?;
@@ -242,17 +336,21 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, IdPath(id): IdPat
 }
 
 /// Body of `POST /v1/documents/{id}/reprocess`; every field is optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"stage": "chunk", "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}))]
 pub struct ReprocessRequest {
     /// Redo from this stage (`extract`, `chunk`, `embed`); default: the earliest stage whose
     /// settings differ from the target, or `extract` when none does.
+    #[schema(value_type = Option<schemas::Stage>)]
     pub stage: Option<Stage>,
-    /// Chunk size for the new set (default: the configured one).
+    /// Chunk size for the new set, 1..=8192 (default: the configured one).
+    #[schema(minimum = 1, maximum = 8192)]
     pub chunk_max_tokens: Option<u32>,
-    /// Chunk overlap for the new set (default: the configured one).
+    /// Chunk overlap for the new set, below `chunk_max_tokens` (default: the configured one).
     pub chunk_overlap_tokens: Option<u32>,
-    /// Embedding model for the new vectors (default: the configured one); must be recorded.
+    /// Embedding model for the new vectors (default: the configured one); must be the
+    /// configured one or one recorded on the server.
     pub embedding_model: Option<String>,
 }
 
@@ -260,6 +358,36 @@ pub struct ReprocessRequest {
 /// the pending run; a ready document stays ready and searchable until the new chunk set
 /// replaces the old one. 409 while a reprocessing of it is in flight, 422 for a bad setting.
 /// No body: every default.
+#[utoipa::path(
+    post,
+    operation_id = "reprocess_document",
+    path = "/v1/documents/{id}/reprocess",
+    tag = "documents",
+    summary = "Reprocess a document in the background",
+    description = "Runs the pipeline again from `stage` with the given chunk settings and embedding \
+        model (defaults: the configured ones). A ready document stays `ready` and its current chunks \
+        stay searchable until the new chunk set replaces them in one transaction; until then the \
+        pending run is shown in the document's `reprocess` object. The body may be empty. The model \
+        calls count against the caller's token budget.",
+    params(("id" = Uuid, Path, description = "The document's id")),
+    request_body(content = Option<ReprocessRequest>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Reprocessing was queued", body = schemas::Document),
+        (status = 400, description = "An `id` that is not a UUID, broken JSON, a field of the wrong \
+            type, an unknown field, a NUL character in a string (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No API key, or a malformed, unknown or revoked one (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such document of the caller's: another user's is not found either (`not_found`)", body = ErrorBody),
+        (status = 409, description = "A reprocessing of the document is already in flight, or it is \
+            still being ingested (`conflict`)", body = ErrorBody),
+        (status = 413, description = "The JSON body is over 2 MiB (`request_too_large`)", body = ErrorBody),
+        (status = 415, description = "A body without `Content-Type: application/json` \
+            (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "`chunk_max_tokens` outside 1..=8192, an overlap not below the \
+            chunk size, or an embedding model not served here (`invalid_setting`)", body = ErrorBody),
+        (status = 429, description = "The caller's monthly token budget is used up \
+            (`token_budget_exceeded`)", body = ErrorBody),
+    ),
+)]
 pub async fn reprocess(
     State(state): State<AppState>,
     auth: Auth,

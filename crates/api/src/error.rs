@@ -71,10 +71,10 @@ impl Error {
 
     /// The response body, `{"error": {"code": "...", "message": "..."}}`, as bytes.
     pub fn body_bytes(&self) -> Vec<u8> {
-        let body = Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
             },
         };
         serde_json::to_vec(&body)
@@ -101,15 +101,23 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The one JSON shape of every error response: `{"error": {"code", "message"}}`. What an
+/// `Error` is sent as, and what the OpenAPI document says every error status answers with.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Error, example = json!({"error": {"code": "not_found", "message": "document not found"}}))]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: &'a str,
+/// What an error response says.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code clients may match on (`not_found`, `unauthorized`,
+    /// `invalid_request`, `file_too_large`, `unsupported_format`, ...).
+    pub code: String,
+    /// Readable explanation, meant for a person.
+    pub message: String,
 }
 
 /// The code of an error known only by its status (see [`Error::from_status`]).

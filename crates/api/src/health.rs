@@ -12,6 +12,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `GET /healthz`: the process is up and serving. Touches nothing else, so a slow database
 /// never gets a healthy process restarted.
+#[utoipa::path(
+    get,
+    operation_id = "healthz",
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    responses((status = 200, description = "The process is up", body = crate::schemas::Health,
+        example = json!({"status": "ok"}))),
+)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }

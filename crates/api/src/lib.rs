@@ -19,7 +19,7 @@
 //! | `GET /v1/messages/{id}/events` | an answer's events (SSE), resumable with `Last-Event-ID` |
 //! | `GET /v1/usage?from=&to=&group_by=day\|model\|kind` | the caller's tokens and cost over `[from, to)`, grouped, and their quota status |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness, only `ready` or 503 `not_ready` (database reachable, schema current, every worker and the message feed running) |
-//! | `GET /openapi.json` | OpenAPI 3.1 description of all of the above (`crates/api/openapi.json`) |
+//! | `GET /openapi.json` | OpenAPI 3.1 description of all of the above, generated from the handlers ([`openapi`]) |
 //!
 //! The operations routes ([`ops_router`]: `/metrics`, `/healthz`, `/readyz` with the reason
 //! when not ready) are served on a listener of their own ([`serve_ops`], `RAGPIPE_OPS_LISTEN`),
@@ -30,7 +30,9 @@
 //! never a 403. Every response with an error status, including unknown routes, extractor
 //! rejections, body limits and the requests hyper refuses before routing
 //! ([`protocol_errors`]), has the one JSON shape of [`Error`]. No string with a NUL character
-//! reaches the database ([`body`]).
+//! reaches the database ([`body`]). Every route is registered together with its OpenAPI
+//! operation ([`openapi`]), so none is served undocumented; `tests/tests/api_openapi.rs`
+//! checks every operation's real answers against the served document.
 
 pub mod auth;
 pub mod body;
@@ -39,28 +41,32 @@ pub mod documents;
 mod error;
 pub mod health;
 pub mod messages;
+pub mod openapi;
 pub mod params;
 pub mod prometheus;
 pub mod protocol_errors;
 mod request_log;
+pub mod schemas;
 pub mod search;
 pub mod sse;
 pub mod upload;
 pub mod usage;
 
 pub use auth::Auth;
-pub use error::Error;
+pub use error::{Error, ErrorBody, ErrorDetail};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
-use axum::routing::{get, post};
+use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use protocol_errors::JsonProtocolErrors;
 use ragpipe_core::Config;
 use ragpipe_store::Store;
 use std::sync::Arc;
 use upload::UploadLimits;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -119,41 +125,67 @@ impl std::fmt::Debug for AppState {
 pub fn router(state: AppState) -> Router {
     // Only the upload route takes large bodies; the rest take JSON up to MAX_JSON_BODY_BYTES.
     let upload_body_limit = UploadLimits::from_config(&state.config.limits).body_limit();
-    Router::new()
-        .route(
-            "/v1/documents",
-            get(documents::list).merge(post(documents::upload).layer(DefaultBodyLimit::max(upload_body_limit))),
-        )
-        .route("/v1/documents/{id}", get(documents::get).delete(documents::delete))
-        .route("/v1/documents/{id}/chunks", get(documents::chunks))
-        .route("/v1/documents/{id}/reprocess", post(documents::reprocess))
-        .route(
-            "/v1/conversations",
-            get(conversations::list).post(conversations::create),
-        )
-        .route(
-            "/v1/conversations/{id}/messages",
-            get(conversations::messages).post(conversations::ask),
-        )
-        .route("/v1/search", post(search::search))
-        .route("/v1/usage", get(usage::usage))
-        .route("/v1/messages/{id}", get(messages::get))
-        .route("/v1/messages/{id}/cancel", post(messages::cancel))
-        .route("/v1/messages/{id}/events", get(sse::events))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(public_readyz))
-        .route("/openapi.json", get(openapi))
+    let (routes, openapi) = documented_routes(upload_body_limit).split_for_parts();
+    let openapi = Arc::new(openapi::finish(openapi));
+    routes
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_JSON_BODY_BYTES))
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(axum::middleware::from_fn(request_log::observe))
+        .layer(axum::Extension(openapi))
         .with_state(state)
+}
+
+/// The OpenAPI document [`router`] serves at `/openapi.json`: its operations are those of the
+/// routes it registers.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(documented_routes(body::MAX_JSON_BODY_BYTES).into_openapi())
+}
+
+/// Every route of [`router`], each registered with its OpenAPI operation (`routes!` adds both,
+/// so no route is served undocumented). Routes are registered here and nowhere else.
+fn documented_routes(upload_body_limit: usize) -> OpenApiRouter<AppState> {
+    use utoipa::OpenApi as _;
+    let upload = OpenApiRouter::new()
+        .routes(routes!(documents::upload))
+        .layer(DefaultBodyLimit::max(upload_body_limit));
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(documents::list))
+        .merge(upload)
+        .routes(routes!(documents::get, documents::delete))
+        .routes(routes!(documents::chunks))
+        .routes(routes!(documents::reprocess))
+        .routes(routes!(conversations::list, conversations::create))
+        .routes(routes!(conversations::messages, conversations::ask))
+        .routes(routes!(search::search))
+        .routes(routes!(usage::usage))
+        .routes(routes!(messages::get))
+        .routes(routes!(messages::cancel))
+        .routes(routes!(sse::events))
+        .routes(routes!(health::healthz))
+        .routes(routes!(public_readyz))
+        .routes(routes!(serve_openapi))
 }
 
 /// `GET /readyz` on the public listener: the operations answer reduced to ready or not, so
 /// that what is wrong inside (schema, database, workers) is not told to the world; the ops
 /// listener's `/readyz` says it.
+#[utoipa::path(
+    get,
+    operation_id = "readyz",
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: ready, or not",
+    description = "200 `{\"status\": \"ready\"}` or 503 `not_ready`, without the reason. The reason, \
+        and `/metrics`, are on the operations listener (`RAGPIPE_OPS_LISTEN`), which is not part of \
+        this API.",
+    responses(
+        (status = 200, description = "Ready", body = schemas::Health,
+            example = json!({"status": "ready"})),
+        (status = 503, description = "Not ready (`not_ready`)", body = ErrorBody),
+    ),
+)]
 async fn public_readyz(state: axum::extract::State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
     if health::readyz(state).await.into_response().status().is_success() {
@@ -163,12 +195,19 @@ async fn public_readyz(state: axum::extract::State<AppState>) -> axum::response:
     }
 }
 
-/// The OpenAPI description, written by hand beside this crate and kept in step with the routes
-/// (a test checks that it parses and lists every route).
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
-
-async fn openapi() -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+/// `GET /openapi.json`: the document generated with the routes ([`openapi`]).
+#[utoipa::path(
+    get,
+    operation_id = "openapi",
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This document",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API", body = Object)),
+)]
+async fn serve_openapi(
+    axum::Extension(document): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> axum::Json<Arc<utoipa::openapi::OpenApi>> {
+    axum::Json(document)
 }
 
 /// The operations routes (`/healthz`, `/readyz` with the reason when not ready, `/metrics`
@@ -248,99 +287,119 @@ pub async fn serve_ops(
 
 #[cfg(test)]
 mod tests {
-    use super::OPENAPI_JSON;
     use std::collections::BTreeSet;
 
-    /// `METHOD /path` of every route `router` registers, read from its source: axum keeps its
-    /// route table private, and reading the registrations themselves (rather than a list kept
-    /// by hand) means a route added without its OpenAPI entry fails the test below.
-    fn routed_operations() -> BTreeSet<String> {
+    /// The source of the functions that build [`super::router`].
+    fn router_source() -> &'static str {
         let source = include_str!("lib.rs");
-        let body = source
-            .split_once("pub fn router(")
-            .and_then(|(_, rest)| rest.split_once(".fallback("))
-            .map(|(body, _)| body)
-            .expect("router() registers its routes before its fallback");
-        assert!(
-            !body.contains(".nest("),
-            "router() nests a router: teach routed_operations to read it"
-        );
-        let mut routes = BTreeSet::new();
-        for registration in body.split(".route(").skip(1) {
-            let path = registration
-                .split('"')
-                .nth(1)
-                .expect("a route's path is a string literal");
-            // The method routers called in the registration: `get(h)`, `get(h).post(h)`,
-            // `get(h).merge(post(h).layer(..))`. Handler paths (`documents::delete`) are not
-            // followed by `(`, so they do not count.
-            for method in ["get", "post", "put", "patch", "delete"] {
-                let called = registration
-                    .match_indices(&format!("{method}("))
-                    .any(|(i, _)| !registration[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':'));
-                if called {
-                    routes.insert(format!("{} {path}", method.to_uppercase()));
-                }
-            }
-        }
-        routes
+        let start = source.find("pub fn router(").expect("router() is defined");
+        let end = source[start..]
+            .find("/// `GET /readyz` on the public listener")
+            .expect("public_readyz follows the route registrations");
+        &source[start..start + end]
     }
 
     #[test]
-    fn the_openapi_document_parses_and_lists_every_route() {
-        let spec: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
-        let mut operations = BTreeSet::new();
-        for (path, item) in spec["paths"].as_object().expect("paths") {
-            for method in ["get", "post", "put", "patch", "delete"] {
-                if let Some(operation) = item.get(method) {
-                    assert!(
-                        operation["responses"].as_object().is_some_and(|r| !r.is_empty()),
-                        "{method} {path} has no responses"
-                    );
-                    operations.insert(format!("{} {path}", method.to_uppercase()));
-                }
-            }
-        }
-        let routed = routed_operations();
-        // The reader found the registrations (a sample, so that a broken reader cannot pass by
-        // finding nothing).
-        for route in [
-            "GET /v1/documents",
-            "POST /v1/documents",
-            "DELETE /v1/documents/{id}",
-            "GET /healthz",
-        ] {
+    fn every_route_is_registered_with_its_operation() {
+        // `routes!` adds a handler's route and its operation together; a plain `.route(` (or a
+        // nested router) would serve a route the document does not describe.
+        let source = router_source();
+        for undocumented in [".route(", ".nest(", ".route_service(", ".nest_service("] {
             assert!(
-                routed.contains(route),
-                "router source not read: {route} missing from {routed:?}"
+                !source.contains(undocumented),
+                "router() registers a route with {undocumented}: use routes! so it is documented"
             );
         }
-        let undescribed: Vec<_> = routed.difference(&operations).collect();
         assert!(
-            undescribed.is_empty(),
-            "routes without an OpenAPI operation: {undescribed:?}"
+            source.matches("routes!(").count() >= 15,
+            "routes! registrations not found"
         );
-        let unrouted: Vec<_> = operations.difference(&routed).collect();
-        assert!(
-            unrouted.is_empty(),
-            "OpenAPI operations that router() does not register: {unrouted:?}"
-        );
+    }
+
+    #[test]
+    fn the_generated_document_describes_every_operation() {
+        let spec = serde_json::to_value(super::openapi_document()).expect("the document serializes");
+        assert_eq!(spec["openapi"], "3.1.0");
+        let mut operations = BTreeSet::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                let responses = operation["responses"].as_object().expect("responses");
+                assert!(!responses.is_empty(), "{method} {path} has no responses");
+                for (status, response) in responses {
+                    assert!(
+                        response["description"].as_str().is_some_and(|d| !d.is_empty()),
+                        "{method} {path} {status}: no description"
+                    );
+                    // Every error status answers with the one error shape.
+                    if status.starts_with('4') || status.starts_with('5') {
+                        assert_eq!(
+                            response["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error",
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+                // Every /v1 operation requires the bearer key (the document's default); only
+                // the operations routes opt out.
+                let security = &operation["security"];
+                assert_eq!(
+                    path.starts_with("/v1/"),
+                    security.is_null(),
+                    "{method} {path}: security {security}"
+                );
+                if path.contains("{id}") {
+                    let parameters = operation["parameters"].as_array().expect("parameters");
+                    assert!(
+                        parameters.iter().any(|p| p["name"] == "id" && p["in"] == "path"),
+                        "{method} {path}: no id parameter"
+                    );
+                }
+                operations.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+        assert_eq!(spec["security"], serde_json::json!([{ "apiKey": [] }]));
+        assert_eq!(spec["components"]["securitySchemes"]["apiKey"]["scheme"], "bearer");
+        let expected: BTreeSet<String> = [
+            "GET /v1/documents",
+            "POST /v1/documents",
+            "GET /v1/documents/{id}",
+            "DELETE /v1/documents/{id}",
+            "GET /v1/documents/{id}/chunks",
+            "POST /v1/documents/{id}/reprocess",
+            "GET /v1/conversations",
+            "POST /v1/conversations",
+            "GET /v1/conversations/{id}/messages",
+            "POST /v1/conversations/{id}/messages",
+            "POST /v1/search",
+            "GET /v1/usage",
+            "GET /v1/messages/{id}",
+            "POST /v1/messages/{id}/cancel",
+            "GET /v1/messages/{id}/events",
+            "GET /healthz",
+            "GET /readyz",
+            "GET /openapi.json",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(operations, expected);
 
         // Every reference points at something defined.
-        for reference in OPENAPI_JSON.split("\"$ref\": \"#/").skip(1) {
+        let text = spec.to_string();
+        for reference in text.split("\"$ref\":\"#/").skip(1) {
             let pointer = format!("/{}", reference.split('"').next().unwrap_or_default());
             assert!(spec.pointer(&pointer).is_some(), "dangling $ref {pointer}");
         }
-        // Every /v1 operation requires the bearer key (the document's default); only the
-        // operations routes opt out.
-        assert_eq!(spec["security"], serde_json::json!([{ "apiKey": [] }]));
-        for route in &operations {
-            let (method, path) = route.split_once(' ').expect("METHOD path");
-            let security = &spec["paths"][path][method.to_lowercase()]["security"];
+        // The multipart upload and the event streams are described as what they are.
+        let upload = &spec["paths"]["/v1/documents"]["post"]["requestBody"]["content"];
+        assert!(upload["multipart/form-data"]["schema"].is_object(), "{upload}");
+        for (path, method) in [
+            ("/v1/messages/{id}/events", "get"),
+            ("/v1/conversations/{id}/messages", "post"),
+        ] {
+            let stream = &spec["paths"][path][method]["responses"]["200"]["content"]["text/event-stream"];
             assert_eq!(
-                path.starts_with("/v1/"),
-                security.is_null(),
-                "{route}: security {security}"
+                stream["schema"]["x-events"]["$ref"], "#/components/schemas/AnswerEvent",
+                "{method} {path}: {stream}"
             );
         }
     }

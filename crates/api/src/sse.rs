@@ -10,7 +10,7 @@
 //! an answer may outlive the process; clients resume elsewhere with `Last-Event-ID`.
 
 use crate::params::IdPath;
-use crate::{AppState, Auth, Error};
+use crate::{AppState, Auth, Error, ErrorBody};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -110,6 +110,34 @@ pub fn to_sse(event: &AnswerEvent) -> Event {
 }
 
 /// `GET /v1/messages/{id}/events`: the answer's events, from after `Last-Event-ID` when sent.
+#[utoipa::path(
+    get,
+    operation_id = "answer_events",
+    path = "/v1/messages/{id}/events",
+    tag = "messages",
+    summary = "An answer's events (server-sent events), resumable",
+    description = "Derived from the answer's message row, so any API process serves the stream \
+        whichever worker writes the answer, during the answer or after it. Send the id of the last \
+        event received as `Last-Event-ID` to resume with no gap and no duplicate. Fails before the \
+        stream starts with 404 (not the caller's answer) or 400 (an id this stream never sent).",
+    params(
+        ("id" = Uuid, Path, description = "The message's id"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "The id of the last event \
+            received: the stream resumes after it. Browsers' EventSource sends it on reconnect."),
+    ),
+    responses(
+        (status = 200, description = "The answer's server-sent events (see the AnswerEvent schema \
+            for their order and ids). The stream ends after `done` or `error`.",
+            content_type = "text/event-stream", body = String,
+            headers(("X-Accel-Buffering" = String, description = "`no`: buffering proxies pass events through as they come")),
+            example = json!(crate::openapi::ANSWER_EVENTS_EXAMPLE)),
+        (status = 400, description = "An `id` that is not a UUID, or a `Last-Event-ID` this stream \
+            never sent (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No API key, or a malformed, unknown or revoked one (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such answer of the caller's: a question, or another user's \
+            message, is not found either (`not_found`)", body = ErrorBody),
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,

@@ -4,7 +4,8 @@
 //! and the use).
 
 use crate::params::Query;
-use crate::{AppState, Auth, Error};
+use crate::schemas;
+use crate::{AppState, Auth, Error, ErrorBody};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,8 +14,9 @@ use ragpipe_store::usage::{self, GroupBy, Period, UsageReport};
 use serde::{Deserialize, Serialize};
 
 /// Query of `GET /v1/usage`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// First instant counted: a date (`2026-11-01`, midnight UTC) or an RFC 3339 time
     /// (default: the start of the current month, UTC).
@@ -22,20 +24,56 @@ pub struct UsageParams {
     /// First instant not counted (default: the start of next month).
     pub to: Option<String>,
     /// `day` (default), `model` or `kind`.
+    #[param(value_type = Option<schemas::GroupBy>, default = "day")]
     pub group_by: Option<GroupBy>,
 }
 
 /// What `GET /v1/usage` returns.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = UsageReport)]
 pub struct UsageResponse {
-    /// `from`, `to`, `group_by`, `groups`, `total`.
+    /// `from`, `to`, `group_by`, `rows`, `total`.
     #[serde(flatten)]
+    #[schema(value_type = UsageSums)]
     pub report: UsageReport,
     /// The caller's budgets and their use in the current period.
+    #[schema(value_type = schemas::QuotaStatus)]
     pub quota: QuotaStatus,
 }
 
+/// The caller's usage events in `[from, to)`, grouped: the shape of the store's usage report,
+/// which `GET /v1/usage` answers with beside the quota status.
+#[derive(Debug, utoipa::ToSchema)]
+pub struct UsageSums {
+    /// First instant counted.
+    pub from: chrono::DateTime<chrono::Utc>,
+    /// First instant not counted.
+    pub to: chrono::DateTime<chrono::Utc>,
+    /// How the rows are grouped.
+    pub group_by: schemas::GroupBy,
+    /// One per group with at least one event, by key.
+    pub rows: Vec<schemas::UsageRow>,
+    /// The sums of every event in the period.
+    pub total: schemas::UsageTotals,
+}
+
 /// `GET /v1/usage`.
+#[utoipa::path(
+    get,
+    operation_id = "get_usage",
+    path = "/v1/usage",
+    tag = "usage",
+    summary = "Model usage: tokens, requests and cost, grouped",
+    description = "The caller's usage events in `[from, to)`, summed per UTC day, model or kind, \
+        with the total, and the caller's quota status.",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "The rows, their total and the quota status", body = UsageResponse),
+        (status = 400, description = "A bound that is not a date or RFC 3339 time, `to` not after \
+            `from`, an unknown `group_by` or parameter (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No API key, or a malformed, unknown or revoked one (`unauthorized`)", body = ErrorBody),
+    ),
+)]
 pub async fn usage(
     State(state): State<AppState>,
     auth: Auth,
