@@ -133,13 +133,12 @@ pub fn spawn_supervised(
         })
         .await
         .map_err(SetupError::of("message feed"));
-        let ctx = match feed {
+        match feed {
             Ok(feed) => {
                 feed_liveness.add(feed.component());
                 AnswerContext::new(store, settings).await
             }
             Err(e) => Err(e),
-        };
-        ctx
+        }
     })
 }
