@@ -5,6 +5,7 @@
 //! embeddings from that server, and the two runs' times are compared.
 
 use crate::common::{ScratchDatabase, create_user, measurement_pool, peak_rss_mib, upload_corpus, wait_until_settled};
+use crate::storage::{self, StorageReport};
 use anyhow::Context;
 use clap::Args;
 use ragpipe_core::config::{EmbeddingProvider, ModelEndpoint};
@@ -90,7 +91,7 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
     };
     let rss_before = peak_rss_mib().unwrap_or(0.0);
     let embedder = describe_embedding(&config.embedding);
-    let (figures, copy) = ingest_once(config.clone(), &args.database, &source, true).await?;
+    let (figures, copy, storage) = ingest_once(config.clone(), &args.database, &source, true).await?;
     let peak = peak_rss_mib().unwrap_or(0.0);
     let (copy_rate, chunks_only_rate) = copy.unwrap_or_default();
     let rate = figures.chunks as f64 / figures.seconds;
@@ -106,6 +107,7 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
     println!("  of which the chunk rows alone: {chunks_only_rate:.0} chunks/s");
     println!("  pipeline / ceiling: {:.2}", rate / copy_rate);
     println!("  peak RSS: {peak:.0} MiB (before the run {rss_before:.0} MiB)");
+    storage.print();
 
     let Some(url) = &args.versus_embedding_url else {
         return Ok(());
@@ -117,7 +119,7 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
     versus.embedding.concurrency = args.versus_concurrency;
     versus.fit_chunks_to_embedding();
     let versus_embedder = describe_embedding(&versus.embedding);
-    let (other, _) = ingest_once(versus, &format!("{}_versus", args.database), &source, false).await?;
+    let (other, _, _) = ingest_once(versus, &format!("{}_versus", args.database), &source, false).await?;
     println!("versus: the same corpus with embeddings from {versus_embedder}");
     other.print("pipeline");
     println!(
@@ -161,7 +163,7 @@ async fn ingest_once(
     name: &str,
     source: &Source<'_>,
     ceiling: bool,
-) -> anyhow::Result<(RunFigures, Option<(f64, f64)>)> {
+) -> anyhow::Result<(RunFigures, Option<(f64, f64)>, StorageReport)> {
     let scratch = ScratchDatabase::open(config, name, true).await?;
     let config = Arc::new(scratch.config.clone());
     let measured = async {
@@ -169,8 +171,10 @@ async fn ingest_once(
         store.migrate(&config.embedding).await?;
         let db = measurement_pool(&config).await?;
         let measured = measure_once(&store, &db, &config, source, ceiling).await;
+        let storage = storage::measure(&db).await;
         db.close().await;
-        measured
+        let (figures, copy) = measured?;
+        Ok::<_, anyhow::Error>((figures, copy, storage?))
     }
     .await;
     let dropped = scratch.drop().await;

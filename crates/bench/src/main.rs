@@ -16,6 +16,7 @@ mod followup;
 mod ingest;
 mod reprocess;
 mod search;
+mod storage;
 
 use clap::{Parser, Subcommand};
 use ragpipe_core::Config;
@@ -43,6 +44,8 @@ enum Command {
     Followup(followup::BenchFollowupArgs),
     /// The local embedding model's throughput against an embeddings server of the same model.
     Embed(embed::BenchEmbedArgs),
+    /// Bytes on disk per chunk of every table and index of a database, against the raw payload.
+    Storage(storage::BenchStorageArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ async fn run(config: Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Reprocess(args) => reprocess::run(config, args).await,
         Command::Followup(args) => followup::run(config, args).await,
         Command::Embed(args) => embed::run(config, args).await,
+        Command::Storage(args) => storage::run(config, args).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }

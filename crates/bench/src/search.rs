@@ -14,6 +14,7 @@
 //! the statement is timed.
 
 use crate::common::{Rng, ScratchDatabase, create_user, measurement_pool};
+use crate::storage;
 use anyhow::Context;
 use clap::Args;
 use ragpipe_core::{Config, UserId};
@@ -158,16 +159,18 @@ pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
     store.migrate(&config.embedding).await?;
     let db = measurement_pool(&config).await?;
     let result = measure(&store, &db, &config, &args).await;
+    let storage = storage::measure(&db).await;
     db.close().await;
     drop(store);
     if !args.keep && !args.reuse {
         scratch.drop().await?;
     }
     let (load, out) = result?;
+    let storage = storage?;
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"load": load, "series": out}))?
+            serde_json::to_string_pretty(&serde_json::json!({"load": load, "series": out, "storage": storage}))?
         );
     } else {
         println!("{load}");
@@ -188,6 +191,7 @@ pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
         for s in out.iter().filter(|s| s.name != "bare hnsw") {
             println!("{} p50 / bare hnsw p50 = {:.2}", s.name, s.p50_ms / bare);
         }
+        storage.print();
     }
     Ok(())
 }
@@ -333,7 +337,7 @@ async fn load(
     let index = embedding_models::index_name(model, dim);
     // Load without indexes or statistics triggers; build both afterwards.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP INDEX {index}; DROP INDEX document_chunks_search_idx; \
+        "DROP INDEX {index}; \
          ALTER TABLE document_chunks DISABLE TRIGGER document_chunks_search_stats_insert"
     )))
     .execute(pool)
@@ -407,8 +411,7 @@ async fn load(
     let hnsw_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
     sqlx::raw_sql(
-        "CREATE INDEX document_chunks_search_idx ON document_chunks USING gin (search_vector); \
-         INSERT INTO search_term_stats (user_id, lexeme, chunks) \
+        "INSERT INTO search_term_stats (user_id, lexeme, chunks) \
              SELECT c.user_id, l.lexeme, count(*) \
              FROM document_chunks AS c, unnest(tsvector_to_array(c.search_vector)) AS l(lexeme) GROUP BY 1, 2; \
          INSERT INTO search_corpus_stats (user_id, chunks, tokens) \
