@@ -479,3 +479,19 @@ async fn models_of_different_dimensions_coexist(pool: PgPool) {
         vec![Config::defaults().embedding.model, "text-embedding-3-small".to_owned()]
     );
 }
+
+/// Every index on the chunks table is read by some statement: the text leg reads its own
+/// postings, so no GIN index on `search_vector` is written for nothing with every chunk.
+#[sqlx::test(migrations = false)]
+async fn the_chunks_table_has_no_index_that_no_query_reads(pool: PgPool) {
+    let admin = pool.clone();
+    migrated(pool).await;
+    let indexes: Vec<(String, String)> =
+        sqlx::query_as("SELECT indexname::text, indexdef FROM pg_indexes WHERE tablename = 'document_chunks'")
+            .fetch_all(&admin)
+            .await
+            .expect("indexes");
+    assert!(!indexes.is_empty());
+    let gin: Vec<_> = indexes.iter().filter(|(_, def)| def.contains("USING gin")).collect();
+    assert!(gin.is_empty(), "unused GIN indexes on document_chunks: {gin:?}");
+}
