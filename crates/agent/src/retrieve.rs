@@ -477,6 +477,7 @@ impl Retriever {
             fusion: self.fusion,
             bm25: self.bm25,
             highlight: request.highlight,
+            exact_scan_chunks: search::EXACT_SCAN_CHUNKS,
         };
         // Generic plans: the statement is the same every time, so planning it once per
         // connection saves ~1-2 ms of each search (Store::search_tx).

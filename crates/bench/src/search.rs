@@ -191,6 +191,11 @@ pub async fn run(config: Config, args: BenchSearchArgs) -> anyhow::Result<()> {
         for s in out.iter().filter(|s| s.name != "bare hnsw") {
             println!("{} p50 / bare hnsw p50 = {:.2}", s.name, s.p50_ms / bare);
         }
+        let p99 = |name: &str| out.iter().find(|s| s.name == name).map_or(f64::NAN, |s| s.p99_ms);
+        println!(
+            "3 docs exact p99 / 3 docs hnsw p99 = {:.2}",
+            p99("3 docs exact") / p99("3 docs hnsw")
+        );
         storage.print();
     }
     Ok(())
@@ -225,8 +230,8 @@ async fn measure(
         .await
         .context("counting the chunks")?;
     let stride = (total / args.queries.max(1) as i64).max(1);
-    let texts: Vec<(i64, String)> =
-        sqlx::query_as("SELECT id, content FROM document_chunks WHERE id % $1 = 7 ORDER BY id LIMIT $2")
+    let texts: Vec<(i64, Uuid, String)> =
+        sqlx::query_as("SELECT id, document_id, content FROM document_chunks WHERE id % $1 = 7 ORDER BY id LIMIT $2")
             .bind(stride)
             .bind(args.queries as i64)
             .fetch_all(db)
@@ -234,10 +239,28 @@ async fn measure(
             .context("reading the chunks queries are taken from")?;
     // The chunk each query was taken from: how often a mode ranks it first, or within k, is a
     // measure of retrieval quality that needs no judgements (a known-item search).
-    let sources: Vec<i64> = texts.iter().map(|(id, _)| *id).collect();
+    let sources: Vec<i64> = texts.iter().map(|(id, _, _)| *id).collect();
+    // The filtered searches keep three documents: the query's own and two others at random.
+    let documents: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM documents ORDER BY id")
+        .fetch_all(db)
+        .await
+        .context("listing the documents")?;
+    let filters: Vec<Vec<Uuid>> = texts
+        .iter()
+        .map(|(_, document, _)| {
+            let mut picked = vec![*document];
+            while picked.len() < 3.min(documents.len()) {
+                let other = documents[rng.below(documents.len())];
+                if !picked.contains(&other) {
+                    picked.push(other);
+                }
+            }
+            picked
+        })
+        .collect();
     let queries: Vec<String> = texts
         .iter()
-        .map(|(_, text)| {
+        .map(|(_, _, text)| {
             let words: Vec<&str> = text.split([' ', '.']).filter(|w| !w.is_empty()).collect();
             let len = (3 + rng.below(6)).min(words.len());
             let start = rng.below(words.len() - len + 1);
@@ -250,14 +273,16 @@ async fn measure(
         "SELECT id FROM document_chunks WHERE embedding_model = {} ORDER BY embedding::vector({dim}) <=> $1::vector({dim}) LIMIT $2",
         embedding_models::sql_literal(&model)
     );
-    let names = ["bare hnsw", "vector", "text", "hybrid"];
+    // "3 docs exact": hybrid within three documents, their few chunks scored exactly (the
+    // default); "3 docs hnsw": the same through the HNSW index, as before the switch.
+    let names = ["bare hnsw", "vector", "text", "hybrid", "3 docs exact", "3 docs hnsw"];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let mut hits = vec![0usize; names.len()];
     let mut found = vec![(0usize, 0usize); names.len()];
     // One warm-up pass (caches, prepared statements), then the timed pass; the four queries
     // of each question run back to back so they see the same cache state.
     for timed in [false, true] {
-        for ((q, v), source) in queries.iter().zip(&vectors).zip(&sources) {
+        for (((q, v), source), filter) in queries.iter().zip(&vectors).zip(&sources).zip(&filters) {
             for (s, name) in names.iter().enumerate() {
                 // Searches run as Retriever::search does (generic plans); the bare query as a
                 // plain user transaction.
@@ -274,7 +299,12 @@ async fn measure(
                         .fetch_all(tx.conn())
                         .await?
                 } else {
-                    let mode: SearchMode = name.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                    let filtered = name.starts_with("3 docs");
+                    let mode: SearchMode = if filtered {
+                        SearchMode::Hybrid
+                    } else {
+                        name.parse().map_err(|e: String| anyhow::anyhow!(e))?
+                    };
                     let vectors = [QueryVector {
                         model: &model,
                         dim,
@@ -286,7 +316,7 @@ async fn measure(
                         mode,
                         k: args.k,
                         depth: ragpipe_agent::retrieve::candidate_depth(args.k),
-                        document_ids: None,
+                        document_ids: filtered.then_some(filter.as_slice()),
                         metadata: None,
                         fusion: ragpipe_agent::retrieve::DEFAULT_FUSION,
                         bm25: Bm25 {
@@ -296,6 +326,11 @@ async fn measure(
                             ..Bm25::default()
                         },
                         highlight: false,
+                        exact_scan_chunks: if *name == "3 docs hnsw" {
+                            0
+                        } else {
+                            search::EXACT_SCAN_CHUNKS
+                        },
                     };
                     search::search(&mut tx, &query)
                         .await?

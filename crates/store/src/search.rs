@@ -200,7 +200,17 @@ pub struct SearchQuery<'a> {
     pub bm25: Bm25,
     /// Whether to return a highlighted snippet (`ts_headline`, matches in `**`).
     pub highlight: bool,
+    /// A filter (`document_ids`, `metadata`) that keeps at most this many chunks has the
+    /// vector legs compute each of their distances exactly instead of reading the HNSW index
+    /// ([`EXACT_SCAN_CHUNKS`] unless a test or benchmark says otherwise).
+    pub exact_scan_chunks: u32,
 }
+
+/// Most chunks a filtered search scores exactly rather than through the HNSW index. An exact
+/// distance costs a few microseconds a chunk (the row read by document, its vector detoasted);
+/// the index, filtered after the fact, walks most of its graph when the filter keeps a few
+/// documents out of thousands (BENCHMARKS.md, "Filtered search").
+pub const EXACT_SCAN_CHUNKS: u32 = 5_000;
 
 /// A chunk found, with where it comes from and why it ranked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
@@ -326,6 +336,7 @@ pub async fn search(tx: &mut UserTx, query: &SearchQuery<'_>) -> Result<Vec<Sear
         .bind(bm25.rescored.max(text_depth) as i32)
         .bind(ef_search.to_string())
         .bind(query.highlight)
+        .bind(i64::from(query.exact_scan_chunks))
         .fetch_all(tx.conn())
         .await
         .map(|ranked| collapse(ranked, k as usize))
@@ -353,9 +364,9 @@ mod tests {
         for placeholder in ["{dim}", "{model}", "{leg}"] {
             assert!(VECTOR_LEG_SQL.contains(placeholder), "{placeholder}");
         }
-        for n in 1..=18 {
+        for n in 1..=19 {
             assert!(HYBRID_SQL.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!HYBRID_SQL.contains("$19"));
+        assert!(!HYBRID_SQL.contains("$20"));
     }
 }

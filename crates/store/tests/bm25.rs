@@ -111,6 +111,7 @@ async fn text_search(store: &Store, user: UserId, text: &str, bm25: Bm25) -> Vec
         },
         bm25,
         highlight: false,
+        exact_scan_chunks: search::EXACT_SCAN_CHUNKS,
     };
     let hits = search::search(&mut tx, &query).await.expect("search");
     tx.commit().await.expect("commit");

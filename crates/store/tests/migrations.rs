@@ -237,6 +237,7 @@ async fn text_search(store: &Store, user: UserId, text: &str) -> Vec<SearchHit> 
         },
         bm25: Bm25::default(),
         highlight: false,
+        exact_scan_chunks: search::EXACT_SCAN_CHUNKS,
     };
     let hits = search::search(&mut tx, &query).await.expect("search");
     tx.commit().await.expect("commit");

@@ -15,15 +15,25 @@
 --  $8 vector weight  $9 vector RRF k  $10 text weight  $11 text RRF k
 --  $12 BM25 k1  $13 BM25 b  $14 postings budget  $15 postings per term  $16 rescored candidates
 --  $17 hnsw.ef_search  $18 highlight
+--  $19 most chunks a filter may keep for the vector legs to compute every distance exactly
 
 WITH
--- The documents searched; NULL when there is no filter (the common case costs nothing).
-scope AS (
-    SELECT CASE WHEN $6::uuid[] IS NULL AND $7::jsonb IS NULL THEN NULL
-                ELSE ARRAY(SELECT d.id FROM documents AS d
-                           WHERE ($6::uuid[] IS NULL OR d.id = ANY ($6::uuid[]))
-                             AND ($7::jsonb IS NULL OR d.metadata @> $7::jsonb))
-           END AS ids
+-- The documents searched; NULL when there is no filter (the common case costs nothing), and
+-- whether the vector legs compute the distance of each of their chunks exactly (a filter that
+-- keeps at most $19 chunks) instead of reading the HNSW index. The index finds the nearest
+-- chunks of the whole corpus and drops those outside the filter as it goes, so a filter that
+-- keeps a few documents out of thousands makes it walk most of the graph (hundreds of ms);
+-- computing a few thousand distances takes a few.
+scope AS MATERIALIZED (
+    SELECT f.ids,
+           f.ids IS NOT NULL
+               AND (SELECT coalesce(sum(d.chunk_count), 0) FROM documents AS d WHERE d.id = ANY (f.ids)) <= $19
+               AS exact
+    FROM (SELECT CASE WHEN $6::uuid[] IS NULL AND $7::jsonb IS NULL THEN NULL
+                      ELSE ARRAY(SELECT d.id FROM documents AS d
+                                 WHERE ($6::uuid[] IS NULL OR d.id = ANY ($6::uuid[]))
+                                   AND ($7::jsonb IS NULL OR d.metadata @> $7::jsonb))
+                 END AS ids) AS f
 ),
 
 -- The query vectors. Each is read through a scalar subquery (an InitPlan), which PostgreSQL
