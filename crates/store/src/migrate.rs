@@ -3,7 +3,7 @@
 //! holds a PostgreSQL advisory lock.
 //!
 //! Released migrations are immutable (their sha384 checksums are pinned in
-//! `migrations/CHECKSUMS`, checked by a test): sqlx records each applied migration's checksum
+//! `migrations/CHECKSUMS` and `migrations/*.sql.sha384`, checked by a test): sqlx records each applied migration's checksum
 //! and refuses to run when a file no longer matches it. One migration was edited in place after
 //! its release ([`EDITED`]); a database that applied one of its earlier texts is brought
 //! forward here, before the migrations run, and any other mismatch is refused with the version
@@ -146,7 +146,7 @@ pub struct EarlierText {
 }
 
 /// Migrations edited after their release, and how to bring their earlier texts forward. Released
-/// migrations are immutable since (pinned in `migrations/CHECKSUMS`): changes go in new
+/// migrations are immutable since (pinned in `migrations/CHECKSUMS` and `*.sql.sha384`): changes go in new
 /// migrations, and this list does not grow.
 pub const EDITED: &[EditedMigration] = &[EditedMigration {
     version: 20261202000015,

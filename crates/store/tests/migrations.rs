@@ -1,5 +1,6 @@
-//! Released migrations stay as released: every file in `migrations/` is pinned to its sha384 in
-//! `migrations/CHECKSUMS`. And a database that applied an earlier text of the one migration that
+//! Released migrations stay as released: every file in `migrations/` is pinned to its sha384,
+//! in `migrations/CHECKSUMS` (the migrations up to 20261204000020) or in a pin file of its own
+//! beside it, `NAME.sql.sha384`, added with the migration (so no pin is ever edited either). And a database that applied an earlier text of the one migration that
 //! was edited in place (`20261202000015`, see `store::migrate::EDITED`) is brought forward by
 //! `Store::migrate` to the schema a fresh database gets, while any other edit is refused. Against
 //! a real PostgreSQL with pgvector.
@@ -35,27 +36,39 @@ fn sha384_hex(bytes: &[u8]) -> String {
 #[test]
 fn every_migration_is_pinned_to_its_released_checksum() {
     let dir = migrations_dir();
-    let pins = std::fs::read_to_string(dir.join("CHECKSUMS")).expect("migrations/CHECKSUMS");
     let mut pinned = BTreeMap::new();
-    for line in pins.lines().filter(|l| !l.trim().is_empty()) {
-        let (sum, file) = line
-            .split_once("  ")
-            .unwrap_or_else(|| panic!("CHECKSUMS line {line:?} is not `<sha384>  <file>`"));
-        pinned.insert(file.to_owned(), sum.to_owned());
-    }
+    let mut problems = Vec::new();
+    let mut pin = |source: &str, text: &str, only: Option<&str>| {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (sum, file) = line
+                .split_once("  ")
+                .unwrap_or_else(|| panic!("{source} line {line:?} is not `<sha384>  <file>`"));
+            if only.is_some_and(|o| o != file) {
+                problems.push(format!("{source} pins {file}, not the migration it is named after"));
+            }
+            if pinned.insert(file.to_owned(), sum.to_owned()).is_some() {
+                problems.push(format!("{file} is pinned twice"));
+            }
+        }
+    };
+    let pins = std::fs::read_to_string(dir.join("CHECKSUMS")).expect("migrations/CHECKSUMS");
+    pin("CHECKSUMS", &pins, None);
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).expect("migrations/") {
         let path = entry.expect("entry").path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         if name.ends_with(".sql") {
             files.insert(name, sha384_hex(&std::fs::read(&path).expect("read migration")));
+        } else if let Some(migration) = name.strip_suffix(".sha384") {
+            let text = std::fs::read_to_string(&path).expect("read pin");
+            pin(&name, &text, Some(migration));
         }
     }
-    let mut problems = Vec::new();
     for (file, sum) in &files {
         match pinned.get(file) {
             None => problems.push(format!(
-                "{file} is not pinned: add the line `{sum}  {file}` to migrations/CHECKSUMS"
+                "{file} is not pinned: add migrations/{file}.sha384 (`cd migrations && sha384sum {file} > {file}.sha384`), \
+                 which holds `{sum}  {file}`"
             )),
             Some(pin) if pin != sum => problems.push(format!(
                 "{file} was edited after its release (pinned {pin}, now {sum}): databases that applied it \
