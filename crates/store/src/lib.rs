@@ -82,14 +82,8 @@ impl Store {
         Store { pool }
     }
 
-    /// Closes the pool: waits for connections in use to be returned, then closes them all.
-    /// Every later query fails with a closed pool.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
     /// The database this store connects to, as `host:port/database` (no credentials).
-    pub fn database(&self) -> String {
+    pub(crate) fn database(&self) -> String {
         let options = self.pool.connect_options();
         format!(
             "{}:{}/{}",

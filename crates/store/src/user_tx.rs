@@ -144,7 +144,7 @@ mod tests {
     ) {
         let migrating = Store::from_pool(PgPoolOptions::new().connect_with(connect.clone()).await.expect("pool"));
         migrating.migrate(&Config::defaults().embedding).await.expect("migrate");
-        migrating.close().await;
+        drop(migrating);
         // One connection, so every transaction below runs on the same one.
         let pool = options.max_connections(1).connect_with(connect).await.expect("pool");
         let store = Store::from_pool(pool);

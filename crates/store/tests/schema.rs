@@ -483,7 +483,7 @@ async fn models_of_different_dimensions_coexist(pool: PgPool) {
 /// Every index on the chunks table is read by some statement: the text leg reads its own
 /// postings, so no GIN index on `search_vector` is written for nothing with every chunk.
 #[sqlx::test(migrations = false)]
-async fn the_chunks_table_has_no_index_that_no_query_reads(pool: PgPool) {
+async fn the_chunks_table_has_no_gin_index_no_query_could_read(pool: PgPool) {
     let admin = pool.clone();
     migrated(pool).await;
     let indexes: Vec<(String, String)> =
