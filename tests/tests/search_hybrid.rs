@@ -251,7 +251,7 @@ async fn the_new_user_tables_have_forced_row_level_security_and_owner_policies(p
     let store = migrated(pool.clone(), &config).await;
     let a = new_user(&store, "a@example.com").await;
     let b = new_user(&store, "b@example.com").await;
-    for table in ["search_term_stats", "search_corpus_stats", "search_postings"] {
+    for table in ["search_term_stats", "search_corpus_stats", "search_blocks"] {
         let (enabled, forced): (bool, bool) =
             sqlx::query_as("SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = $1::regclass")
                 .bind(table)
@@ -264,7 +264,9 @@ async fn the_new_user_tables_have_forced_row_level_security_and_owner_policies(p
         let sql = match table {
             "search_term_stats" => "INSERT INTO search_term_stats (user_id, lexeme, chunks) VALUES ($1, 'x', 1)",
             "search_corpus_stats" => "INSERT INTO search_corpus_stats (user_id, chunks, tokens) VALUES ($1, 1, 1)",
-            _ => "INSERT INTO search_postings (user_id, lexeme, chunk_id, tf, token_count) VALUES ($1, 'x', 1, 1, 1)",
+            _ => {
+                "INSERT INTO search_blocks (user_id, lexeme, first_chunk, offsets, stats) VALUES ($1, 'x', 1, '{0}', '{1}')"
+            }
         };
         let refused = sqlx::query(sql).bind(a.0).execute(tx.conn()).await;
         assert!(refused.is_err(), "{table}: B wrote a row of A");

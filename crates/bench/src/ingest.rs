@@ -263,17 +263,17 @@ async fn upload_files(
     Ok(total)
 }
 
-/// Chunks per second of a binary `COPY` of the pipeline's chunk rows and posting rows into
+/// Chunks per second of a binary `COPY` of the pipeline's chunk rows and posting blocks into
 /// empty copies of their tables with the same indexes, both timed; and of the chunk rows alone.
 async fn copy_ceiling(db: &PgPool) -> anyhow::Result<(f64, f64)> {
     let chunk_columns = "document_id, user_id, chunk_index, content, token_count, page_first, page_last, heading_path, byte_start, byte_end, embedding, embedding_model";
-    let posting_columns = "user_id, lexeme, chunk_id, tf, token_count";
+    let block_columns = "user_id, lexeme, first_chunk, offsets, stats";
     let mut conn = db.acquire().await?;
     let mut secs = 0.0;
     let mut chunk_secs = 0.0;
     for (table, copy_table, columns) in [
         ("document_chunks", "chunk_copy_ceiling", chunk_columns),
-        ("search_postings", "posting_copy_ceiling", posting_columns),
+        ("search_blocks", "block_copy_ceiling", block_columns),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE TABLE {copy_table} (LIKE {table} INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY INCLUDING INDEXES)"

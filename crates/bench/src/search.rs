@@ -467,9 +467,7 @@ async fn load(
              FROM document_chunks AS c, unnest(tsvector_to_array(c.search_vector)) AS l(lexeme) GROUP BY 1, 2; \
          INSERT INTO search_corpus_stats (user_id, chunks, tokens) \
              SELECT user_id, count(*), sum(token_count) FROM document_chunks GROUP BY user_id; \
-         INSERT INTO search_postings (user_id, lexeme, chunk_id, tf, token_count) \
-             SELECT c.user_id, u.lexeme, c.id, greatest(cardinality(u.positions), 1), c.token_count \
-             FROM document_chunks AS c, unnest(c.search_vector) AS u ORDER BY 1, 2, 3; \
+         SELECT ragpipe_search_blocks_rebuild(); \
          ALTER TABLE document_chunks ENABLE TRIGGER document_chunks_search_stats_insert; \
          RESET maintenance_work_mem;",
     )
@@ -480,7 +478,7 @@ async fn load(
         "document_chunks",
         "search_term_stats",
         "search_corpus_stats",
-        "search_postings",
+        "search_blocks",
         "documents",
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))

@@ -5,12 +5,13 @@
 //!   (same expression and predicate as the index, model as a literal), with pgvector's
 //!   iterative scan so that row-level security and filters cannot starve it.
 //! - **Text leg:** BM25 over any query term. Term statistics (per-user document frequencies,
-//!   chunk count, total tokens) and the postings table `search_postings` (per chunk and
-//!   lexeme: term frequency and chunk length, in a B-tree keyed by user, lexeme and chunk) are
-//!   kept by the chunk table's trigger (migrations `..._search_term_stats.sql` and
-//!   `..._search_postings_table.sql`). Candidates come from the rarest terms' postings, read by
-//!   index-only range scans within a budget, and are pre-scored without reading any chunk row;
-//!   the best are then completed with the other terms' frequencies, one index probe each. `websearch_to_tsquery` would require every term, so most natural questions
+//!   chunk count, total tokens) and the postings in blocks `search_blocks` (per user, lexeme
+//!   and run of up to 128 chunks: the chunk ids and, for each, the term frequency and chunk
+//!   length, 8 bytes a posting) are kept by the chunk table's trigger (migrations
+//!   `..._search_term_stats.sql` and `..._search_postings_in_blocks.sql`). Candidates come from
+//!   the rarest terms' postings, whole blocks unnested within a budget, and are pre-scored
+//!   without reading any chunk row; the best are then completed with the other terms'
+//!   frequencies, one block probe each. `websearch_to_tsquery` would require every term, so most natural questions
 //!   would match nothing, and `ts_rank_cd` ignores rarity (shared/FACTS.md).
 //! - **Fusion:** weighted Reciprocal Rank Fusion, `w / (k + rank)` summed over the legs that
 //!   ranked a chunk. The weights are the caller's (ragpipe-agent chooses them by measurement).
@@ -149,8 +150,8 @@ pub struct Bm25 {
 
 impl Default for Bm25 {
     /// Usual BM25 constants. The bounds keep the text leg within a few milliseconds at 100,000
-    /// chunks: a posting costs ~0.5 us to read and aggregate (an index-only range of
-    /// `search_postings`) and a rescored candidate one ~5 us index probe per other query term.
+    /// chunks: a posting costs ~0.5 us to read and aggregate (unnested from its block of
+    /// `search_blocks`) and a rescored candidate one ~5 us block probe per other query term.
     /// Chosen on the 100,000-chunk benchmark corpus by how often the text leg ranks the chunk a
     /// query was taken from first, against latency (BENCHMARKS.md, "Search"). Below the budget,
     /// that is for every corpus of up to a few thousand chunks, the text leg is exact BM25.

@@ -34,7 +34,7 @@ impl Store {
     /// nothing a parameter value could plan better: the model and dimension are literals, the
     /// vector leg's index is chosen by them, the text leg reads postings by user and lexeme.
     /// EXPLAIN of the prepared statement under generic plans shows the same plan (partial HNSW
-    /// index, index-only scans of `search_postings`, primary-key reads) with planning at
+    /// index, range scans of `search_blocks`, primary-key reads) with planning at
     /// ~0.1-0.2 ms (BENCHMARKS.md,
     /// "Search"). Only for search: other statements filter with `($1 IS NULL OR col = $1)`,
     /// which a custom plan folds into an index condition and a generic plan cannot (the

@@ -42,7 +42,8 @@ const ALLOWED: &[&str] = &[
     "public.embedding_models: SELECT",
     "public.plans: SELECT",
     "public.search_corpus_stats: SELECT INSERT UPDATE(chunks, tokens)",
-    "public.search_postings: SELECT INSERT DELETE",
+    "public.search_blocks: SELECT INSERT UPDATE(offsets, stats) DELETE",
+    "public.search_postings: SELECT",
     "public.search_term_stats: SELECT INSERT UPDATE(chunks)",
     "public.usage_events: \
      SELECT(user_id, kind, model, prompt_tokens, completion_tokens, requests, cost, idempotency_key, document_id, message_id, request_id, created_at, cached_tokens, origin) \
@@ -214,7 +215,8 @@ const ATTACKS: &[&str] = &[
     "DELETE FROM search_term_stats",
     "UPDATE search_corpus_stats SET user_id = user_id",
     "DELETE FROM search_corpus_stats",
-    "UPDATE search_postings SET tf = 100",
+    "UPDATE search_blocks SET first_chunk = 0",
+    "UPDATE search_blocks SET user_id = user_id",
     // The accounting.
     "UPDATE usage_events SET prompt_tokens = 0",
     "DELETE FROM usage_events",

@@ -87,19 +87,19 @@ scope_chunks AS MATERIALIZED (
     SELECT c.id FROM document_chunks AS c
     WHERE (SELECT ids FROM scope) IS NOT NULL AND c.document_id = ANY ((SELECT ids FROM scope)::uuid[])
 ),
--- First pass, over the generating terms' postings alone (search_postings: an index-only range
--- scan a term, carrying the term frequency and the chunk length; no chunk row is read): their
--- exact BM25 share.
+-- First pass, over the generating terms' postings alone (search_blocks: a term's postings are
+-- its blocks in key order, each unnested at once, carrying the term frequency and the chunk
+-- length; no chunk row is read): their exact BM25 share.
 prescored AS (
     SELECT p.chunk_id,
            sum(t.idf * p.tf * ($12 + 1)
                / (p.tf + $12 * (1 - $13 + $13 * p.token_count / (SELECT avg_tokens FROM corpus)))) AS score
     FROM terms AS t
     CROSS JOIN LATERAL (
-        SELECT p.chunk_id, p.tf, p.token_count
-        FROM search_postings AS p
-        WHERE p.lexeme = t.lexeme
-          AND ((SELECT ids FROM scope) IS NULL OR p.chunk_id IN (SELECT id FROM scope_chunks))
+        SELECT b.first_chunk + u.o AS chunk_id, u.s >> 22 AS tf, u.s & 4194303 AS token_count
+        FROM search_blocks AS b, unnest(b.offsets, b.stats) AS u(o, s)
+        WHERE b.lexeme = t.lexeme
+          AND ((SELECT ids FROM scope) IS NULL OR b.first_chunk + u.o IN (SELECT id FROM scope_chunks))
         LIMIT $15
     ) AS p
     WHERE t.generates
@@ -107,12 +107,12 @@ prescored AS (
     ORDER BY score DESC, p.chunk_id
     LIMIT $16
 ),
--- Second pass, on the best first-pass candidates: the other query terms' shares, one index
--- scan a term over the sorted candidate ids (a ~5 us probe each), so that the score is BM25
--- over every query term. Except a term in more than half of the chunks: its idf is under
--- ln 2 (a tenth of a rare term's), and at 100,000 chunks its probes were a quarter of the
--- text leg's time (BENCHMARKS.md, "Search"). It is still scored wherever it generates
--- candidates, which below the budget is always.
+-- Second pass, on the best first-pass candidates: the other query terms' shares, one probe a
+-- term and candidate (the block whose base is at or below the candidate's id, then its offsets
+-- searched in C: ~5 us), so that the score is BM25 over every query term. Except a term in
+-- more than half of the chunks: its idf is under ln 2 (a tenth of a rare term's), and at
+-- 100,000 chunks its probes were a quarter of the text leg's time (BENCHMARKS.md, "Search").
+-- It is still scored wherever it generates candidates, which below the budget is always.
 candidates AS MATERIALIZED (
     SELECT array_agg(chunk_id ORDER BY chunk_id) AS ids FROM prescored
 ),
@@ -122,9 +122,18 @@ completed AS (
                / (q.tf + $12 * (1 - $13 + $13 * q.token_count / (SELECT avg_tokens FROM corpus)))) AS score
     FROM terms AS t
     CROSS JOIN LATERAL (
-        SELECT q.chunk_id, q.tf, q.token_count
-        FROM search_postings AS q
-        WHERE q.lexeme = t.lexeme AND q.chunk_id = ANY ((SELECT ids FROM candidates)::bigint[])
+        SELECT c.id AS chunk_id, b.stats[b.i] >> 22 AS tf, b.stats[b.i] & 4194303 AS token_count
+        FROM unnest((SELECT ids FROM candidates)::bigint[]) AS c(id)
+        CROSS JOIN LATERAL (
+            SELECT b.stats,
+                   CASE WHEN c.id - b.first_chunk < 2147483648
+                        THEN array_position(b.offsets, (c.id - b.first_chunk)::integer) END AS i
+            FROM search_blocks AS b
+            WHERE b.lexeme = t.lexeme AND b.first_chunk <= c.id
+            ORDER BY b.first_chunk DESC
+            LIMIT 1
+        ) AS b
+        WHERE b.i IS NOT NULL
     ) AS q
     WHERE NOT t.generates AND t.df <= (SELECT n FROM corpus) / 2
     GROUP BY q.chunk_id
