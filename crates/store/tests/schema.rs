@@ -533,7 +533,9 @@ async fn keys_between_user_tables_include_user_id(pool: PgPool) {
         assert!(owners.contains_key(table), "{table} is a user table: {owners:?}");
     }
 
-    let foreign_keys: Vec<(String, String, String, Vec<String>, Vec<String>)> = sqlx::query_as(
+    // (name, table, referenced table, columns, referenced columns)
+    type ForeignKey = (String, String, String, Vec<String>, Vec<String>);
+    let foreign_keys: Vec<ForeignKey> = sqlx::query_as(
         "SELECT con.conname::text, src.relname::text, dst.relname::text, \
                 ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, i) \
                       JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum ORDER BY k.i), \
