@@ -88,8 +88,9 @@ fn free_port() -> u16 {
         .expect("a free local port")
 }
 
-/// `ragpipe` configured for the test database and the model server; `key` is the API key it
-/// sends to the model server, so the server's log tells which process made a call.
+/// `ragpipe` configured for the test database and the model server, logging to `{name}.log`
+/// in `logs`; it sends the model server the API key `fleet-{name}`, so the server's log tells
+/// which process made a call.
 fn ragpipe(url: &str, server: &OpenAiServer, logs: &Path, name: &str) -> Command {
     let embedding = server.embedding_endpoint();
     let chat = server.chat_endpoint();
