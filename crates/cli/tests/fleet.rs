@@ -491,8 +491,9 @@ async fn a_fleet_runs_every_job_once_streams_every_answer_whole_and_loses_nothin
     let mut workers: Vec<Worker> = (0..3)
         .map(|n| start_worker(&url, &server, &logs, &format!("worker-{n}")))
         .collect();
+    // Ready as a load balancer asks it: an API-only process has no workers to wait for.
     for api in &apis {
-        wait_ok(&client.http, &format!("{}/healthz", api.base)).await;
+        wait_ok(&client.http, &format!("{}/readyz", api.base)).await;
     }
     for w in &workers {
         wait_ok(&client.http, &format!("http://{}/readyz", w.ops)).await;
