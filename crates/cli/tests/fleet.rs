@@ -30,10 +30,11 @@ const EMBED_DELAY: Duration = Duration::from_millis(1500);
 /// A generous bound on any one wait; nothing here is a performance threshold.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// The answer every question gets: 24 deltas, 150 ms apart, so that a stream is still going
-/// when a process serving it is told to stop.
+/// The answer every question gets: 32 deltas, 200 ms apart, so that a stream is still going
+/// when a process serving it is told to stop, for longer than the three heartbeats (1 s each
+/// here) after which the queue hands a silent worker's job to another.
 fn scripted_answer() -> ScriptedReply {
-    ScriptedReply::deltas((0..24).map(|i| format!("fleet{i} "))).with_delta_delay(Duration::from_millis(150))
+    ScriptedReply::deltas((0..32).map(|i| format!("fleet{i} "))).with_delta_delay(Duration::from_millis(200))
 }
 
 /// A `ragpipe` process of the fleet, killed if the test ends (or fails) before it exits.
