@@ -144,6 +144,27 @@ pub async fn remove_dead_workers(
     Ok(removed)
 }
 
+/// Beats worker `worker`'s heartbeat on `queue` (its row's `last_seen`), as the queue itself
+/// does while the worker takes jobs, and says whether the row is still there. The queue stops
+/// beating once the worker begins to shut down, while the worker still finishes the jobs it
+/// runs; without this, another worker would take such a job over after three missed beats and
+/// run it a second time (a second model call paid for), and the first run's end would not be
+/// recorded.
+pub async fn keep_alive(store: &crate::Store, queue: &str, worker: &str) -> Result<bool, StoreError> {
+    let mut tx = store.operator_tx(Reason::Queue).await?;
+    let beaten = sqlx::query!(
+        "UPDATE apalis.workers SET last_seen = now() WHERE id = $1 AND worker_type = $2",
+        worker,
+        queue,
+    )
+    .execute(tx.conn())
+    .await
+    .map_err(StoreError::db("beating a worker's heartbeat"))?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(beaten > 0)
+}
+
 /// How long a job that failed for a transient reason waits before its next attempt: exponential
 /// in the attempts made so far (0 for the first), with full jitter in `[c/2, c]`, from 0.5 s up
 /// to a minute. The one backoff of both job queues.

@@ -495,3 +495,184 @@ async fn the_chunks_table_has_no_gin_index_no_query_could_read(pool: PgPool) {
     let gin: Vec<_> = indexes.iter().filter(|(_, def)| def.contains("USING gin")).collect();
     assert!(gin.is_empty(), "unused GIN indexes on document_chunks: {gin:?}");
 }
+
+/// The user tables (those with a `user_id` column, and `users` itself) with their owner column:
+/// the tables distributed by user on Citus (ARCHITECTURE.md, "Sharding path (Citus)").
+async fn owner_columns(pool: &PgPool) -> std::collections::BTreeMap<String, String> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, CASE WHEN c.relname = 'users' THEN 'id' ELSE 'user_id' END \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') \
+           AND (c.relname = 'users' OR EXISTS (SELECT 1 FROM pg_attribute a \
+                WHERE a.attrelid = c.oid AND a.attname = 'user_id' AND NOT a.attisdropped))",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("user tables");
+    rows.into_iter().collect()
+}
+
+/// Citus checks a foreign key between distributed tables, and a unique index of one, inside a
+/// shard, so each must include the distribution column; a foreign key may point from a
+/// distributed table to a reference table, never the other way. Every foreign key between
+/// user tables maps user_id to user_id (or `users.id`), and no table outside them references
+/// one. The unique keys without user_id are exactly those the cut-over changes, each listed
+/// in ARCHITECTURE.md with why it waits: a new one fails here until it is added there too.
+#[sqlx::test(migrations = false)]
+async fn keys_between_user_tables_include_user_id(pool: PgPool) {
+    let admin = pool.clone();
+    migrated(pool).await;
+    let owners = owner_columns(&admin).await;
+    for table in [
+        "users",
+        "documents",
+        "document_chunks",
+        "agent_requests",
+        "search_postings",
+    ] {
+        assert!(owners.contains_key(table), "{table} is a user table: {owners:?}");
+    }
+
+    // (name, table, referenced table, columns, referenced columns)
+    type ForeignKey = (String, String, String, Vec<String>, Vec<String>);
+    let foreign_keys: Vec<ForeignKey> = sqlx::query_as(
+        "SELECT con.conname::text, src.relname::text, dst.relname::text, \
+                ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, i) \
+                      JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum ORDER BY k.i), \
+                ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, i) \
+                      JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum ORDER BY k.i) \
+         FROM pg_constraint con \
+         JOIN pg_class src ON src.oid = con.conrelid \
+         JOIN pg_class dst ON dst.oid = con.confrelid \
+         JOIN pg_namespace n ON n.oid = src.relnamespace \
+         WHERE con.contype = 'f' AND n.nspname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("foreign keys");
+    let mut between_user_tables = 0;
+    let mut violations = Vec::new();
+    for (name, from, to, columns, referenced) in &foreign_keys {
+        match (owners.get(from), owners.get(to)) {
+            (Some(from_owner), Some(to_owner)) => {
+                between_user_tables += 1;
+                let maps_owner = columns
+                    .iter()
+                    .zip(referenced)
+                    .any(|(c, r)| c == from_owner && r == to_owner);
+                if !maps_owner {
+                    violations.push(format!("{name}: {from} {columns:?} -> {to} {referenced:?}"));
+                }
+            }
+            (None, Some(_)) => violations.push(format!("{name}: {from} (not a user table) -> user table {to}")),
+            _ => {}
+        }
+    }
+    assert!(between_user_tables >= 10, "{foreign_keys:?}");
+    assert!(
+        violations.is_empty(),
+        "foreign keys that do not carry the owner: {violations:#?}"
+    );
+
+    // Unique indexes (primary keys included) of user tables that lack the owner column.
+    let unique: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT i.relname::text, t.relname::text, \
+                ARRAY(SELECT coalesce(a.attname::text, '(expression)') \
+                      FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+                      LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
+                      WHERE k.n <= x.indnkeyatts ORDER BY k.n) \
+         FROM pg_index x \
+         JOIN pg_class i ON i.oid = x.indexrelid \
+         JOIN pg_class t ON t.oid = x.indrelid \
+         JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE x.indisunique AND n.nspname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("unique indexes");
+    let without_owner: Vec<&str> = unique
+        .iter()
+        .filter(|(_, table, columns)| owners.get(table).is_some_and(|owner| !columns.contains(owner)))
+        .map(|(index, ..)| index.as_str())
+        .collect();
+    assert_eq!(
+        without_owner,
+        [
+            "agent_requests_pkey",
+            "agent_sessions_conversation_id_key",
+            "agent_sessions_pkey",
+            "api_keys_key_sha256_key",
+            "api_keys_pkey",
+            "copilot_conversations_pkey",
+            "copilot_messages_pkey",
+            "document_blobs_pkey",
+            "document_chunks_document_id_chunk_index_key",
+            "document_chunks_pkey",
+            "documents_pkey",
+            "usage_events_idempotency_key_key",
+            "usage_events_pkey",
+            "users_email_key",
+        ],
+        "unique keys of user tables without the owner column (ARCHITECTURE.md lists those the \
+         cut-over changes): {unique:#?}"
+    );
+}
+
+/// A request's previous request is its user's: linking another user's is refused, and deleting
+/// the previous request unlinks its successor, which keeps its owner.
+#[sqlx::test(migrations = false)]
+async fn a_requests_chain_stays_within_its_user(pool: PgPool) {
+    use ragpipe_core::ConversationId;
+    use ragpipe_store::conversations::{self, AskSettings};
+    let admin = pool.clone();
+    let store = migrated(pool).await;
+    let settings = AskSettings {
+        model: "test-chat",
+        retrieval_mode: None,
+        k: None,
+        max_attempts: 1,
+    };
+    let mut requests = Vec::new();
+    for (email, questions) in [("chain-a@example.com", 2), ("chain-b@example.com", 1)] {
+        let user = new_user(&store, email).await;
+        let mut tx = store.user_tx(user).await.expect("tx");
+        let conversation = conversations::create(&mut tx, None).await.expect("conversation");
+        for _ in 0..questions {
+            conversations::ask(&mut tx, ConversationId(conversation.id), "Why?", &settings)
+                .await
+                .expect("ask");
+        }
+        tx.commit().await.expect("commit");
+        let ids: Vec<(Uuid, Uuid, Option<Uuid>)> = sqlx::query_as(
+            "SELECT id, user_id, previous_request_id FROM agent_requests WHERE user_id = $1 ORDER BY created_at, id",
+        )
+        .bind(user.0)
+        .fetch_all(&admin)
+        .await
+        .expect("requests");
+        requests.push(ids);
+    }
+    let (first_a, second_a, only_b) = (requests[0][0], requests[0][1], requests[1][0]);
+    assert_eq!(second_a.2, Some(first_a.0), "the second question chains to the first");
+
+    let linked = sqlx::query("UPDATE agent_requests SET previous_request_id = $1 WHERE id = $2")
+        .bind(first_a.0)
+        .bind(only_b.0)
+        .execute(&admin)
+        .await
+        .expect_err("another user's request cannot be the previous one");
+    assert_eq!(sql_state(&linked).as_deref(), Some("23503"), "{linked}");
+
+    sqlx::query("DELETE FROM agent_requests WHERE id = $1")
+        .bind(first_a.0)
+        .execute(&admin)
+        .await
+        .expect("deleting the first request");
+    let after: (Uuid, Option<Uuid>) =
+        sqlx::query_as("SELECT user_id, previous_request_id FROM agent_requests WHERE id = $1")
+            .bind(second_a.0)
+            .fetch_one(&admin)
+            .await
+            .expect("the second request");
+    assert_eq!(after, (second_a.1, None), "unlinked, still its user's");
+}

@@ -236,7 +236,8 @@ async fn run_once<Q: JobQueue>(
     // The worker id is its name: unique per process and start, so a restarted process never
     // inherits (and keeps alive) the jobs of the one that died.
     let name = jobs::worker_name(Q::NAME);
-    let worker = WorkerBuilder::new(name)
+    let (store, interval) = (Q::store(&ctx).clone(), heartbeat(config));
+    let worker = WorkerBuilder::new(name.clone())
         .backend(backend)
         .data(ctx)
         .data(in_flight)
@@ -248,13 +249,34 @@ async fn run_once<Q: JobQueue>(
             }
         })
         .build(handle_in_flight::<Q>);
-    worker
-        .run_until(async move {
-            shutdown.await;
-            Ok::<(), std::io::Error>(())
-        })
-        .await
-        .map_err(|e| Failure::transient(format!("{} worker: {e}", Q::NAME)))
+    // Once shutdown begins the queue stops beating this worker's heartbeat, but the worker
+    // still finishes the jobs it runs: it beats on its own until they are done, or another
+    // worker would take a job over after three missed beats and run it again.
+    let draining = CancellationToken::new();
+    let drain = draining.clone();
+    let run = worker.run_until(async move {
+        shutdown.await;
+        drain.cancel();
+        Ok::<(), std::io::Error>(())
+    });
+    tokio::pin!(run);
+    let ran = tokio::select! {
+        ran = &mut run => ran,
+        () = draining.cancelled() => {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    ran = &mut run => break ran,
+                    _ = ticks.tick() => match jobs::keep_alive(&store, Q::QUEUE, &name).await {
+                        Ok(true) => {}
+                        Ok(false) => warn!(worker = %name, "the worker's row is gone while it finishes its jobs"),
+                        Err(e) => warn!(error = %e, worker = %name, "beating the heartbeat while finishing jobs failed"),
+                    },
+                }
+            }
+        }
+    };
+    ran.map_err(|e| Failure::transient(format!("{} worker: {e}", Q::NAME)))
 }
 
 /// The job handler the queue calls: [`handle`] in a task of its own (tracked by `in_flight`), so

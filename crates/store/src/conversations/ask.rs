@@ -58,7 +58,7 @@ pub async fn ask(
     .ok_or(StoreError::NotFound("conversation"))?;
     sqlx::query!(
         "INSERT INTO agent_sessions (id, user_id, conversation_id, model) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (conversation_id) DO NOTHING",
+         ON CONFLICT (conversation_id, user_id) DO NOTHING",
         Uuid::now_v7(),
         user.0,
         conversation.0,
