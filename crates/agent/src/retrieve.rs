@@ -480,14 +480,22 @@ impl Retriever {
             exact_scan_chunks: search::EXACT_SCAN_CHUNKS,
         };
         // Generic plans: the statement is the same every time, so planning it once per
-        // connection saves ~1-2 ms of each search (Store::search_tx).
+        // connection saves ~1-2 ms of each search (Store::search_tx). The search may run on the
+        // read replica (Store::search_read_tx); the query's model calls are then recorded on the
+        // primary after it, otherwise in the same transaction.
         let searched = async {
-            let mut tx = self.store.search_tx(user).await?;
-            for call in &calls {
-                ragpipe_store::usage::record(&mut tx, call).await?;
+            let mut tx = self.store.search_read_tx(user).await?;
+            let on_replica = tx.on_replica();
+            if !on_replica {
+                for call in &calls {
+                    ragpipe_store::usage::record(&mut tx, call).await?;
+                }
             }
             let hits = search::search(&mut tx, &query).await?;
             tx.commit().await?;
+            if on_replica {
+                self.record_calls(user, &calls).await?;
+            }
             Ok::<_, StoreError>(hits)
         }
         .await;
