@@ -321,7 +321,10 @@ async fn with_replay_paused_just_written_documents_conversations_and_messages_st
     let (status, conversation) = send(&app, &alice, Method::POST, "/v1/conversations", Some(json!({}))).await;
     assert_eq!(status, StatusCode::CREATED, "{conversation}");
     let conversation = conversation["id"].as_str().expect("id").to_owned();
-    assert_eq!(conversation_ids(&app, &alice).await, [conversation.clone()]);
+    assert_eq!(
+        conversation_ids(&app, &alice).await,
+        std::slice::from_ref(&conversation)
+    );
     let (status, asked) = send(
         &app,
         &alice,
