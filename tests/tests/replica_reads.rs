@@ -386,3 +386,49 @@ async fn with_replay_paused_just_written_documents_conversations_and_messages_st
 
     app.shutdown().await;
 }
+
+/// `RAGPIPE_READ_DATABASE_URL` as the processes read it: through `Config` and `Store::connect`.
+#[sqlx::test(migrations = false)]
+async fn the_configured_read_database_url_serves_reads_and_an_unreachable_one_falls_back_to_the_primary(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let primary = pool(options, connect).await;
+    let replica = Replica::attach(&primary).await;
+    let url = ragpipe_tests::database_url(&primary);
+    let mut config = ragpipe_core::Config::defaults();
+    config.database_url = url.clone();
+    let store = Store::connect(&config).await.expect("connect");
+    store.migrate(&config.embedding).await.expect("migrate");
+    let user = UserId::new();
+    replica.wait_replayed(&primary).await;
+
+    config.read_database_url = Some(ragpipe_tests::database_url(&replica.pool));
+    let store = Store::connect(&config).await.expect("connect with a read replica");
+    assert!(store.has_read_replica());
+    let mut tx = store.read_tx(user).await.expect("read tx");
+    assert!(tx.on_replica(), "the configured replica serves the read");
+    assert!(server_facts(&mut tx).await.0, "pg_is_in_recovery()");
+    tx.rollback().await.expect("rollback");
+
+    // Nothing listens on port 1: the read runs on the primary, without waiting long.
+    config.read_database_url = Some("postgres://postgres@127.0.0.1:1/ragpipe".into());
+    let store = Store::connect(&config)
+        .await
+        .expect("connect with an unreachable read replica");
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let (on_replica, names) = listed_names(&store, user).await;
+        assert!(!on_replica && names.is_empty());
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    // A read URL that is not a standby (here the primary itself) is not trusted as one.
+    config.read_database_url = Some(url);
+    let store = Store::connect(&config).await.expect("connect");
+    let (on_replica, _) = listed_names(&store, user).await;
+    assert!(
+        !on_replica,
+        "a server that is not in recovery does not serve replica reads"
+    );
+}
