@@ -29,6 +29,7 @@ mod user_tx;
 pub mod users;
 
 pub use error::{StoreError, redact, sqlstate_kind, sqlx_error_kind};
+pub use replica::ReplicaStatus;
 pub use user_tx::UserTx;
 
 use ragpipe_core::{Config, UserId};

@@ -143,11 +143,18 @@ impl ReadReplica {
         }
     }
 
-    /// Reads the primary's WAL insert position (any connection: it is the server's) after
-    /// `user`'s transaction committed there, and records it.
-    pub(crate) async fn note_after_commit(&self, user: UserId) {
-        let position = sqlx::query_scalar!(r#"SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!""#)
+    /// The primary's WAL insert position (any connection: it is the server's).
+    async fn primary_position(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar!(r#"SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!""#)
             .fetch_one(&self.primary)
+            .await
+    }
+
+    /// Reads the primary's WAL insert position after `user`'s transaction committed there, and
+    /// records it.
+    pub(crate) async fn note_after_commit(&self, user: UserId) {
+        let position = self
+            .primary_position()
             .await
             .map_err(StoreError::db("reading the primary's WAL position after a commit"));
         match position {
@@ -157,6 +164,52 @@ impl ReadReplica {
                 self.note(user, None);
             }
         }
+    }
+}
+
+/// The read replica as `ragpipe doctor` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// Whether the server is a standby in recovery (otherwise reads never go to it).
+    pub in_recovery: bool,
+    /// Its replay position (bytes from `0/0`), if in recovery.
+    pub replayed: Option<i64>,
+    /// The primary's WAL insert position when asked, read just before the replica's.
+    pub primary: i64,
+}
+
+impl ReplicaStatus {
+    /// How many bytes of WAL the replica has still to replay (none when not in recovery).
+    pub fn behind_bytes(&self) -> Option<i64> {
+        self.replayed.map(|r| (self.primary - r).max(0))
+    }
+}
+
+impl crate::Store {
+    /// The read replica's state (`None`: no read replica is configured). Reads server
+    /// functions only, no table, on each server's own pool.
+    pub async fn read_replica_status(&self) -> Option<Result<ReplicaStatus, StoreError>> {
+        let replica = self.replica.as_ref()?;
+        Some(
+            async {
+                let primary = replica
+                    .primary_position()
+                    .await
+                    .map_err(StoreError::db("reading the primary's WAL position"))?;
+                let row = sqlx::query!(
+                    r#"SELECT pg_is_in_recovery() AS "in_recovery!", (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replayed"#
+                )
+                .fetch_one(&replica.replica)
+                .await
+                .map_err(StoreError::db("asking the read replica how far it has replayed"))?;
+                Ok(ReplicaStatus {
+                    in_recovery: row.in_recovery,
+                    replayed: row.replayed,
+                    primary,
+                })
+            }
+            .await,
+        )
     }
 }
 
