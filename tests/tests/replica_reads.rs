@@ -365,6 +365,32 @@ async fn with_replay_paused_just_written_documents_conversations_and_messages_st
     // Bob still reads the paused replica throughout.
     assert!(conversation_ids(&app, &bob).await.is_empty());
 
+    // Bob asks through another API process (no read replica, no workers); this one's worker
+    // answers. The answer's stream, opened here, is complete although the replica has neither the
+    // question nor the answer: a replay the replica cannot serve is read from the primary.
+    let other_api = TestApp::builder(primary.clone()).start().await;
+    let (status, asked) = send(
+        &other_api,
+        &bob,
+        Method::POST,
+        &format!("/v1/conversations/{}/messages", other.id),
+        Some(json!({"content": "Which gas filled the zeppelin?"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{asked}");
+    let bobs_answer = asked["assistant_message"]["id"].as_str().expect("answer id").to_owned();
+    let (bobs_events, bobs_text) = replayed_text(&app, &bob, &bobs_answer).await;
+    assert_eq!(
+        bobs_events.first().map(String::as_str),
+        Some("message"),
+        "{bobs_events:?}"
+    );
+    assert_eq!(bobs_events.last().map(String::as_str), Some("done"), "{bobs_events:?}");
+    let (status, message) = send(&app, &bob, Method::GET, &format!("/v1/messages/{bobs_answer}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{message}");
+    assert_eq!(message["content"], bobs_text.as_str(), "the stream is the whole answer");
+    other_api.shutdown().await;
+
     replica.resume().await;
     replica.wait_replayed(&primary).await;
     assert_eq!(conversation_ids(&app, &bob).await, [other.id.to_string()]);
