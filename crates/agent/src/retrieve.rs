@@ -485,17 +485,28 @@ impl Retriever {
         // primary after it, otherwise in the same transaction.
         let searched = async {
             let mut tx = self.store.search_read_tx(user).await?;
-            let on_replica = tx.on_replica();
-            if !on_replica {
-                for call in &calls {
-                    ragpipe_store::usage::record(&mut tx, call).await?;
+            if tx.on_replica() {
+                match search::search(&mut tx, &query).await {
+                    Ok(hits) => {
+                        tx.commit().await?;
+                        self.record_calls(user, &calls).await?;
+                        return Ok(hits);
+                    }
+                    // A standby cancels a query whose rows replay must remove (a recovery
+                    // conflict), and may lose its connection: the primary answers instead.
+                    Err(e) if e.kind() == ErrorKind::Transient => {
+                        tracing::warn!(error = %e, "the search failed on the read replica; searching the primary");
+                        drop(tx);
+                        tx = self.store.search_tx(user).await?;
+                    }
+                    Err(e) => return Err(e),
                 }
+            }
+            for call in &calls {
+                ragpipe_store::usage::record(&mut tx, call).await?;
             }
             let hits = search::search(&mut tx, &query).await?;
             tx.commit().await?;
-            if on_replica {
-                self.record_calls(user, &calls).await?;
-            }
             Ok::<_, StoreError>(hits)
         }
         .await;
