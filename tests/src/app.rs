@@ -55,6 +55,7 @@ pub struct TestApp {
 /// Configures a [`TestApp`] before it starts.
 pub struct TestAppBuilder {
     pool: PgPool,
+    read_replica: Option<PgPool>,
     config: Config,
     tasks: Vec<(String, StartTask)>,
 }
@@ -105,6 +106,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Serves searches, lists and answer replays from `replica`, a pool on a streaming replica of
+    /// the test database (as `RAGPIPE_READ_DATABASE_URL` does; see [`crate::replica`]).
+    pub fn read_replica(mut self, replica: PgPool) -> TestAppBuilder {
+        self.read_replica = Some(replica);
+        self
+    }
+
     /// Adds a background task, started with the app's store, configuration and shutdown
     /// token; for instance in-process ingest workers:
     ///
@@ -139,7 +147,10 @@ impl TestAppBuilder {
     /// Migrates the database, starts the tasks, then serves the router on 127.0.0.1:0.
     pub async fn start(self) -> TestApp {
         let pool = self.pool.clone();
-        let store = Store::from_pool(self.pool);
+        let store = match self.read_replica {
+            Some(replica) => Store::from_pool(self.pool).with_read_replica(replica),
+            None => Store::from_pool(self.pool),
+        };
         store
             .migrate(&self.config.embedding)
             .await
@@ -200,6 +211,7 @@ impl TestApp {
         config.embedding.provider = Some("hashed".into());
         TestAppBuilder {
             pool,
+            read_replica: None,
             config,
             tasks: Vec::new(),
         }

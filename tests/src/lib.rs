@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod openai_server;
+pub mod replica;
 
 /// A connection URL for the database behind `pool` (e.g. one `#[sqlx::test]` created), for
 /// starting `ragpipe` processes against it.

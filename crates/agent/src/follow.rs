@@ -326,7 +326,7 @@ impl Follower {
             cursor,
             pending: VecDeque::new(),
         };
-        let state = follower.read().await?;
+        let state = follower.replay().await?;
         if state.role != "assistant" {
             return Err(FollowError::NotFound);
         }
@@ -334,6 +334,30 @@ impl Follower {
         Ok(follower)
     }
 
+    /// The first read, which may come from the read replica ([`Store::read_tx`]). The replica's
+    /// copy is used only for an answer that has ended: an ended answer's row no longer changes,
+    /// so the replica's copy is the whole answer. An answer still being written, or one the
+    /// replica does not have yet (asked through another process, say), is read from the primary,
+    /// whose copy the feed's notifications are about.
+    async fn replay(&self) -> Result<AnswerState, FollowError> {
+        let mut tx = self.store.read_tx(self.user).await?;
+        if tx.on_replica() {
+            let read = conversations::answer_state(&mut tx, self.message, self.cursor.offset()).await;
+            tx.commit().await?;
+            match read {
+                Ok(state) if state.status != MessageStatus::Streaming => return Ok(state),
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            let state = conversations::answer_state(&mut tx, self.message, self.cursor.offset()).await?;
+            tx.commit().await?;
+            return Ok(state);
+        }
+        self.read().await
+    }
+
+    /// Reads the answer's row from the primary: every read after a notification.
     async fn read(&self) -> Result<AnswerState, FollowError> {
         let mut tx = self.store.user_tx(self.user).await?;
         let state = conversations::answer_state(&mut tx, self.message, self.cursor.offset()).await?;

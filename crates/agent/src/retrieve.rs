@@ -480,9 +480,28 @@ impl Retriever {
             exact_scan_chunks: search::EXACT_SCAN_CHUNKS,
         };
         // Generic plans: the statement is the same every time, so planning it once per
-        // connection saves ~1-2 ms of each search (Store::search_tx).
+        // connection saves ~1-2 ms of each search (Store::search_tx). The search may run on the
+        // read replica (Store::search_read_tx); the query's model calls are then recorded on the
+        // primary after it, otherwise in the same transaction.
         let searched = async {
-            let mut tx = self.store.search_tx(user).await?;
+            let mut tx = self.store.search_read_tx(user).await?;
+            if tx.on_replica() {
+                match search::search(&mut tx, &query).await {
+                    Ok(hits) => {
+                        tx.commit().await?;
+                        self.record_calls(user, &calls).await?;
+                        return Ok(hits);
+                    }
+                    // A standby cancels a query whose rows replay must remove (a recovery
+                    // conflict), and may lose its connection: the primary answers instead.
+                    Err(e) if e.kind() == ErrorKind::Transient => {
+                        tracing::warn!(error = %e, "the search failed on the read replica; searching the primary");
+                        drop(tx);
+                        tx = self.store.search_tx(user).await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             for call in &calls {
                 ragpipe_store::usage::record(&mut tx, call).await?;
             }

@@ -119,7 +119,8 @@ pub async fn list(
     Query(params): Query<ListParams>,
 ) -> Result<Json<ConversationPage>, Error> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
-    let mut tx = state.store.user_tx(auth.user_id).await?;
+    // May come from the read replica; the caller's own writes are always in it.
+    let mut tx = state.store.read_tx(auth.user_id).await?;
     let conversations = conversations::list(&mut tx, params.before.map(ConversationId), limit).await?;
     tx.commit().await?;
     let next_before = (conversations.len() == limit as usize)
@@ -176,7 +177,8 @@ pub async fn messages(
     Query(params): Query<MessageParams>,
 ) -> Result<Json<MessagePage>, Error> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
-    let mut tx = state.store.user_tx(auth.user_id).await?;
+    // May come from the read replica; the caller's own questions are always in it.
+    let mut tx = state.store.read_tx(auth.user_id).await?;
     let messages = conversations::messages(&mut tx, ConversationId(id), params.after.map(MessageId), limit).await?;
     tx.commit().await?;
     let next_after = (messages.len() == limit as usize)

@@ -200,7 +200,8 @@ pub async fn list(
             "limit must be between 1 and {MAX_PAGE_SIZE}"
         )));
     }
-    let mut tx = state.store.user_tx(auth.user_id).await?;
+    // A list may come from the read replica; the caller's own uploads are always in it.
+    let mut tx = state.store.read_tx(auth.user_id).await?;
     // One more than asked tells whether there is a next page without a count query.
     let mut documents = documents::list(&mut tx, params.status, params.before.map(DocumentId), limit + 1).await?;
     tx.commit().await?;

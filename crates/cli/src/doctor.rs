@@ -32,6 +32,9 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         Ok(Ok(store)) => {
             checks.push(ok("database", ragpipe_store::redact(&config.database_url)));
             checks.push(pgvector(&store).await);
+            if let Some(status) = store.read_replica_status().await {
+                checks.push(read_replica(config, status));
+            }
             checks.push(match store.pending_migrations().await {
                 Ok(p) if p.is_empty() => ok("migrations", "current".into()),
                 Ok(p) => fail(
@@ -87,6 +90,28 @@ fn fail(name: &'static str, detail: String) -> Check {
         name,
         ok: false,
         detail,
+    }
+}
+
+/// The read replica (`RAGPIPE_READ_DATABASE_URL`): a standby, and how far behind.
+fn read_replica(config: &Config, status: Result<ragpipe_store::ReplicaStatus, ragpipe_store::StoreError>) -> Check {
+    let url = config
+        .read_database_url
+        .as_deref()
+        .map(ragpipe_store::redact)
+        .unwrap_or_default();
+    match status {
+        Ok(s) => match s.behind_bytes() {
+            Some(behind) if s.in_recovery => ok(
+                "read replica",
+                format!("{url}: a standby, {behind} bytes of WAL behind the primary"),
+            ),
+            _ => fail(
+                "read replica",
+                format!("{url} is not a standby in recovery, so reads stay on the primary"),
+            ),
+        },
+        Err(e) => fail("read replica", format!("{url}: {e}; reads go to the primary")),
     }
 }
 

@@ -13,6 +13,7 @@ fn ragpipe(url: &str, args: &[&str]) -> Output {
         .env("RAGPIPE_EMBEDDING_PROVIDER", "hashed")
         .env_remove("RAGPIPE_CHAT_BASE_URL")
         .env_remove("RAGPIPE_CONFIG")
+        .env_remove("RAGPIPE_READ_DATABASE_URL")
         .current_dir(env!("CARGO_TARGET_TMPDIR"))
         .output()
         .expect("run ragpipe")
@@ -48,6 +49,57 @@ async fn doctor_fails_clearly_until_migrated_then_passes(pool: PgPool) {
     let report: serde_json::Value = serde_json::from_slice(&after.stdout).expect("json");
     assert_eq!(report["ok"], true);
     assert!(report["checks"].as_array().is_some_and(|c| c.len() == 5), "{report}");
+}
+
+/// With `RAGPIPE_READ_DATABASE_URL`, doctor says whether it names a standby and how far behind
+/// it is; one that is not a standby (here the primary itself) fails the check.
+#[sqlx::test(migrations = false)]
+async fn doctor_reports_the_read_replica(pool: PgPool) {
+    let url = database_url(&pool);
+    assert!(ragpipe(&url, &["migrate"]).status.success());
+    let replica = ragpipe_tests::replica::Replica::attach(&pool).await;
+    let doctor = |read_url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ragpipe"))
+            .args(["doctor", "--json"])
+            .env("DATABASE_URL", &url)
+            .env("RAGPIPE_READ_DATABASE_URL", read_url)
+            .env("RAGPIPE_EMBEDDING_PROVIDER", "hashed")
+            .env_remove("RAGPIPE_EMBEDDING_BASE_URL")
+            .env_remove("RAGPIPE_CHAT_BASE_URL")
+            .env_remove("RAGPIPE_CONFIG")
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .output()
+            .expect("run ragpipe")
+    };
+    let check = |out: &Output| -> serde_json::Value {
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        report["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "read replica").cloned())
+            .unwrap_or_else(|| panic!("no read replica check: {report}"))
+    };
+
+    let out = doctor(&database_url(&replica.pool));
+    assert!(out.status.success(), "{}", text(&out));
+    let replica_check = check(&out);
+    assert_eq!(replica_check["ok"], true, "{replica_check}");
+    assert!(
+        replica_check["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("a standby")),
+        "{replica_check}"
+    );
+
+    let out = doctor(&url);
+    assert!(!out.status.success(), "{}", text(&out));
+    let primary_check = check(&out);
+    assert_eq!(primary_check["ok"], false, "{primary_check}");
+    assert!(
+        primary_check["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not a standby")),
+        "{primary_check}"
+    );
 }
 
 #[test]

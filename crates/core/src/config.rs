@@ -14,6 +14,10 @@ pub struct Config {
     pub database_url: String,
     /// Largest number of pooled database connections per process.
     pub database_max_connections: u32,
+    /// A streaming replica of the database at `database_url` that searches, lists and answer
+    /// replays read from, except where the reader must see a write the replica has not replayed
+    /// yet (none: everything reads the primary).
+    pub read_database_url: Option<String>,
     /// Address the HTTP API listens on.
     pub listen: String,
     /// Address the operations endpoints (`/metrics`, `/healthz`, `/readyz` with details) of
@@ -261,6 +265,12 @@ pub const SETTINGS: &[Setting] = &[
         "database_max_connections",
         "16",
         "Pooled connections per process.",
+    ),
+    text(
+        "RAGPIPE_READ_DATABASE_URL",
+        "read_database_url",
+        "",
+        "A streaming replica of the database (e.g. `postgres://postgres@127.0.0.1:5433/ragpipe`) that searches, lists and answer replays read from; a user's reads go to the primary until the replica has replayed the user's last write. Unset: everything reads the primary.",
     ),
     text(
         "RAGPIPE_LISTEN",

@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod monitoring;
 mod operator;
 pub mod quotas;
+mod replica;
 pub mod reprocess;
 pub mod retry;
 mod rows;
@@ -28,6 +29,7 @@ mod user_tx;
 pub mod users;
 
 pub use error::{StoreError, redact, sqlstate_kind, sqlx_error_kind};
+pub use replica::ReplicaStatus;
 pub use user_tx::UserTx;
 
 use ragpipe_core::{Config, UserId};
@@ -36,6 +38,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
 
+/// How long a read waits for a connection to the read replica before it reads the primary.
+const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The application role every user transaction switches to.
 pub const APP_ROLE: &str = "ragpipe_app";
 
@@ -43,6 +48,8 @@ pub const APP_ROLE: &str = "ragpipe_app";
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// The read replica (`RAGPIPE_READ_DATABASE_URL`), if configured: [`Store::read_tx`].
+    replica: Option<replica::ReadReplica>,
 }
 
 impl Store {
@@ -74,12 +81,43 @@ impl Store {
             .max_connections(config.database_max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
             .connect_lazy_with(options);
-        Ok(Store { pool })
+        let store = Store { pool, replica: None };
+        match config.read_database_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            None => Ok(store),
+            Some(url) => {
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(|e| {
+                        StoreError::Config(format!("RAGPIPE_READ_DATABASE_URL is not a valid PostgreSQL URL: {e}"))
+                    })?
+                    .application_name("ragpipe");
+                // Not probed: a replica that is down only sends reads to the primary.
+                let replica = PgPoolOptions::new()
+                    .max_connections(config.database_max_connections.max(1))
+                    .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(options);
+                Ok(store.with_read_replica(replica))
+            }
+        }
     }
 
     /// Wraps an existing pool (tests get theirs from `#[sqlx::test]`).
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+        Store { pool, replica: None }
+    }
+
+    /// The same store with `replica`, a pool on a streaming replica of this store's database,
+    /// serving [`Store::read_tx`] and [`Store::search_read_tx`].
+    pub fn with_read_replica(self, replica: PgPool) -> Store {
+        let read = replica::ReadReplica::new(self.pool.clone(), replica);
+        Store {
+            pool: self.pool,
+            replica: Some(read),
+        }
+    }
+
+    /// Whether reads may go to a replica ([`Store::read_tx`]).
+    pub fn has_read_replica(&self) -> bool {
+        self.replica.is_some()
     }
 
     /// The database this store connects to, as `host:port/database` (no credentials).
@@ -95,6 +133,6 @@ impl Store {
 
     /// Begins a transaction acting as `user`: row-level security shows it only that user's rows.
     pub async fn user_tx(&self, user: UserId) -> Result<UserTx, StoreError> {
-        UserTx::begin(&self.pool, user).await
+        UserTx::begin(&self.pool, user, self.replica.clone()).await
     }
 }

@@ -10,7 +10,8 @@
 //! `BEGIN`'s first statement, so a call site cannot widen what it sees by accident.
 //!
 //! The only other path to the pool is the migration runner ([`crate::migrate`]), which owns the
-//! schema.
+//! schema, besides the read replica's bookkeeping ([`crate::replica`]), which reads WAL positions
+//! (server functions, no table).
 //!
 //! [`UserTx`]: crate::UserTx
 

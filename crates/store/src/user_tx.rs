@@ -1,3 +1,4 @@
+use crate::replica::{ReadReplica, Route};
 use crate::{APP_ROLE, Store, StoreError};
 use ragpipe_core::UserId;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -11,6 +12,17 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 pub struct UserTx {
     tx: Transaction<'static, Postgres>,
     user: UserId,
+    side: Side,
+}
+
+/// Which server a [`UserTx`] runs on.
+enum Side {
+    /// The primary; with a read replica configured, the commit records the user's WAL position
+    /// there, so that their later replica reads wait for it (see [`crate::replica`]).
+    Primary(Option<ReadReplica>),
+    /// The read replica, which had replayed everything the user's view depends on when the
+    /// transaction began. Read-only: the server refuses writes.
+    Replica,
 }
 
 /// How the statements of a user transaction are planned.
@@ -40,16 +52,109 @@ impl Store {
     /// which a custom plan folds into an index condition and a generic plan cannot (the
     /// document list then reads every document of the user to fill a page).
     pub async fn search_tx(&self, user: UserId) -> Result<UserTx, StoreError> {
-        UserTx::begin_with(&self.pool, user, Plans::Generic).await
+        UserTx::begin_with(&self.pool, user, Plans::Generic, self.replica.clone()).await
+    }
+
+    /// A transaction for a read that may be served by the read replica
+    /// (`RAGPIPE_READ_DATABASE_URL`): a document or conversation list, a message page, an
+    /// answer's replay. It runs on the replica when one is configured, reachable, and has
+    /// replayed the user's last transaction on the primary that this process knows of;
+    /// otherwise on the primary, like [`Store::user_tx`]. Row-level security applies the same
+    /// on both. A transaction on the replica cannot write ([`UserTx::on_replica`]).
+    pub async fn read_tx(&self, user: UserId) -> Result<UserTx, StoreError> {
+        self.read_with(user, Plans::Auto).await
+    }
+
+    /// [`Store::read_tx`] with the generic plans of [`Store::search_tx`], for the search
+    /// statement.
+    pub async fn search_read_tx(&self, user: UserId) -> Result<UserTx, StoreError> {
+        self.read_with(user, Plans::Generic).await
+    }
+
+    async fn read_with(&self, user: UserId, plans: Plans) -> Result<UserTx, StoreError> {
+        if let Some(replica) = &self.replica
+            && let Route::Replica { needs } = replica.route(user)
+        {
+            match UserTx::begin_on_replica(&replica.replica, user, plans).await {
+                Ok((tx, Some(replayed))) if replayed >= needs => {
+                    replica.replayed(user, replayed);
+                    return Ok(tx);
+                }
+                Ok((_, Some(replayed))) => {
+                    replica.replayed(user, replayed);
+                    tracing::debug!(user_id = %user.0, replayed, needs, "the replica is behind the user's writes; reading the primary");
+                }
+                Ok((_, None)) => {
+                    replica.unreachable();
+                    tracing::warn!(
+                        "the read database is not in recovery, so not a replica of the primary; reading the primary"
+                    );
+                }
+                Err(e) => {
+                    replica.unreachable();
+                    tracing::warn!(error = %e, "the read replica failed; reading the primary");
+                }
+            }
+        }
+        UserTx::begin_with(&self.pool, user, plans, self.replica.clone()).await
     }
 }
 
 impl UserTx {
-    pub(crate) async fn begin(pool: &PgPool, user: UserId) -> Result<UserTx, StoreError> {
-        UserTx::begin_with(pool, user, Plans::Auto).await
+    pub(crate) async fn begin(pool: &PgPool, user: UserId, replica: Option<ReadReplica>) -> Result<UserTx, StoreError> {
+        UserTx::begin_with(pool, user, Plans::Auto, replica).await
     }
 
-    async fn begin_with(pool: &PgPool, user: UserId, plans: Plans) -> Result<UserTx, StoreError> {
+    /// Begins a user transaction on the replica and reads how far it has replayed, in the
+    /// statement that sets the role and user (`None`: the server is not in recovery).
+    async fn begin_on_replica(
+        replica: &PgPool,
+        user: UserId,
+        plans: Plans,
+    ) -> Result<(UserTx, Option<i64>), StoreError> {
+        let mut tx = replica
+            .begin()
+            .await
+            .map_err(StoreError::db("beginning a user transaction on the read replica"))?;
+        let user_id = user.0.to_string();
+        let replayed = match plans {
+            Plans::Auto => sqlx::query!(
+                "SELECT set_config('role', $1, true) AS role, set_config('ragpipe.user_id', $2, true) AS user, \
+                        (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replayed",
+                APP_ROLE,
+                user_id,
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map(|row| row.replayed),
+            Plans::Generic => sqlx::query!(
+                "SELECT set_config('role', $1, true) AS role, set_config('ragpipe.user_id', $2, true) AS user, \
+                        set_config('plan_cache_mode', 'force_generic_plan', true) AS plans, \
+                        (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replayed",
+                APP_ROLE,
+                user_id,
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map(|row| row.replayed),
+        }
+        .map_err(StoreError::db("switching to the application role on the read replica"))?;
+        Ok((
+            UserTx {
+                tx,
+                user,
+                side: Side::Replica,
+            },
+            replayed,
+        ))
+    }
+
+    async fn begin_with(
+        pool: &PgPool,
+        user: UserId,
+        plans: Plans,
+        replica: Option<ReadReplica>,
+    ) -> Result<UserTx, StoreError> {
         let mut tx = pool
             .begin()
             .await
@@ -75,7 +180,16 @@ impl UserTx {
             .map(drop),
         };
         set.map_err(StoreError::db("switching to the application role"))?;
-        Ok(UserTx { tx, user })
+        Ok(UserTx {
+            tx,
+            user,
+            side: Side::Primary(replica),
+        })
+    }
+
+    /// Whether this transaction runs on the read replica (it cannot write there).
+    pub fn on_replica(&self) -> bool {
+        matches!(self.side, Side::Replica)
     }
 
     /// The acting user.
@@ -88,9 +202,20 @@ impl UserTx {
         &mut self.tx
     }
 
-    /// Commits the transaction.
+    /// Commits the transaction. On the primary, with a read replica configured, it then
+    /// records the primary's WAL position as the user's, so that their later reads from the
+    /// replica wait until it has replayed this transaction.
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await.map_err(StoreError::db("committing"))
+        let committed = self.tx.commit().await.map_err(StoreError::db("committing"));
+        if let Side::Primary(Some(replica)) = &self.side {
+            match &committed {
+                Ok(()) => replica.note_after_commit(self.user).await,
+                // The outcome is unknown (a lost connection during COMMIT): it may have
+                // committed, at a position this process cannot learn now.
+                Err(_) => replica.note(self.user, None),
+            }
+        }
+        committed
     }
 
     /// Rolls the transaction back (dropping it does the same, without waiting).
