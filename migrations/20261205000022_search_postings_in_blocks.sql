@@ -19,9 +19,11 @@
 -- Writing, by the statistics trigger of document_chunks (redefined below) under the per-user
 -- lock that ragpipe_search_stats_apply takes, so blocks of one user never change in two
 -- transactions at once:
---   a chunk added merges into the block that holds its id's range (for ids from the sequence,
---   the lexeme's last block) and that block and any after it are repacked; a full last block
---   that ends below the new ids is left alone, so appends rewrite at most one block a lexeme;
+--   the chunks a statement adds become new blocks after each lexeme's last, and a lexeme's
+--   trailing partial blocks are merged, tiered (see the trigger), so that a posting is
+--   rewritten a few times in all rather than with every later write (merging every write into
+--   the last block instead left 14 times the payload in dead block versions after 500
+--   documents were ingested one at a time);
 --   a chunk removed is cut out of its block, and the blocks it was cut from are repacked with
 --   those between them, so a deleted document leaves full blocks behind.
 -- A block never spans a multiple of 2^30 in chunk ids, so every offset fits an integer.
@@ -182,11 +184,11 @@ BEGIN
         $q$, changed, ragpipe_search_blocks_pack('SELECT * FROM kept'));
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        -- The added postings with the blocks they merge into: the block whose base is at or
-        -- below the lowest new chunk id of the lexeme (all blocks when there is none) and every
-        -- later one, except that block when it is full and ends below the new ids. The blocks
-        -- taken are deleted and repacked with the new postings; for chunk ids from the
-        -- sequence that is the lexeme's last block, or none.
+        -- The added postings become blocks of their own, after the lexeme's last block: no
+        -- existing block is rewritten. Only chunk ids that fall within or before existing
+        -- blocks (ids not from the sequence's end, e.g. another writer's that committed later)
+        -- take the blocks they fall into, and every later one, to be repacked with them, so
+        -- that blocks never overlap.
         EXECUTE format($q$
             WITH fresh AS (
                 SELECT c.user_id, u.lexeme COLLATE "C" AS lexeme, c.id AS chunk_id,
@@ -201,7 +203,7 @@ BEGIN
                 SELECT l.user_id, l.lexeme, b.first_chunk
                 FROM lowest AS l
                 LEFT JOIN LATERAL (
-                    SELECT b.first_chunk, cardinality(b.offsets) AS n, b.offsets[cardinality(b.offsets)] AS last
+                    SELECT b.first_chunk, b.offsets[cardinality(b.offsets)] AS last
                     FROM search_blocks AS b
                     WHERE b.user_id = l.user_id AND b.lexeme = l.lexeme AND b.first_chunk <= l.low
                     ORDER BY b.first_chunk DESC
@@ -210,7 +212,7 @@ BEGIN
                 JOIN search_blocks AS b
                   ON b.user_id = l.user_id AND b.lexeme = l.lexeme
                  AND (s.first_chunk IS NULL OR b.first_chunk > s.first_chunk
-                      OR (b.first_chunk = s.first_chunk AND NOT (s.n = 128 AND s.first_chunk + s.last < l.low)))
+                      OR (b.first_chunk = s.first_chunk AND s.first_chunk + s.last >= l.low))
             ),
             moved AS (
                 DELETE FROM search_blocks AS b
@@ -223,6 +225,57 @@ BEGIN
                 FROM moved AS m, unnest(m.offsets, m.stats) AS u(o, s)
                 UNION ALL
                 SELECT f.user_id, f.lexeme, f.chunk_id, f.stat FROM fresh AS f
+            )
+            INSERT INTO search_blocks (user_id, lexeme, first_chunk, offsets, stats)
+            %s
+        $q$, changed, ragpipe_search_blocks_pack('SELECT * FROM merged'));
+        -- Then each added lexeme's trailing blocks that are not full are merged, tiered as in
+        -- a log-structured merge: the oldest of them that is no larger than all the newer ones
+        -- together, with every newer one, once that makes at least four blocks. Small blocks
+        -- merge into larger ones and a large one waits for as much again, so a posting is
+        -- rewritten about once per fourfold growth of its block (a few times in all, where
+        -- merging into the last block rewrote it with every chunk-set write), and a lexeme
+        -- keeps at most a few partial blocks per size. ragpipe_search_blocks_compact repacks
+        -- what remains.
+        EXECUTE format($q$
+            WITH touched AS (
+                SELECT DISTINCT c.user_id, u.lexeme COLLATE "C" AS lexeme
+                FROM (%s) AS c, unnest(tsvector_to_array(c.search_vector)) AS u(lexeme)
+                WHERE c.sign > 0
+            ),
+            tail_blocks AS (
+                SELECT t.user_id, t.lexeme, b.first_chunk, b.n,
+                       -- 1 for the last block, 2 for the one before, ...
+                       row_number() OVER (PARTITION BY t.user_id, t.lexeme ORDER BY b.first_chunk DESC) AS age,
+                       coalesce(sum(b.n) OVER (PARTITION BY t.user_id, t.lexeme ORDER BY b.first_chunk DESC
+                                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS newer,
+                       -- full blocks at or after this one
+                       count(*) FILTER (WHERE b.n = 128)
+                           OVER (PARTITION BY t.user_id, t.lexeme ORDER BY b.first_chunk DESC) AS full_since
+                FROM touched AS t
+                CROSS JOIN LATERAL (
+                    SELECT b.first_chunk, cardinality(b.offsets) AS n
+                    FROM search_blocks AS b
+                    WHERE b.user_id = t.user_id AND b.lexeme = t.lexeme
+                    ORDER BY b.first_chunk DESC
+                    LIMIT 32
+                ) AS b
+            ),
+            oldest AS (
+                SELECT DISTINCT ON (user_id, lexeme) user_id, lexeme, first_chunk
+                FROM tail_blocks
+                WHERE full_since = 0 AND age >= 4 AND n <= newer
+                ORDER BY user_id, lexeme, age DESC
+            ),
+            moved AS (
+                DELETE FROM search_blocks AS b
+                USING oldest AS o
+                WHERE b.user_id = o.user_id AND b.lexeme = o.lexeme AND b.first_chunk >= o.first_chunk
+                RETURNING b.user_id, b.lexeme, b.first_chunk, b.offsets, b.stats
+            ),
+            merged AS (
+                SELECT m.user_id, m.lexeme, m.first_chunk + u.o AS chunk_id, u.s AS stat
+                FROM moved AS m, unnest(m.offsets, m.stats) AS u(o, s)
             )
             INSERT INTO search_blocks (user_id, lexeme, first_chunk, offsets, stats)
             %s

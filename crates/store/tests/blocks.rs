@@ -1,7 +1,8 @@
 //! The text leg's postings in blocks (`search_blocks`), on a real PostgreSQL: after every kind
 //! of chunk write (a chunk set, appends, deletions, re-chunked text, ids out of order) the
 //! blocks hold exactly the postings the chunks' tsvectors give, each block keeps its
-//! invariants, and appends and deletions leave full blocks. The compaction repacks thinned
+//! invariants, appends rewrite no full block and keep few partial ones, and deletions leave
+//! full blocks. The compaction repacks thinned
 //! blocks, and upgrading a database keeps every posting.
 
 use ragpipe_core::{Config, UserId};
@@ -117,11 +118,17 @@ async fn blocks_hold_exactly_the_chunks_postings_through_every_kind_of_write(poo
     // A chunk set of 300: "lantern" fills two blocks and starts a third.
     chunks(&store, user, doc, 0, 300).await;
     assert_eq!(check(&pool, "lantern").await, (0, 0, vec![128, 128, 44]));
-    // Appends of a few chunks at a time fill the last block, then open the next.
+    // Appends of a few chunks at a time add blocks of their own and rewrite no full block;
+    // the partial ones at the end merge, tiered: four of ten make one of forty, and a block no
+    // larger than the newer ones together joins them.
+    let full = "SELECT first_chunk, xmin::text FROM search_blocks WHERE lexeme = 'lantern' AND cardinality(offsets) = 128 ORDER BY 1";
+    let full_before: Vec<(i64, String)> = sqlx::query_as(full).fetch_all(&pool).await.expect("full blocks");
     for from in (300..400).step_by(10) {
         chunks(&store, user, doc, from, from + 10).await;
     }
-    assert_eq!(check(&pool, "lantern").await, (0, 0, vec![128, 128, 128, 16]));
+    assert_eq!(check(&pool, "lantern").await, (0, 0, vec![128, 128, 104, 40]));
+    let full_after: Vec<(i64, String)> = sqlx::query_as(full).fetch_all(&pool).await.expect("full blocks");
+    assert_eq!(full_before, full_after);
 
     // Deleting chunks across every block repacks them: full blocks again.
     let removed = run(&store, user, "DELETE FROM document_chunks WHERE chunk_index % 4 = 1").await;

@@ -528,7 +528,7 @@ async fn keys_between_user_tables_include_user_id(pool: PgPool) {
         "documents",
         "document_chunks",
         "agent_requests",
-        "search_postings",
+        "search_blocks",
     ] {
         assert!(owners.contains_key(table), "{table} is a user table: {owners:?}");
     }
