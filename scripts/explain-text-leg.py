@@ -5,7 +5,7 @@ Runs the text-only form of crates/store/src/search/hybrid.sql (or a variant of i
 that `ragpipe-bench search --keep` left, as ragpipe_app with the corpus's user and generic plans
 (as store::Store::search_tx does), for 100 queries made like the benchmark's (3 to 8 consecutive
 words of random chunks), and prints the medians of: execution time, time in the first pass's
-scans of search_postings and postings read, time in the second pass's scans (the probes for
+scans of search_blocks and blocks read, time in the second pass's scans (the probes for
 the other terms) and their number.
 
     pip install 'psycopg[binary]'
@@ -36,10 +36,11 @@ def nodes(plan, predicate):
 
 
 def postings_scan(probes):
-    """Whether a node reads search_postings: the second pass's scans (probes=True) name the
-    candidates' chunk ids in their index condition, the first pass's do not."""
-    return lambda n: n.get("Relation Name") == "search_postings" and (
-        ("chunk_id" in n.get("Index Cond", "")) == probes
+    """Whether a node reads search_blocks: the second pass's probes (probes=True) look for the
+    block at or below a candidate's chunk id (`first_chunk <=` in their index condition), the
+    first pass's scans read a term's blocks whole."""
+    return lambda n: n.get("Relation Name") == "search_blocks" and (
+        ("first_chunk <=" in n.get("Index Cond", "")) == probes
     )
 
 
@@ -60,7 +61,7 @@ def main():
         rng = random.Random(args.seed)
         execute = (
             f"EXECUTE s(%s, NULL, 10, 0, {args.depth}, NULL, NULL, 1, 60, 2, 20, 1.2, 0.75, "
-            f"{args.budget}, {args.budget}, {max(args.rescored, args.depth)}, '40', false)"
+            f"{args.budget}, {args.budget}, {max(args.rescored, args.depth)}, '40', false, 5000)"
         )
         rows = []
         for _, query in queries(cur, rng, args.queries):
@@ -86,7 +87,7 @@ def main():
         return statistics.median(r[i] for r in rows)
 
     print(
-        f"execution p50 {median(0):.2f} ms; first pass {median(1):.2f} ms for {median(2):.0f} postings; "
+        f"execution p50 {median(0):.2f} ms; first pass {median(1):.2f} ms for {median(2):.0f} blocks; "
         f"second pass {median(3):.2f} ms in {median(4):.0f} index scans ({len(rows)} queries, "
         f"{'warm' if args.warm else 'first run'})"
     )

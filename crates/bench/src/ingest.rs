@@ -107,7 +107,12 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
     println!("  of which the chunk rows alone: {chunks_only_rate:.0} chunks/s");
     println!("  pipeline / ceiling: {:.2}", rate / copy_rate);
     println!("  peak RSS: {peak:.0} MiB (before the run {rss_before:.0} MiB)");
+    let (storage, vacuumed) = storage;
     storage.print();
+    println!(
+        "after VACUUM FULL (the live rows alone; a plain vacuum leaves the files as they are and their free space for later writes):"
+    );
+    vacuumed.print();
 
     let Some(url) = &args.versus_embedding_url else {
         return Ok(());
@@ -163,7 +168,7 @@ async fn ingest_once(
     name: &str,
     source: &Source<'_>,
     ceiling: bool,
-) -> anyhow::Result<(RunFigures, Option<(f64, f64)>, StorageReport)> {
+) -> anyhow::Result<(RunFigures, Option<(f64, f64)>, (StorageReport, StorageReport))> {
     let scratch = ScratchDatabase::open(config, name, true).await?;
     let config = Arc::new(scratch.config.clone());
     let measured = async {
@@ -172,9 +177,15 @@ async fn ingest_once(
         let db = measurement_pool(&config).await?;
         let measured = measure_once(&store, &db, &config, source, ceiling).await;
         let storage = storage::measure(&db).await;
+        // Then the same without the dead row versions the run left (each chunk-set write adds
+        // blocks to the text index and merges some), which autovacuum would reclaim for reuse.
+        let vacuumed = match sqlx::raw_sql("VACUUM FULL").execute(&db).await {
+            Ok(_) => storage::measure(&db).await,
+            Err(e) => Err(e.into()),
+        };
         db.close().await;
         let (figures, copy) = measured?;
-        Ok::<_, anyhow::Error>((figures, copy, storage?))
+        Ok::<_, anyhow::Error>((figures, copy, (storage?, vacuumed?)))
     }
     .await;
     let dropped = scratch.drop().await;
