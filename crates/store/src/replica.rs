@@ -197,7 +197,7 @@ impl crate::Store {
                     .await
                     .map_err(StoreError::db("reading the primary's WAL position"))?;
                 let row = sqlx::query!(
-                    r#"SELECT pg_is_in_recovery() AS "in_recovery!", (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replayed"#
+                    r#"SELECT pg_is_in_recovery() AS "in_recovery!", CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 END AS replayed"#
                 )
                 .fetch_one(&replica.replica)
                 .await

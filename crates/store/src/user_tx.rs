@@ -107,6 +107,8 @@ impl UserTx {
 
     /// Begins a user transaction on the replica and reads how far it has replayed, in the
     /// statement that sets the role and user (`None`: the server is not in recovery).
+    /// `pg_last_wal_replay_lsn()` alone is not enough: a server that started after a crash keeps
+    /// the position its crash recovery reached, though it is a primary.
     async fn begin_on_replica(
         replica: &PgPool,
         user: UserId,
@@ -120,7 +122,7 @@ impl UserTx {
         let replayed = match plans {
             Plans::Auto => sqlx::query!(
                 "SELECT set_config('role', $1, true) AS role, set_config('ragpipe.user_id', $2, true) AS user, \
-                        (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replayed",
+                        CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 END AS replayed",
                 APP_ROLE,
                 user_id,
             )
@@ -130,7 +132,7 @@ impl UserTx {
             Plans::Generic => sqlx::query!(
                 "SELECT set_config('role', $1, true) AS role, set_config('ragpipe.user_id', $2, true) AS user, \
                         set_config('plan_cache_mode', 'force_generic_plan', true) AS plans, \
-                        (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replayed",
+                        CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 END AS replayed",
                 APP_ROLE,
                 user_id,
             )
