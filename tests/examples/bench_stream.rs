@@ -74,6 +74,116 @@ fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
     (p50, p99)
 }
 
+/// A histogram's cumulative bucket counts (`le`, count) and sum, from a `/metrics` scrape.
+fn histogram(metrics: &str, name: &str) -> (Vec<(f64, f64)>, f64) {
+    let mut buckets = Vec::new();
+    let mut sum = 0.0;
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix(&format!("{name}_bucket{{le=\"")) {
+            let (le, count) = rest.split_once("\"} ").unwrap_or_default();
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            buckets.push((le, count.trim().parse().unwrap_or(0.0)));
+        } else if let Some(v) = line.strip_prefix(&format!("{name}_sum ")) {
+            sum = v.trim().parse().unwrap_or(0.0);
+        }
+    }
+    (buckets, sum)
+}
+
+/// What a histogram recorded between two scrapes: count, mean and p50/p99 in ms (interpolated
+/// within buckets).
+fn stage(before: &str, after: &str, name: &str) -> (f64, f64, f64, f64) {
+    let (b, b_sum) = histogram(before, name);
+    let (a, a_sum) = histogram(after, name);
+    let counts: Vec<(f64, f64)> = a
+        .iter()
+        .map(|&(le, n)| (le, n - b.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1)))
+        .collect();
+    let total = counts.last().map_or(0.0, |x| x.1);
+    let at = |q: f64| {
+        let target = q * total;
+        let mut lower = (0.0, 0.0);
+        for &(le, n) in &counts {
+            if n >= target {
+                if !le.is_finite() {
+                    return lower.0 * 1000.0;
+                }
+                let share = if n > lower.1 {
+                    (target - lower.1) / (n - lower.1)
+                } else {
+                    0.0
+                };
+                return (lower.0 + share * (le - lower.0)) * 1000.0;
+            }
+            lower = (le, n);
+        }
+        f64::NAN
+    };
+    let mean = if total > 0.0 {
+        (a_sum - b_sum) / total * 1000.0
+    } else {
+        f64::NAN
+    };
+    (total, mean, at(0.5), at(0.99))
+}
+
+/// This process's resident memory, in bytes (Linux).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Peaks seen while the concurrent streams ran.
+#[derive(Default)]
+struct Peaks {
+    rss: u64,
+    pool_in_use: u32,
+    server_connections: i64,
+}
+
+/// Samples memory, the pool and the server's connections every 10 ms until `stop` is set.
+async fn sample(app: Arc<TestApp>, admin: sqlx::PgPool, db: String, stop: Arc<std::sync::atomic::AtomicBool>) -> Peaks {
+    let mut peaks = Peaks::default();
+    let mut tick = 0u32;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        peaks.rss = peaks.rss.max(rss_bytes());
+        let pool = app.pool();
+        peaks.pool_in_use = peaks
+            .pool_in_use
+            .max(pool.size().saturating_sub(pool.num_idle() as u32));
+        if tick % 10 == 0 {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(&db)
+                .fetch_one(&admin)
+                .await
+                .unwrap_or(0);
+            peaks.server_connections = peaks.server_connections.max(n);
+        }
+        tick += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    peaks
+}
+
+async fn scrape(app: &TestApp) -> String {
+    app.client
+        .get(app.ops_url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// What one client saw of one answer.
 struct Seen {
     question: String,
@@ -144,16 +254,122 @@ async fn ask(app: &TestApp, key: &str, conversation: &str, question: String) -> 
     seen
 }
 
-/// The server's first-token instant for the chat request that carried `question`.
+/// The server's first-token instant for the answer to `question`: the last chat request that
+/// carried it (a follow-up question's standalone rewrite is a chat request of its own, made
+/// before the answer's, and carries it too).
 fn first_token(model: &OpenAiServer, question: &str) -> Option<Instant> {
-    model.requests_to(Route::ChatCompletions).into_iter().find_map(|r| {
-        let last = r.body["messages"].as_array()?.last()?["content"].as_str()?.to_owned();
-        if last.contains(question) {
-            r.first_token_at
-        } else {
-            None
+    model
+        .requests_to(Route::ChatCompletions)
+        .into_iter()
+        .filter(|r| {
+            r.body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .is_some_and(|last| last.contains(question))
+        })
+        .filter_map(|r| r.first_token_at)
+        .max()
+}
+
+fn print_stages(before: &str, after: &str) {
+    for (what, name) in [
+        (
+            "writing streamed text (append transaction)",
+            ragpipe_agent::answer::APPEND_SECONDS,
+        ),
+        (
+            "a reader's read of the row after a signal",
+            ragpipe_agent::follow::READ_SECONDS,
+        ),
+    ] {
+        let (n, mean, p50, p99) = stage(before, after, name);
+        println!("    {what:<46} n={n:<5} mean {mean:>6.2} ms   p50 {p50:>6.2} ms   p99 {p99:>6.2} ms");
+    }
+}
+
+/// What one burst of concurrent questions gave.
+struct Burst {
+    label: &'static str,
+    overheads: Vec<f64>,
+    lost_streams: usize,
+    lost_bytes: usize,
+    gaps: usize,
+    wall: Duration,
+    peaks: Peaks,
+    rss_before: u64,
+    metrics_before: String,
+    metrics_after: String,
+}
+
+/// Asks `n` questions at once, each in a new conversation, and reads every stream to its end.
+#[allow(clippy::too_many_arguments)]
+async fn burst(
+    app: &Arc<TestApp>,
+    key: &str,
+    model: &OpenAiServer,
+    admin: &sqlx::PgPool,
+    db: &str,
+    n: usize,
+    label: &'static str,
+    full: &str,
+) -> Burst {
+    let mut conversations = Vec::new();
+    for _ in 0..n {
+        let response = app
+            .request(reqwest::Method::POST, key, "/v1/conversations")
+            .send()
+            .await
+            .expect("conversation");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        conversations.push(body["id"].as_str().expect("id").to_owned());
+    }
+    let metrics_before = scrape(app).await;
+    let rss_before = rss_bytes();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn(sample(Arc::clone(app), admin.clone(), db.to_owned(), Arc::clone(&stop)));
+    let started = Instant::now();
+    let tasks: Vec<_> = conversations
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let app = Arc::clone(app);
+            let key = key.to_owned();
+            let question = format!("{label}, question {i}: how are requests batched?");
+            tokio::spawn(async move { ask(&app, &key, &c, question).await })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.expect("client task"));
+    }
+    let wall = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peaks = sampler.await.expect("sampler");
+    let metrics_after = scrape(app).await;
+    let mut b = Burst {
+        label,
+        overheads: Vec::new(),
+        lost_streams: 0,
+        lost_bytes: 0,
+        gaps: 0,
+        wall,
+        peaks,
+        rss_before,
+        metrics_before,
+        metrics_after,
+    };
+    for s in &seen {
+        if s.text != full || s.ended_with != "done" {
+            b.lost_streams += 1;
+            b.lost_bytes += full.len().saturating_sub(s.text.len());
         }
-    })
+        b.gaps += s.gaps;
+        if let (Some(at), Some(token)) = (s.first_delta_at, first_token(model, &s.question)) {
+            b.overheads.push(at.duration_since(token).as_secs_f64() * 1000.0);
+        }
+    }
+    b
 }
 
 #[tokio::main]
@@ -256,6 +472,7 @@ async fn main() {
     }
 
     // Sequential: one question at a time.
+    let metrics_start = scrape(&app).await;
     let mut overhead = Vec::new();
     let mut to_first_delta = Vec::new();
     let mut lost_sequential = 0;
@@ -276,44 +493,14 @@ async fn main() {
         }
     }
 
-    // Concurrent: `concurrent` questions at once, in as many conversations.
+    let metrics_sequential = scrape(&app).await;
+
+    // Concurrent: `concurrent` questions at once, in as many conversations; twice, since the
+    // first burst also grows the pool and prepares each new connection's statements.
     let app = Arc::new(app);
-    let mut conversations = Vec::new();
-    for _ in 0..args.concurrent {
-        let response = app
-            .request(reqwest::Method::POST, &user.key, "/v1/conversations")
-            .send()
-            .await
-            .expect("conversation");
-        let body: serde_json::Value = response.json().await.expect("JSON");
-        conversations.push(body["id"].as_str().expect("id").to_owned());
-    }
-    let started = Instant::now();
-    let tasks: Vec<_> = conversations
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let app = Arc::clone(&app);
-            let key = user.key.clone();
-            tokio::spawn(async move { ask(&app, &key, &c, format!("concurrent {i}: how are requests batched?")).await })
-        })
-        .collect();
-    let mut concurrent = Vec::new();
-    for t in tasks {
-        concurrent.push(t.await.expect("client task"));
-    }
-    let wall = started.elapsed();
-    let mut overhead_concurrent = Vec::new();
-    let (mut lost_streams, mut lost_bytes, mut gaps) = (0usize, 0usize, 0usize);
-    for seen in &concurrent {
-        if seen.text != full || seen.ended_with != "done" {
-            lost_streams += 1;
-            lost_bytes += full.len().saturating_sub(seen.text.len());
-        }
-        gaps += seen.gaps;
-        if let (Some(at), Some(token)) = (seen.first_delta_at, first_token(&model, &seen.question)) {
-            overhead_concurrent.push(at.duration_since(token).as_secs_f64() * 1000.0);
-        }
+    let mut bursts = Vec::new();
+    for round in ["first burst: new pool connections", "second burst: warm"] {
+        bursts.push(burst(&app, &user.key, &model, &admin, db, args.concurrent, round, &full).await);
     }
     // The saved answers too: every message row holds the whole text.
     let incomplete: i64 = sqlx::query_scalar(
@@ -333,23 +520,43 @@ async fn main() {
     let (b50, b99) = summary("baseline: chat client alone, token → delta", baseline);
     let (o50, o99) = summary("ragpipe: model token → client SSE delta", overhead);
     summary("  (question sent → first delta, for context)", to_first_delta);
-    let (c50, c99) = summary(
-        &format!("ragpipe, {} concurrent streams", args.concurrent),
-        overhead_concurrent,
-    );
     println!(
-        "added by ragpipe's streaming path: p50 {:.2} ms, p99 {:.2} ms (sequential); p50 {:.2} ms, p99 {:.2} ms ({} concurrent)",
+        "added by ragpipe's streaming path, one at a time: p50 {:.2} ms, p99 {:.2} ms; lost: {lost_sequential} stream(s)",
         o50 - b50,
         o99 - b99,
-        c50 - b50,
-        c99 - b99,
-        args.concurrent
     );
-    println!(
-        "lost: sequential {lost_sequential} stream(s); concurrent {lost_streams} stream(s), {lost_bytes} byte(s), {gaps} id gap(s); \
-         saved answers not whole: {incomplete}; concurrent wall time {:.2} s",
-        wall.as_secs_f64()
-    );
+    println!("stages, one at a time (from the app's /metrics):");
+    print_stages(&metrics_start, &metrics_sequential);
+    for b in bursts {
+        println!();
+        let (c50, c99) = summary(
+            &format!("ragpipe, {} concurrent streams, {}", args.concurrent, b.label),
+            b.overheads,
+        );
+        println!(
+            "  added by ragpipe's streaming path: p50 {:.2} ms, p99 {:.2} ms; lost {} stream(s), {} byte(s), {} id gap(s); \
+             wall time {:.2} s",
+            c50 - b50,
+            c99 - b99,
+            b.lost_streams,
+            b.lost_bytes,
+            b.gaps,
+            b.wall.as_secs_f64()
+        );
+        println!("  stages (from the app's /metrics):");
+        print_stages(&b.metrics_before, &b.metrics_after);
+        println!(
+            "  resident memory {:.1} MB before, {:.1} MB at the peak ({:.1} KB a stream, client side included); \
+             pool connections in use at most {} of {}; server connections at most {}",
+            b.rss_before as f64 / 1e6,
+            b.peaks.rss as f64 / 1e6,
+            b.peaks.rss.saturating_sub(b.rss_before) as f64 / 1e3 / args.concurrent.max(1) as f64,
+            b.peaks.pool_in_use,
+            app.pool().options().get_max_connections(),
+            b.peaks.server_connections,
+        );
+    }
+    println!("saved answers not whole: {incomplete}");
     if let Ok(app) = Arc::try_unwrap(app) {
         app.shutdown().await;
     }

@@ -40,6 +40,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+/// Histogram of the writes of streamed text ([`FlushPolicy`]): connection, transaction and
+/// commit, announcement included; a stage of the time from a model's token to a reader.
+pub const APPEND_SECONDS: &str = "ragpipe_answer_stream_append_seconds";
+
 /// Earlier messages read for the prompt's history (the budget decides how many are used).
 const HISTORY_MESSAGES: u32 = 40;
 
@@ -796,6 +800,7 @@ async fn append(
     // A lost connection costs a pause, not the answer. A retry after a commit whose reply was
     // lost finds the text already there: the length says so.
     let expected = *written + pending.len() as i64;
+    let started = Instant::now();
     let result = retry("appending to an answer", RetryPolicy::POLLING, || async {
         let mut tx = ctx.store.user_tx(user).await?;
         let result = conversations::append(&mut tx, message, *written, pending).await?;
@@ -803,6 +808,7 @@ async fn append(
         Ok(result)
     })
     .await?;
+    metrics::histogram!(APPEND_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(match result {
         Written::Refused {
             status: MessageStatus::Streaming,

@@ -28,6 +28,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Histogram of a follower's reads of the answer's row after a signal: connection,
+/// transaction and the read; a stage of the time from a model's token to a reader.
+pub const READ_SECONDS: &str = "ragpipe_answer_stream_read_seconds";
+
 /// How often a follower re-reads the row with no signal (signals can be lost on reconnects).
 const POLL_FALLBACK: Duration = Duration::from_secs(2);
 
@@ -359,9 +363,11 @@ impl Follower {
 
     /// Reads the answer's row from the primary: every read after a notification.
     async fn read(&self) -> Result<AnswerState, FollowError> {
+        let started = std::time::Instant::now();
         let mut tx = self.store.user_tx(self.user).await?;
         let state = conversations::answer_state(&mut tx, self.message, self.cursor.offset()).await?;
         tx.commit().await?;
+        metrics::histogram!(READ_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(state)
     }
 

@@ -27,6 +27,12 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Buckets for the stages of streaming an answer (`ragpipe_answer_stream_*_seconds`: a write of
+/// streamed text, a reader's read of it), which take milliseconds: 0.25 ms to 1 s.
+const STREAM_STAGE_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 1.0,
+];
+
 /// The process-wide Prometheus recorder's handle, installing the recorder on first use.
 ///
 /// The `metrics` facade has one global recorder per process, so this installs it at most once
@@ -39,6 +45,8 @@ pub fn install_recorder() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
+                .expect("the bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Prefix("ragpipe_answer_stream_".to_owned()), STREAM_STAGE_BUCKETS)
                 .expect("the bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
