@@ -598,7 +598,7 @@ async fn stream_answer(
         tokio::select! {
             biased;
             _ = subscription.changed(Duration::from_secs(3600)) => {
-                if subscription.latest().status == Some(MessageStatus::Cancelled) {
+                if subscription.status() == Some(MessageStatus::Cancelled) {
                     break End::Cancelled;
                 }
             }
@@ -814,11 +814,13 @@ async fn append(
             status: MessageStatus::Streaming,
             bytes,
         } if bytes == expected => {
+            ctx.feed.wrote(message, *written, pending);
             *written = bytes;
             pending.clear();
             None
         }
         Written::Done { bytes } => {
+            ctx.feed.wrote(message, bytes - pending.len() as i64, pending);
             *written = bytes;
             pending.clear();
             None

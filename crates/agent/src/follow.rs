@@ -32,6 +32,11 @@ use uuid::Uuid;
 /// transaction and the read; a stage of the time from a model's token to a reader.
 pub const READ_SECONDS: &str = "ragpipe_answer_stream_read_seconds";
 
+/// Counter of the signals followers took, by what they did with them: `memory` (text sent from
+/// what this process's writer committed), `nothing new` (a signal for text already sent),
+/// `read` (the row read again).
+pub const SIGNALS_TOTAL: &str = "ragpipe_answer_stream_signals_total";
+
 /// How often a follower re-reads the row with no signal (signals can be lost on reconnects).
 const POLL_FALLBACK: Duration = Duration::from_secs(2);
 
@@ -299,6 +304,8 @@ pub struct Follower {
     subscription: Subscription,
     cursor: Cursor,
     pending: VecDeque<AnswerEvent>,
+    /// The feed's resynchronisations seen (see [`crate::feed::Signal::resyncs`]).
+    resyncs: u64,
 }
 
 impl std::fmt::Debug for Follower {
@@ -329,6 +336,7 @@ impl Follower {
             subscription,
             cursor,
             pending: VecDeque::new(),
+            resyncs: 0,
         };
         let state = follower.replay().await?;
         if state.role != "assistant" {
@@ -395,10 +403,56 @@ impl Follower {
                 return Ok(Next::Idle);
             }
             let wait = (deadline - now).min(POLL_FALLBACK);
-            self.subscription.changed(wait).await;
+            if self.subscription.changed(wait).await && self.absorb_signal() {
+                continue;
+            }
             let state = self.read().await?;
             self.absorb(&state)?;
         }
+    }
+
+    /// Takes what the latest signal says without reading the row, when it can: while the
+    /// answer streams and its context has been sent, text this process's writer committed
+    /// ([`MessageFeed::wrote`]) is sent from memory, and a signal for text already sent needs
+    /// nothing. False when the row must be read: the status changed, the feed reconnected
+    /// (signals may be missing), or the text is not all here.
+    fn absorb_signal(&mut self) -> bool {
+        let signal = self.subscription.latest();
+        let outcome = self.from_signal(&signal);
+        metrics::counter!(SIGNALS_TOTAL, "outcome" => outcome).increment(1);
+        outcome != "read"
+    }
+
+    fn from_signal(&mut self, signal: &crate::feed::Signal) -> &'static str {
+        if signal.resyncs != self.resyncs {
+            self.resyncs = signal.resyncs;
+            return "read";
+        }
+        let Cursor::Content(offset) = self.cursor else {
+            return "read";
+        };
+        if !matches!(signal.status, None | Some(MessageStatus::Streaming)) {
+            return "read";
+        }
+        // Text from memory only when it reaches as far as the signals say the row does (a
+        // notification can come before its writer hands the text over).
+        if let Some(written) = &signal.written
+            && written.end() >= signal.bytes
+            && let Some(text) = written.after(offset)
+            && !text.is_empty()
+        {
+            let end = written.end();
+            self.pending.push_back(AnswerEvent::Delta {
+                text: text.to_owned(),
+                end,
+            });
+            self.cursor = Cursor::Content(end);
+            return "memory";
+        }
+        if signal.bytes <= offset && signal.status.is_some() {
+            return "nothing new";
+        }
+        "read"
     }
 
     /// The events as a stream, ending after `done` or `error` (or a failure, as an `Err`).

@@ -3,8 +3,13 @@
 //! Writers (the agent worker, the cancel route) announce every change of an assistant message
 //! on [`MESSAGE_EVENTS_CHANNEL`] in the transaction that makes it. A [`MessageFeed`] is one
 //! listening connection per process and database, fanning the signals out to subscribers by
-//! message id; a subscriber re-reads the row when signalled. The signal carries no text, so the
-//! row stays the only source of truth and the feed works whichever process wrote the change.
+//! message id; a subscriber re-reads the row when signalled. The notification carries no text
+//! (anyone who may `LISTEN` could read it, past row-level security), so the row stays the
+//! source of truth and the feed works whichever process wrote the change. A writer in the same
+//! process also hands its committed text to the feed ([`MessageFeed::wrote`]), and readers here
+//! take it from memory instead of reading the row again: while an answer streams, a reader in
+//! the writer's process reads the row only when the feed reconnected, a timer ran out, or the
+//! status changed.
 //!
 //! Signals can be lost (the listening connection drops and reconnects); subscribers are woken
 //! on every reconnection and should also re-read on a timer as a safety net. The connection is
@@ -26,7 +31,7 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 /// What the latest signal for a message said.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Signal {
     /// Signals received for the message since the subscription began.
     pub seq: u64,
@@ -34,7 +39,40 @@ pub struct Signal {
     pub bytes: i64,
     /// The message's status then (none before the first signal).
     pub status: Option<MessageStatus>,
+    /// Text a writer in this process committed ([`MessageFeed::wrote`]), if any: the
+    /// content from byte `from`, so that readers here need not read the row for it.
+    pub written: Option<WrittenText>,
+    /// How many times the feed may have missed signals (its connection was lost) since the
+    /// subscription began: a reader that sees this change must read the row.
+    pub resyncs: u64,
 }
+
+/// Committed text of a message, as its writer in this process wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenText {
+    /// Where `text` starts in the message's content, in bytes.
+    pub from: i64,
+    /// The content from `from`, as far as this process wrote it.
+    pub text: Arc<str>,
+}
+
+impl WrittenText {
+    /// Where it ends in the content, in bytes.
+    pub fn end(&self) -> i64 {
+        self.from + self.text.len() as i64
+    }
+
+    /// The content from byte `offset` to [`WrittenText::end`], when it holds that offset (on a
+    /// character boundary).
+    pub fn after(&self, offset: i64) -> Option<&str> {
+        let start = usize::try_from(offset.checked_sub(self.from)?).ok()?;
+        self.text.get(start..)
+    }
+}
+
+/// Most bytes of written text a subscription keeps; past it the text restarts at the latest
+/// write, and a reader further behind reads the row.
+const WRITTEN_TEXT_LIMIT: usize = 64 * 1024;
 
 type Slots = Arc<Mutex<HashMap<Uuid, Slot>>>;
 
@@ -153,6 +191,33 @@ impl MessageFeed {
         Arc::clone(&self.inner.component)
     }
 
+    /// Tells this process's readers of `message` that its writer committed `text` at byte
+    /// `from` of the content (call after the commit). Readers in other processes learn of it
+    /// from the notification and read the row; readers here take the text from memory. Only
+    /// messages someone here follows keep it.
+    pub fn wrote(&self, message: MessageId, from: i64, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        if let Some(slot) = lock(&self.inner.slots).get(&message.0) {
+            slot.sender.send_modify(|s| {
+                s.seq += 1;
+                let written = match s.written.take() {
+                    Some(w) if w.end() == from && w.text.len() + text.len() <= WRITTEN_TEXT_LIMIT => WrittenText {
+                        from: w.from,
+                        text: format!("{}{text}", w.text).into(),
+                    },
+                    _ => WrittenText {
+                        from,
+                        text: text.into(),
+                    },
+                };
+                s.bytes = s.bytes.max(written.end());
+                s.written = Some(written);
+            });
+        }
+    }
+
     /// Signals for `message` from now on.
     pub fn subscribe(&self, message: MessageId) -> Subscription {
         let mut slots = lock(&self.inner.slots);
@@ -195,7 +260,12 @@ impl Subscription {
 
     /// The latest signal.
     pub fn latest(&self) -> Signal {
-        *self.receiver.borrow()
+        self.receiver.borrow().clone()
+    }
+
+    /// The latest signal's status.
+    pub fn status(&self) -> Option<MessageStatus> {
+        self.receiver.borrow().status
     }
 }
 
@@ -233,7 +303,10 @@ fn dispatch(slots: &Slots, payload: &str) {
 /// Wakes every subscriber (after a reconnection, signals may have been missed).
 fn wake_all(slots: &Slots) {
     for slot in lock(slots).values() {
-        slot.sender.send_modify(|s| s.seq += 1);
+        slot.sender.send_modify(|s| {
+            s.seq += 1;
+            s.resyncs += 1;
+        });
     }
 }
 
