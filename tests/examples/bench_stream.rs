@@ -272,6 +272,16 @@ fn first_token(model: &OpenAiServer, question: &str) -> Option<Instant> {
         .max()
 }
 
+/// A labelled counter's value in a `/metrics` scrape (0 when absent).
+fn counter(metrics: &str, name: &str, label: &str) -> f64 {
+    let prefix = format!("{name}{{{label}}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn print_stages(before: &str, after: &str) {
     for (what, name) in [
         (
@@ -286,6 +296,18 @@ fn print_stages(before: &str, after: &str) {
         let (n, mean, p50, p99) = stage(before, after, name);
         println!("    {what:<46} n={n:<5} mean {mean:>6.2} ms   p50 {p50:>6.2} ms   p99 {p99:>6.2} ms");
     }
+    let signals: Vec<String> = ["memory", "nothing_new", "awaiting_handover", "read"]
+        .iter()
+        .map(|outcome| {
+            let label = format!("outcome=\"{outcome}\"");
+            let name = ragpipe_agent::follow::SIGNALS_TOTAL;
+            format!(
+                "{outcome} {}",
+                counter(after, name, &label) - counter(before, name, &label)
+            )
+        })
+        .collect();
+    println!("    signals readers took: {}", signals.join(", "));
 }
 
 /// What one burst of concurrent questions gave.

@@ -212,3 +212,43 @@ async fn after_the_feed_loses_its_connection_the_reader_reads_the_row(pool: PgPo
     a.write(5, " again", Some(&feed)).await;
     assert_eq!(next(&mut follower).await, ("delta".into(), "######".into()));
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_notification_ahead_of_the_handover_waits_for_it_while_the_writer_is_here(pool: PgPool) {
+    let a = streaming_answer(pool).await;
+    let feed = MessageFeed::start(&a.store).await.expect("feed");
+    let mut follower = open(&a, &feed).await;
+    let writer = feed.subscribe_writer(a.message);
+    let notified = |bytes: i64| {
+        let probe = feed.subscribe(a.message);
+        async move {
+            while probe.latest().bytes < bytes {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    // The notification comes first; the text is handed over 200 ms later, and sent from memory.
+    let waiting = notified(5);
+    a.write(0, "Hello", None).await;
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("notified");
+    let (event, ()) = tokio::join!(next(&mut follower), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        feed.wrote(a.message, 0, "Hello");
+    });
+    assert_eq!(event, ("delta".into(), "Hello".into()));
+
+    // A writer that goes away without handing its text over leaves the readers to the row.
+    let waiting = notified(11);
+    a.write(5, " again", None).await;
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("notified");
+    let (event, ()) = tokio::join!(next(&mut follower), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(writer);
+    });
+    assert_eq!(event, ("delta".into(), "######".into()));
+}

@@ -572,7 +572,7 @@ async fn stream_answer(
     last_attempt: bool,
 ) -> Result<Outcome, AnswerError> {
     let message = MessageId(request.assistant_message_id);
-    let mut subscription = ctx.feed.subscribe(message);
+    let mut subscription = ctx.feed.subscribe_writer(message);
     let chat_request = ChatRequest {
         messages: prompt.messages.clone(),
         max_tokens: 0,

@@ -33,7 +33,8 @@ use uuid::Uuid;
 pub const READ_SECONDS: &str = "ragpipe_answer_stream_read_seconds";
 
 /// Counter of the signals followers took, by what they did with them: `memory` (text sent from
-/// what this process's writer committed), `nothing new` (a signal for text already sent),
+/// what this process's writer committed), `nothing_new` (a signal for text already sent),
+/// `awaiting_handover` (a notification of text this process's writer is about to hand over),
 /// `read` (the row read again).
 pub const SIGNALS_TOTAL: &str = "ragpipe_answer_stream_signals_total";
 
@@ -450,7 +451,11 @@ impl Follower {
             return "memory";
         }
         if signal.bytes <= offset && signal.status.is_some() {
-            return "nothing new";
+            return "nothing_new";
+        }
+        // Notified of a write whose text the writer here has not handed over yet: it will.
+        if signal.writer_here && signal.status == Some(MessageStatus::Streaming) {
+            return "awaiting_handover";
         }
         "read"
     }

@@ -45,6 +45,10 @@ pub struct Signal {
     /// How many times the feed may have missed signals (its connection was lost) since the
     /// subscription began: a reader that sees this change must read the row.
     pub resyncs: u64,
+    /// Whether the message's writer is in this process ([`MessageFeed::subscribe_writer`]):
+    /// then it hands over each write's text right after its commit, and a notification of text
+    /// not handed over yet is followed by the handover (or by this turning false).
+    pub writer_here: bool,
 }
 
 /// Committed text of a message, as its writer in this process wrote it.
@@ -79,6 +83,8 @@ type Slots = Arc<Mutex<HashMap<Uuid, Slot>>>;
 struct Slot {
     sender: watch::Sender<Signal>,
     subscribers: usize,
+    /// Subscriptions of writers ([`MessageFeed::subscribe_writer`]).
+    writers: usize,
 }
 
 fn lock(slots: &Mutex<HashMap<Uuid, Slot>>) -> MutexGuard<'_, HashMap<Uuid, Slot>> {
@@ -220,16 +226,32 @@ impl MessageFeed {
 
     /// Signals for `message` from now on.
     pub fn subscribe(&self, message: MessageId) -> Subscription {
+        self.subscribe_as(message, false)
+    }
+
+    /// Signals for `message`, for its writer, which hands over every write's text with
+    /// [`MessageFeed::wrote`] until the subscription is dropped.
+    pub fn subscribe_writer(&self, message: MessageId) -> Subscription {
+        self.subscribe_as(message, true)
+    }
+
+    fn subscribe_as(&self, message: MessageId, writer: bool) -> Subscription {
         let mut slots = lock(&self.inner.slots);
         let slot = slots.entry(message.0).or_insert_with(|| Slot {
             sender: watch::channel(Signal::default()).0,
             subscribers: 0,
+            writers: 0,
         });
         slot.subscribers += 1;
+        if writer {
+            slot.writers += 1;
+            slot.sender.send_modify(|s| s.writer_here = true);
+        }
         let receiver = slot.sender.subscribe();
         Subscription {
             receiver,
             message: message.0,
+            writer,
             feed: self.clone(),
         }
     }
@@ -239,6 +261,7 @@ impl MessageFeed {
 pub struct Subscription {
     receiver: watch::Receiver<Signal>,
     message: Uuid,
+    writer: bool,
     feed: MessageFeed,
 }
 
@@ -274,6 +297,16 @@ impl Drop for Subscription {
         let mut slots = lock(&self.feed.inner.slots);
         if let Some(slot) = slots.get_mut(&self.message) {
             slot.subscribers -= 1;
+            if self.writer {
+                slot.writers -= 1;
+                if slot.writers == 0 {
+                    // Readers waiting for a handover read the row instead.
+                    slot.sender.send_modify(|s| {
+                        s.seq += 1;
+                        s.writer_here = false;
+                    });
+                }
+            }
             if slot.subscribers == 0 {
                 slots.remove(&self.message);
             }
