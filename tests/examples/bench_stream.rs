@@ -314,6 +314,7 @@ fn print_stages(before: &str, after: &str) {
 struct Burst {
     label: &'static str,
     overheads: Vec<f64>,
+    to_first_delta: Vec<f64>,
     lost_streams: usize,
     lost_bytes: usize,
     gaps: usize,
@@ -372,6 +373,7 @@ async fn burst(
     let mut b = Burst {
         label,
         overheads: Vec::new(),
+        to_first_delta: Vec::new(),
         lost_streams: 0,
         lost_bytes: 0,
         gaps: 0,
@@ -389,6 +391,8 @@ async fn burst(
         b.gaps += s.gaps;
         if let (Some(at), Some(token)) = (s.first_delta_at, first_token(model, &s.question)) {
             b.overheads.push(at.duration_since(token).as_secs_f64() * 1000.0);
+            b.to_first_delta
+                .push(at.duration_since(s.sent_at).as_secs_f64() * 1000.0);
         }
     }
     b
@@ -565,6 +569,7 @@ async fn main() {
             b.gaps,
             b.wall.as_secs_f64()
         );
+        summary("  (question sent → first delta, for context)", b.to_first_delta);
         println!("  stages (from the app's /metrics):");
         print_stages(&b.metrics_before, &b.metrics_after);
         println!(

@@ -436,3 +436,50 @@ fn the_client_decodes_characters_and_line_endings_split_across_chunks() {
         assert_eq!(out, "data: {\"text\":\"Grüße, 東京 🦀\"}\n\n", "cut at byte {cut}");
     }
 }
+
+/// Many answers stream at once, but only a few are prepared (read, retrieval, prompt) at once:
+/// `worker.concurrency` × `PREPARING_PER_WORKER_SLOT`. Seen at the model server: six follow-up
+/// questions asked together each condense the conversation while being prepared, and with each
+/// condense call held 300 ms, they arrive in pairs.
+#[sqlx::test(migrations = false)]
+async fn a_burst_of_questions_is_prepared_a_few_at_a_time(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = agent_support::pool(options, connect).await;
+    let sys = agent_support::start_with(pool, true, |c| c.worker.concurrency = 1).await;
+    let preparing = ragpipe_agent::answer::PREPARING_PER_WORKER_SLOT;
+    let mut conversations = Vec::new();
+    for _ in 0..6 {
+        let c = sys.conversation(&sys.alice).await;
+        sys.ask_answered(&sys.alice, &c, QUESTION).await;
+        conversations.push(c);
+    }
+    let model = sys.model();
+    let before = model.requests_to(Route::ChatCompletions).len();
+    model.inject(
+        Route::ChatCompletions,
+        ragpipe_tests::openai_server::Fault::Delay(std::time::Duration::from_millis(300)),
+        12,
+    );
+    let asks = conversations
+        .iter()
+        .map(|c| sys.ask_answered(&sys.alice, c, "And how are they retried?"));
+    futures::future::join_all(asks).await;
+
+    let mut condensed: Vec<std::time::Instant> = model.requests_to(Route::ChatCompletions)[before..]
+        .iter()
+        .filter(|r| is_condense_request(&r.body))
+        .map(|r| r.received_at)
+        .collect();
+    assert_eq!(condensed.len(), 6, "one condense call a follow-up question");
+    condensed.sort();
+    let most_at_once = condensed
+        .iter()
+        .map(|t| {
+            condensed
+                .iter()
+                .filter(|u| **u >= *t && u.duration_since(*t) < std::time::Duration::from_millis(250))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert_eq!(most_at_once, preparing, "{condensed:?}");
+}

@@ -127,6 +127,13 @@ impl Outcome {
     }
 }
 
+/// Answers prepared at once (read, retrieval, prompt) per unit of `worker.concurrency`.
+/// Chosen on bursts of 50 questions (BENCHMARKS.md, "Streaming"): with `worker.concurrency` 2,
+/// preparing 2, 4 or 8 at once gave a streaming overhead (model token to client) of 5.9, 7.4
+/// and 17.8 ms at p50, and the questions their first delta after 640, 400 and 437 ms at p50;
+/// with no bound, 56-65 ms of overhead.
+pub const PREPARING_PER_WORKER_SLOT: usize = 2;
+
 /// Everything answering needs, built once per process and shared by all jobs.
 pub struct AnswerContext {
     store: Store,
@@ -138,6 +145,11 @@ pub struct AnswerContext {
     prices: PriceTable,
     feed: MessageFeed,
     flush: FlushPolicy,
+    /// Answers being prepared (read, retrieval, prompt) at once: `worker.concurrency`. The
+    /// process streams many answers at once, which mostly wait on the model; preparing one is
+    /// the CPU and database work, and a burst of questions preparing all at once would queue
+    /// the streaming answers' writes behind it (BENCHMARKS.md, "Streaming").
+    preparing: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AnswerContext {
@@ -167,6 +179,7 @@ impl AnswerContext {
         let feed = MessageFeed::shared(&store)
             .await
             .map_err(SetupError::of("message feed"))?;
+        let preparing = (config.worker.concurrency.max(1) as usize).saturating_mul(PREPARING_PER_WORKER_SLOT);
         Ok(AnswerContext {
             store,
             config,
@@ -177,6 +190,7 @@ impl AnswerContext {
             prices,
             feed,
             flush: FlushPolicy::default(),
+            preparing: Arc::new(tokio::sync::Semaphore::new(preparing)),
         })
     }
 
@@ -223,6 +237,8 @@ pub async fn answer(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> R
 
 async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<Outcome, AnswerError> {
     let user = job.user_id;
+    // The semaphore is never closed.
+    let preparing = ctx.preparing.acquire().await.ok();
     let mut tx = ctx.store.user_tx(user).await?;
     let request = match conversations::request(&mut tx, job.request_id).await {
         Ok(r) => r,
@@ -324,6 +340,7 @@ async fn run(ctx: &AnswerContext, job: AgentJob, last_attempt: bool) -> Result<O
     )
     .await?;
     tx.commit().await?;
+    drop(preparing);
 
     stream_answer(ctx, user, &request, prompt, &written, last_attempt).await
 }
