@@ -159,7 +159,7 @@ async fn sample(app: Arc<TestApp>, admin: sqlx::PgPool, db: String, stop: Arc<st
         peaks.pool_in_use = peaks
             .pool_in_use
             .max(pool.size().saturating_sub(pool.num_idle() as u32));
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
                 .bind(&db)
                 .fetch_one(&admin)

@@ -419,12 +419,12 @@ impl Follower {
     /// (signals may be missing), or the text is not all here.
     fn absorb_signal(&mut self) -> bool {
         let signal = self.subscription.latest();
-        let outcome = self.from_signal(&signal);
+        let outcome = self.take_signal(&signal);
         metrics::counter!(SIGNALS_TOTAL, "outcome" => outcome).increment(1);
         outcome != "read"
     }
 
-    fn from_signal(&mut self, signal: &crate::feed::Signal) -> &'static str {
+    fn take_signal(&mut self, signal: &crate::feed::Signal) -> &'static str {
         if signal.resyncs != self.resyncs {
             self.resyncs = signal.resyncs;
             return "read";
