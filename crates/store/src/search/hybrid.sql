@@ -30,10 +30,16 @@ scope AS MATERIALIZED (
                AND (SELECT coalesce(sum(d.chunk_count), 0) FROM documents AS d WHERE d.id = ANY (f.ids)) <= $19
                AS exact
     FROM (SELECT CASE WHEN $6::uuid[] IS NULL AND $7::jsonb IS NULL THEN NULL
-                      ELSE ARRAY(SELECT d.id FROM documents AS d
-                                 WHERE ($6::uuid[] IS NULL OR d.id = ANY ($6::uuid[]))
+                      -- by primary key: a generic plan cannot use the index under `$6 IS NULL OR`
+                      WHEN $6::uuid[] IS NOT NULL
+                      THEN ARRAY(SELECT d.id FROM documents AS d
+                                 WHERE d.id = ANY ($6::uuid[])
                                    AND ($7::jsonb IS NULL OR d.metadata @> $7::jsonb))
-                 END AS ids) AS f
+                      ELSE ARRAY(SELECT d.id FROM documents AS d WHERE d.metadata @> $7::jsonb)
+                 END AS ids
+          -- computed once: without it the subquery is pulled up, and each use of f.ids below
+          -- evaluates the ARRAY(...) again
+          OFFSET 0) AS f
 ),
 
 -- The query vectors. Each is read through a scalar subquery (an InitPlan), which PostgreSQL
