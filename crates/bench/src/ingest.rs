@@ -45,6 +45,15 @@ pub struct BenchIngestArgs {
     /// as the server computes one request at a time).
     #[arg(long, default_value_t = 1)]
     pub versus_concurrency: u32,
+    /// After the run, ingest the same corpus again into this existing database (a populated
+    /// one, e.g. the corpus `ragpipe-bench search --keep` left), which is neither recreated nor
+    /// dropped, and compare the two rates. The first run's database is the empty-table baseline.
+    #[arg(long)]
+    pub into: Option<String>,
+    /// With `--into`: ingest as this existing user (by email) instead of a new one, so the
+    /// writes land among that user's chunks, statistics and postings.
+    #[arg(long, requires = "into")]
+    pub into_user: Option<String>,
 }
 
 /// What one ingest run measured.
@@ -114,6 +123,16 @@ pub async fn run(config: Config, args: BenchIngestArgs) -> anyhow::Result<()> {
     );
     vacuumed.print();
 
+    if let Some(into) = &args.into {
+        let populated = ingest_into(config.clone(), into, args.into_user.as_deref(), &source).await?;
+        println!("into the populated database {into} ({}):", populated.existing);
+        populated.figures.print("pipeline");
+        println!(
+            "  rate into the populated database / into the empty one: {:.2}",
+            (populated.figures.chunks as f64 / populated.figures.seconds) / rate
+        );
+    }
+
     let Some(url) = &args.versus_embedding_url else {
         return Ok(());
     };
@@ -175,7 +194,8 @@ async fn ingest_once(
         let store = Store::connect(&config).await?;
         store.migrate(&config.embedding).await?;
         let db = measurement_pool(&config).await?;
-        let measured = measure_once(&store, &db, &config, source, ceiling).await;
+        let user = create_user(&store, "bench@example.com").await?;
+        let measured = measure_once(&store, &db, &config, source, ceiling, user).await;
         let storage = storage::measure(&db).await;
         // Then the same without the dead row versions the run left (each chunk-set write adds
         // blocks to the text index and merges some), which autovacuum would reclaim for reuse.
@@ -194,6 +214,54 @@ async fn ingest_once(
     Ok(figures)
 }
 
+/// A run into a database that already holds a corpus.
+struct PopulatedRun {
+    figures: RunFigures,
+    /// What the database held before, said.
+    existing: String,
+}
+
+/// Uploads the corpus into the existing database `name` as `user_email` (or a new user) and
+/// runs the workers until every document settles. The database is kept as it was, plus this
+/// corpus.
+async fn ingest_into(
+    config: Config,
+    name: &str,
+    user_email: Option<&str>,
+    source: &Source<'_>,
+) -> anyhow::Result<PopulatedRun> {
+    let scratch = ScratchDatabase::open(config, name, false).await?;
+    let config = Arc::new(scratch.config.clone());
+    let store = Store::connect(&config).await?;
+    store.migrate(&config.embedding).await?;
+    let db = measurement_pool(&config).await?;
+    let (chunks, users): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM document_chunks), (SELECT count(*) FROM users)")
+            .fetch_one(&db)
+            .await
+            .with_context(|| format!("reading what {name} holds"))?;
+    let user = match user_email {
+        Some(email) => UserId(
+            sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+                .bind(email)
+                .fetch_one(&db)
+                .await
+                .with_context(|| format!("finding the user {email} in {name}"))?,
+        ),
+        None => create_user(&store, &format!("bench-into-{}@example.com", uuid::Uuid::now_v7())).await?,
+    };
+    let existing = format!(
+        "{chunks} chunks of {users} users; as {}",
+        user_email.unwrap_or("a new user")
+    );
+    let figures = measure_once(&store, &db, &config, source, false, user).await;
+    db.close().await;
+    Ok(PopulatedRun {
+        figures: figures?.0,
+        existing,
+    })
+}
+
 /// [`ingest_once`] on its scratch database: `store` for what the product does, `db` for the
 /// benchmark's own SQL.
 async fn measure_once(
@@ -202,9 +270,14 @@ async fn measure_once(
     config: &Arc<Config>,
     source: &Source<'_>,
     ceiling: bool,
+    user: UserId,
 ) -> anyhow::Result<(RunFigures, Option<(f64, f64)>)> {
-    let user = create_user(store, "bench@example.com").await?;
 
+    // What this run uploads is what was created from here on (the database may hold more).
+    let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(db)
+        .await
+        .context("reading the server's clock")?;
     let started = Instant::now();
     let (documents, bytes) = match source {
         Source::Generated { docs, words } => {
@@ -226,9 +299,10 @@ async fn measure_once(
     settled?;
     let (ready, chunks): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'ready'), coalesce(sum(chunk_count), 0)::bigint \
-         FROM documents WHERE user_id = $1",
+         FROM documents WHERE user_id = $1 AND created_at >= $2",
     )
     .bind(user.0)
+    .bind(since)
     .fetch_one(db)
     .await
     .context("counting the ingested documents and chunks")?;

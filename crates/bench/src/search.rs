@@ -30,6 +30,11 @@ pub struct BenchSearchArgs {
     /// Chunks loaded.
     #[arg(long, default_value_t = 100_000)]
     pub chunks: usize,
+    /// Users the documents are spread over (document i belongs to user i mod N); each query
+    /// runs as the user of the chunk it was taken from, its filters within that user's
+    /// documents.
+    #[arg(long, default_value_t = 1)]
+    pub users: usize,
     /// Queries timed per mode.
     #[arg(long, default_value_t = 300)]
     pub queries: usize,
@@ -215,15 +220,14 @@ async fn measure(
     let load = if args.reuse {
         "reused the corpus of a previous --keep run".to_owned()
     } else {
-        load(store, db, &model, dim, &embedder, args.chunks).await?
+        load(store, db, &model, dim, &embedder, args.chunks, args.users.max(1)).await?
     };
     eprintln!("{load}");
-    let user: UserId = UserId(
-        sqlx::query_scalar("SELECT id FROM users WHERE email = 'bench-search@example.com'")
-            .fetch_one(db)
-            .await
-            .context("reading the benchmark user (does the corpus of a --keep run exist?)")?,
-    );
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email LIKE 'bench-search%@example.com'")
+        .fetch_one(db)
+        .await
+        .context("counting the benchmark's users")?;
+    anyhow::ensure!(users > 0, "no benchmark user (does the corpus of a --keep run exist?)");
     // Queries: 3 to 8 consecutive words of chunks spread over the table, so they mix common
     // and rare terms as a person's keywords do.
     let mut rng = Rng(0x00DD_BA11);
@@ -232,27 +236,33 @@ async fn measure(
         .await
         .context("counting the chunks")?;
     let stride = (total / args.queries.max(1) as i64).max(1);
-    let texts: Vec<(i64, Uuid, String)> =
-        sqlx::query_as("SELECT id, document_id, content FROM document_chunks WHERE id % $1 = 7 ORDER BY id LIMIT $2")
-            .bind(stride)
-            .bind(args.queries as i64)
-            .fetch_all(db)
-            .await
-            .context("reading the chunks queries are taken from")?;
+    let texts: Vec<(i64, Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT id, document_id, user_id, content FROM document_chunks WHERE id % $1 = 7 ORDER BY id LIMIT $2",
+    )
+    .bind(stride)
+    .bind(args.queries as i64)
+    .fetch_all(db)
+    .await
+    .context("reading the chunks queries are taken from")?;
     // The chunk each query was taken from: how often a mode ranks it first, or within k, is a
     // measure of retrieval quality that needs no judgements (a known-item search).
-    let sources: Vec<i64> = texts.iter().map(|(id, _, _)| *id).collect();
-    // The filtered searches keep the query's own document and others at random: 100 documents
-    // (5,000 chunks, the most scored exactly), of which the first three.
-    let documents: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM documents ORDER BY id")
+    let sources: Vec<i64> = texts.iter().map(|(id, _, _, _)| *id).collect();
+    // The filtered searches keep the query's own document and others of its user at random:
+    // 100 documents (5,000 chunks, the most scored exactly), of which the first three.
+    let owned: Vec<(Uuid, Uuid)> = sqlx::query_as("SELECT user_id, id FROM documents ORDER BY user_id, id")
         .fetch_all(db)
         .await
         .context("listing the documents")?;
+    let mut by_user: std::collections::HashMap<Uuid, Vec<Uuid>> = std::collections::HashMap::new();
+    for (user, document) in owned {
+        by_user.entry(user).or_default().push(document);
+    }
     // A random source of their own, so the queries stay those of earlier runs.
     let mut picks = Rng(0x5EED_D0C5);
     let filters: Vec<Vec<Uuid>> = texts
         .iter()
-        .map(|(_, document, _)| {
+        .map(|(_, document, user, _)| {
+            let documents = by_user.get(user).map_or(&[][..], |d| &d[..]);
             let mut picked = vec![*document];
             while picked.len() < 100.min(documents.len()) {
                 let other = documents[picks.below(documents.len())];
@@ -265,18 +275,28 @@ async fn measure(
         .collect();
     let queries: Vec<String> = texts
         .iter()
-        .map(|(_, _, text)| {
+        .map(|(_, _, _, text)| {
             let words: Vec<&str> = text.split([' ', '.']).filter(|w| !w.is_empty()).collect();
             let len = (3 + rng.below(6)).min(words.len());
             let start = rng.below(words.len() - len + 1);
             words[start..start + len].join(" ")
         })
         .collect();
-    let load = format!("{load}; {} queries of 3-8 words, k = {}", queries.len(), args.k);
+    let load = format!(
+        "{load}; {users} user(s); {} queries of 3-8 words, k = {}",
+        queries.len(),
+        args.k
+    );
     let vectors: Vec<Vec<f32>> = queries.iter().map(|q| embedder.embed(q)).collect();
     let bare_sql = format!(
         "SELECT id FROM document_chunks WHERE embedding_model = {} ORDER BY embedding::vector({dim}) <=> $1::vector({dim}) LIMIT $2",
         embedding_models::sql_literal(&model)
+    );
+    // With several users the index holds every user's chunks and row-level security drops the
+    // others' after the index returns them: the bare query scans iteratively (as search does),
+    // or it would return a user's share of ef_search rows. One user: the plain query, as before.
+    let bare_settings = (users > 1).then_some(
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', '40', true)",
     );
     // "3 docs exact": hybrid within three documents, their few chunks scored exactly (the
     // default); "3 docs hnsw": the same through the HNSW index, as before the switch; the same
@@ -297,12 +317,19 @@ async fn measure(
     // One warm-up pass (caches, prepared statements), then the timed pass; the four queries
     // of each question run back to back so they see the same cache state.
     for timed in [false, true] {
-        for (((q, v), source), filter) in queries.iter().zip(&vectors).zip(&sources).zip(&filters) {
+        for ((((q, v), source), filter), (_, _, owner, _)) in
+            queries.iter().zip(&vectors).zip(&sources).zip(&filters).zip(&texts)
+        {
+            let user = UserId(*owner);
             for (s, name) in names.iter().enumerate() {
                 // Searches run as Retriever::search does (generic plans); the bare query as a
                 // plain user transaction.
                 let mut tx = if *name == "bare hnsw" {
-                    store.user_tx(user).await?
+                    let mut tx = store.user_tx(user).await?;
+                    if let Some(settings) = bare_settings {
+                        sqlx::query(settings).execute(tx.conn()).await?;
+                    }
+                    tx
                 } else {
                     store.search_tx(user).await?
                 };
@@ -383,8 +410,17 @@ async fn load(
     dim: u32,
     embedder: &HashedEmbedder,
     chunks: usize,
+    users: usize,
 ) -> anyhow::Result<String> {
-    let user = create_user(store, "bench-search@example.com").await?;
+    let mut owners = Vec::with_capacity(users);
+    for u in 0..users {
+        let email = if u == 0 {
+            "bench-search@example.com".to_owned()
+        } else {
+            format!("bench-search-{u}@example.com")
+        };
+        owners.push(create_user(store, &email).await?.0);
+    }
     let index = embedding_models::index_name(model, dim);
     // Load without indexes or statistics triggers; build both afterwards.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -400,6 +436,7 @@ async fn load(
     let documents = chunks.div_ceil(CHUNKS_PER_DOCUMENT);
     let doc_ids: Vec<Uuid> = (0..documents).map(|_| Uuid::now_v7()).collect();
     let names: Vec<String> = (0..documents).map(|i| format!("generated-{i:05}.txt")).collect();
+    let doc_users: Vec<Uuid> = (0..documents).map(|i| owners[i % users]).collect();
     let hashes: Vec<Vec<u8>> = (0..documents)
         .map(|i| {
             use sha2::Digest;
@@ -408,9 +445,10 @@ async fn load(
         .collect();
     sqlx::query(
         "INSERT INTO documents (id, user_id, filename, content_type, byte_size, sha256, status, progress, chunk_count) \
-         SELECT id, $1, name, 'text/plain', 1, sha, 'ready', 1, $5 FROM UNNEST($2::uuid[], $3::text[], $4::bytea[]) AS u(id, name, sha)",
+         SELECT id, u, name, 'text/plain', 1, sha, 'ready', 1, $5 \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bytea[]) AS u(u, id, name, sha)",
     )
-    .bind(user.0)
+    .bind(&doc_users)
     .bind(&doc_ids)
     .bind(&names)
     .bind(&hashes)
@@ -421,6 +459,7 @@ async fn load(
     while loaded < chunks {
         let n = BATCH.min(chunks - loaded);
         let mut docs = Vec::with_capacity(n);
+        let mut chunk_users = Vec::with_capacity(n);
         let mut indexes = Vec::with_capacity(n);
         let mut contents = Vec::with_capacity(n);
         let mut vectors = Vec::with_capacity(n);
@@ -428,16 +467,17 @@ async fn load(
             let text = vocabulary.chunk(&mut rng);
             vectors.push(pgvector::Vector::from(embedder.embed(&text)));
             docs.push(doc_ids[i / CHUNKS_PER_DOCUMENT]);
+            chunk_users.push(doc_users[i / CHUNKS_PER_DOCUMENT]);
             indexes.push((i % CHUNKS_PER_DOCUMENT) as i32);
             contents.push(text);
         }
         sqlx::query(
             "INSERT INTO document_chunks (document_id, user_id, chunk_index, content, token_count, byte_start, byte_end, \
                                           embedding, embedding_model) \
-             SELECT d, $1, i, c, 400, 0, length(c), v, $6 \
-             FROM UNNEST($2::uuid[], $3::int[], $4::text[], $5::vector[]) AS u(d, i, c, v)",
+             SELECT d, u, i, c, 400, 0, length(c), v, $6 \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::vector[]) AS u(u, d, i, c, v)",
         )
-        .bind(user.0)
+        .bind(&chunk_users)
         .bind(&docs)
         .bind(&indexes)
         .bind(&contents)
@@ -488,7 +528,7 @@ async fn load(
     drop(conn);
     let text_secs = started.elapsed().as_secs_f64();
     Ok(format!(
-        "{chunks} chunks in {documents} documents: generated and loaded in {load_secs:.1} s, HNSW built in {hnsw_secs:.1} s \
+        "{chunks} chunks in {documents} documents of {users} user(s): generated and loaded in {load_secs:.1} s, HNSW built in {hnsw_secs:.1} s \
          (maintenance_work_mem 1GB), term statistics + postings + VACUUM ANALYZE in {text_secs:.1} s"
     ))
 }

@@ -202,7 +202,9 @@ pub struct SearchQuery<'a> {
     /// Whether to return a highlighted snippet (`ts_headline`, matches in `**`).
     pub highlight: bool,
     /// A filter (`document_ids`, `metadata`) that keeps at most this many chunks has the
-    /// vector legs compute each of their distances exactly instead of reading the HNSW index
+    /// vector legs compute each of their distances exactly instead of reading the HNSW index,
+    /// and the text leg read each query term's postings blocks over those chunks alone, scoring
+    /// every term, instead of scanning the generating terms' postings through the filter
     /// ([`EXACT_SCAN_CHUNKS`] unless a test or benchmark says otherwise).
     pub exact_scan_chunks: u32,
 }

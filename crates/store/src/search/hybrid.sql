@@ -93,22 +93,62 @@ scope_chunks AS MATERIALIZED (
     SELECT c.id FROM document_chunks AS c
     WHERE (SELECT ids FROM scope) IS NOT NULL AND c.document_id = ANY ((SELECT ids FROM scope)::uuid[])
 ),
+-- Under a selective filter (the scope the vector legs score exactly), the runs of consecutive
+-- ids those chunks form: a chunk set is written by one statement, so a document's chunks are
+-- mostly one run. The text leg then reads, for each term, only the blocks that overlap a run.
+scope_runs AS MATERIALIZED (
+    SELECT min(r.id) AS low, max(r.id) AS high
+    FROM (SELECT s.id, s.id - row_number() OVER (ORDER BY s.id) AS run
+          FROM scope_chunks AS s
+          WHERE (SELECT exact FROM scope)) AS r
+    GROUP BY r.run
+),
 -- First pass, over the generating terms' postings alone (search_blocks: a term's postings are
 -- its blocks in key order, each unnested at once, carrying the term frequency and the chunk
--- length; no chunk row is read): their exact BM25 share.
+-- length; no chunk row is read): their exact BM25 share. One of two branches runs:
 prescored AS (
     SELECT p.chunk_id,
            sum(t.idf * p.tf * ($12 + 1)
                / (p.tf + $12 * (1 - $13 + $13 * p.token_count / (SELECT avg_tokens FROM corpus)))) AS score
     FROM terms AS t
     CROSS JOIN LATERAL (
-        SELECT b.first_chunk + u.o AS chunk_id, u.s >> 22 AS tf, u.s & 4194303 AS token_count
-        FROM search_blocks AS b, unnest(b.offsets, b.stats) AS u(o, s)
-        WHERE b.lexeme = t.lexeme
-          AND ((SELECT ids FROM scope) IS NULL OR b.first_chunk + u.o IN (SELECT id FROM scope_chunks))
-        LIMIT $15
+        -- no filter, or a broad one: the term's postings in key order, the filter tested on
+        -- each, up to $15 kept;
+        (SELECT b.first_chunk + u.o AS chunk_id, u.s >> 22 AS tf, u.s & 4194303 AS token_count
+         FROM search_blocks AS b, unnest(b.offsets, b.stats) AS u(o, s)
+         WHERE NOT (SELECT exact FROM scope)
+           AND b.lexeme = t.lexeme
+           AND ((SELECT ids FROM scope) IS NULL OR b.first_chunk + u.o IN (SELECT id FROM scope_chunks))
+         LIMIT $15)
+        UNION ALL
+        -- or a selective filter: every term's postings within the runs, from the blocks that
+        -- overlap each run (the one whose base is at or below its first id, and those based
+        -- inside it). Scanning a frequent term's postings for the few in the filter read every
+        -- block of the term (3,313 blocks for 126 postings at 500,000 chunks: 130 ms).
+        SELECT b.first_chunk + u.o, u.s >> 22, u.s & 4194303
+        FROM scope_runs AS r
+        CROSS JOIN LATERAL (
+            SELECT coalesce((SELECT f.first_chunk FROM search_blocks AS f
+                             WHERE f.lexeme = t.lexeme AND f.first_chunk <= r.low
+                             ORDER BY f.first_chunk DESC
+                             LIMIT 1),
+                            r.low) AS first_block
+            -- each kept a subquery of its own (here and below), so that the range scan's
+            -- bounds are plain values and both go into its key condition
+            OFFSET 0
+        ) AS lo
+        CROSS JOIN LATERAL (
+            SELECT b.first_chunk, b.offsets, b.stats
+            FROM search_blocks AS b
+            WHERE b.lexeme = t.lexeme AND b.first_chunk BETWEEN lo.first_block AND r.high
+            OFFSET 0
+        ) AS b,
+        unnest(b.offsets, b.stats) AS u(o, s)
+        WHERE b.first_chunk + u.o BETWEEN r.low AND r.high
     ) AS p
-    WHERE t.generates
+    -- Within a selective filter every term generates: its postings there are few, and the
+    -- score is BM25 over every query term.
+    WHERE t.generates OR (SELECT exact FROM scope)
     GROUP BY p.chunk_id
     ORDER BY score DESC, p.chunk_id
     LIMIT $16
@@ -141,7 +181,7 @@ completed AS (
         ) AS b
         WHERE b.i IS NOT NULL
     ) AS q
-    WHERE NOT t.generates AND t.df <= (SELECT n FROM corpus) / 2
+    WHERE NOT (t.generates OR (SELECT exact FROM scope)) AND t.df <= (SELECT n FROM corpus) / 2
     GROUP BY q.chunk_id
 ),
 text_leg AS (
