@@ -272,7 +272,6 @@ async fn measure_once(
     ceiling: bool,
     user: UserId,
 ) -> anyhow::Result<(RunFigures, Option<(f64, f64)>)> {
-
     // What this run uploads is what was created from here on (the database may hold more).
     let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(db)

@@ -71,6 +71,14 @@ pub struct BenchReprocessArgs {
     /// Leave out phase 4 (re-chunking).
     #[arg(long)]
     pub no_rechunk: bool,
+    /// Phase 3 inserts every vector into the new model's HNSW index as it writes it (`ragpipe
+    /// reprocess --keep-index`), instead of building the index once at the end: the baseline of
+    /// the deferred build.
+    #[arg(long)]
+    pub keep_index: bool,
+    /// `maintenance_work_mem` for the deferred index build (`ragpipe reprocess --index-memory`).
+    #[arg(long, value_name = "SIZE", default_value = "1GB")]
+    pub index_memory: String,
     /// Only write the generated corpus into DIR as Markdown files (for `ragpipe ingest`) and exit.
     #[arg(long, value_name = "DIR")]
     pub write_corpus: Option<PathBuf>,
@@ -136,6 +144,7 @@ struct Report {
     max_in_flight: u32,
     phases: Vec<Phase>,
     /// Phase 3's chunks/s over phase 2's.
+    reembed_over_ingest: f64,
     reembed_over_reingest: f64,
     /// The same, each phase's seconds counting the vacuum of what it left.
     reembed_over_reingest_with_vacuum: f64,
@@ -274,14 +283,11 @@ async fn bench(store: &Store, db: &PgPool, config: &Arc<Config>, args: &BenchRep
     };
     let reembed_over_reingest = rate("re-embed", false) / rate("re-ingest", false);
     let reembed_over_reingest_with_vacuum = rate("re-embed", true) / rate("re-ingest", true);
+    let reembed_over_ingest = rate("re-embed", false) / ingest_rate;
     let target = format!(
-        "target (re-embed only clearly cheaper than full re-ingestion, read as >= {CLEARLY:.1}x its chunks/s): {} \
-         ({reembed_over_reingest:.2}x; first ingest {ingest_rate:.0} chunks/s)",
-        if reembed_over_reingest >= CLEARLY {
-            "met"
-        } else {
-            "missed"
-        }
+        "target (a whole-corpus re-embed >= {GOAL:.1}x the chunks/s of the full first ingestion): {} \
+         ({reembed_over_ingest:.2}x; first ingest {ingest_rate:.0} chunks/s; {reembed_over_reingest:.2}x a re-ingestion)",
+        if reembed_over_ingest >= GOAL { "met" } else { "missed" }
     );
     Ok(Report {
         documents: args.docs,
@@ -293,6 +299,7 @@ async fn bench(store: &Store, db: &PgPool, config: &Arc<Config>, args: &BenchRep
         worker_concurrency: config.worker.concurrency,
         max_in_flight: args.max_in_flight,
         phases,
+        reembed_over_ingest,
         reembed_over_reingest,
         reembed_over_reingest_with_vacuum,
         peak_rss_per_phase: per_phase_rss,
@@ -301,9 +308,9 @@ async fn bench(store: &Store, db: &PgPool, config: &Arc<Config>, args: &BenchRep
     })
 }
 
-/// What "clearly cheaper" is taken to mean: re-embedding at least this many times the chunks/s
-/// of a full re-ingestion.
-const CLEARLY: f64 = 1.5;
+/// The goal: a whole-corpus re-embed at least this many times the chunks/s of the full first
+/// ingestion, in the same run.
+const GOAL: f64 = 3.0;
 
 /// Phases 2 to 4, each a `ragpipe reprocess` run over every document, with its checks.
 async fn reprocess_phases(
@@ -330,6 +337,8 @@ async fn reprocess_phases(
         dry_run: false,
         max_in_flight: args.max_in_flight,
         no_local_workers: true,
+        keep_index: args.keep_index,
+        index_memory: args.index_memory.clone(),
         json: args.json,
     };
     let shutdown = ragpipe_cli::shutdown::on_signal();
@@ -648,7 +657,8 @@ fn print_report(r: &Report) {
     }
     println!();
     println!(
-        "re-embed only / full re-ingestion (chunks/s): {:.2}; counting the vacuum of what each left: {:.2}{}",
+        "re-embed only / full first ingestion (chunks/s): {:.2}; / full re-ingestion: {:.2}; counting the vacuum of what each left: {:.2}{}",
+        r.reembed_over_ingest,
         r.reembed_over_reingest,
         r.reembed_over_reingest_with_vacuum,
         if r.peak_rss_per_phase {

@@ -1,6 +1,7 @@
 //! `ragpipe reprocess`, the real binary against a real database: re-chunking with search
-//! running throughout, moving to an embedding model of another dimension, an interrupted run
-//! continued, the dry run, and the embedding cache paying once per text.
+//! running throughout, moving to an embedding model of another dimension (with the new model's
+//! vector index built once at the end while search answers), an interrupted run continued, the
+//! dry run, and the embedding cache paying once per text.
 
 use ragpipe_agent::{Retriever, SearchMode, SearchRequest};
 use ragpipe_core::{Config, DocumentId, UserId};
@@ -437,6 +438,107 @@ async fn moving_to_a_model_of_another_dimension_keeps_both_searchable_then_only_
         })
         .count();
     assert!(embedded_queries >= 1, "the query was embedded by the new model");
+}
+
+/// The OID of `model`'s vector index, if it has one.
+async fn index_oid(pool: &PgPool, model: &str, dim: u32) -> Option<i64> {
+    sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
+        .bind(ragpipe_store::embedding_models::index_name(model, dim))
+        .fetch_one(pool)
+        .await
+        .expect("index oid")
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_corpus_moving_to_a_model_without_chunks_gets_its_index_built_once_and_search_answers_throughout(
+    pool: PgPool,
+) {
+    let server = OpenAiServer::start().await;
+    server.set_embedding_dim(48);
+    let old = Config::defaults();
+    let (store, user, _) = corpus(&pool, &old, 8, |_| 4).await;
+    let mut new = old.clone();
+    new.embedding = server.embedding_endpoint();
+    let new_model = new.embedding.model.clone();
+    // Recorded by `ragpipe migrate` with the new configuration: its index exists, empty.
+    ragpipe_store::embedding_models::ensure(&store, &new_model, 48, new.embedding.base_url.as_deref())
+        .await
+        .expect("record the new model");
+    let empty_index = index_oid(&pool, &new_model, 48).await.expect("the new model's index");
+    let old_index = index_oid(&pool, &old.embedding.model, old.embedding.dim).await;
+
+    // Unfiltered vector searches run all along, from a process configured with the new model:
+    // while the new model has chunks and no index, its leg computes each distance.
+    let stop = Arc::new(AtomicBool::new(false));
+    let searching = {
+        let retriever = Retriever::new(store.clone(), Embedders::new(&new.embedding).expect("embedders"))
+            .with_models_refresh(Duration::ZERO);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut searches = 0u64;
+            loop {
+                let last_round = stop.load(Ordering::SeqCst);
+                for seed in 0..8u64 {
+                    let request = SearchRequest {
+                        mode: SearchMode::Vector,
+                        k: 3,
+                        ..SearchRequest::new(format!("{} notes", marker(seed)))
+                    };
+                    match retriever.search(user, &request).await {
+                        Ok(hits) if hits.is_empty() => failures.push(format!("{seed}: nothing found")),
+                        Ok(_) => {}
+                        Err(e) => failures.push(format!("{seed}: {e}")),
+                    }
+                    searches += 1;
+                }
+                if last_round {
+                    break;
+                }
+            }
+            (searches, failures)
+        })
+    };
+    let env = [
+        ("RAGPIPE_EMBEDDING_BASE_URL", server.base_url().to_owned()),
+        ("RAGPIPE_EMBEDDING_MODEL", new_model.clone()),
+        ("RAGPIPE_EMBEDDING_DIM", "48".to_owned()),
+    ];
+    let (output, result) = run_reprocess(&pool, &["--all", "--index-memory", "128MB"], &env).await;
+    stop.store(true, Ordering::SeqCst);
+    let (searches, failures) = searching.await.expect("searches");
+    assert_success(&output);
+    assert!(failures.is_empty(), "searches failed during the move: {failures:?}");
+    assert!(searches >= 8, "{searches} searches");
+
+    // The index was left out while the vectors were written and built once at the end: a new
+    // index, valid, over every chunk.
+    assert_eq!(result["index_deferred"], true, "{result}");
+    assert!(result["index_build_seconds"].is_f64(), "{result}");
+    let built = index_oid(&pool, &new_model, 48).await.expect("the index after the run");
+    assert_ne!(built, empty_index, "the empty index was dropped and built again");
+    assert_eq!(
+        ragpipe_store::embedding_models::index_state(&store, &new_model, 48)
+            .await
+            .expect("state"),
+        ragpipe_store::embedding_models::IndexState::Valid
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks WHERE embedding_model <> $1")
+        .bind(&new_model)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "chunks left on the old model");
+    assert_eq!(
+        index_oid(&pool, &old.embedding.model, old.embedding.dim).await,
+        old_index,
+        "the old model's index is kept"
+    );
+    // A second move, now that the model has chunks, keeps the index as it is.
+    let (output, result) = run_reprocess(&pool, &["--all", "--stage", "embed"], &env).await;
+    assert_success(&output);
+    assert_eq!(result["index_deferred"], false, "{result}");
+    assert_eq!(index_oid(&pool, &new_model, 48).await, Some(built));
 }
 
 #[sqlx::test(migrations = false)]
