@@ -5,7 +5,7 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_store::retry::{RetryPolicy, retry};
-use ragpipe_store::{Store, StoreError, documents};
+use ragpipe_store::{Store, StoreError, documents, embedding_models};
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,14 @@ pub struct IngestArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// When the configured embedding model has no chunks yet (a new deployment's first bulk
+    /// load), keep its vector index and insert every vector into it, instead of building it once
+    /// when every document has settled.
+    #[arg(long)]
+    pub keep_index: bool,
+    /// `maintenance_work_mem` for building the model's vector index at the end.
+    #[arg(long, value_name = "SIZE", default_value = "1GB")]
+    pub index_memory: String,
 }
 
 /// One file's result.
@@ -50,10 +58,46 @@ pub async fn run(config: Config, args: IngestArgs) -> anyhow::Result<bool> {
     } else {
         Some(crate::workers::spawn(&store, &config, shutdown.clone())?)
     };
+    // A model with no chunks yet gets its vectors without its HNSW index, built once at the end
+    // (as `ragpipe reprocess` does for a corpus moving to a new model). A model not recorded yet
+    // is recorded by the workers as they start, with its index.
+    let model = &config.embedding.model;
+    let recorded = embedding_models::get(&store, model).await?;
+    let dim = recorded.as_ref().map(|m| m.dim as u32);
+    if let (Some(dim), false) = (dim, args.keep_index) {
+        embedding_models::defer_index(&store, model, dim)
+            .await
+            .with_context(|| format!("deferring the vector index of {model}"))?;
+    }
     let results = ingest_paths(&store, &config, args.user, &args.paths, !args.json).await;
     shutdown.cancel();
     if let Some(w) = workers {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
+    }
+    // Built whatever happened above: a deferral never outlives the command that made it, unless
+    // the command itself is killed (then the next ingest or reprocess run builds it).
+    if let Some(dim) = dim
+        && retry("reading the vector index's state", RetryPolicy::POLLING, || {
+            embedding_models::index_state(&store, model, dim)
+        })
+        .await?
+            != embedding_models::IndexState::Valid
+    {
+        let building = std::time::Instant::now();
+        // A build cut off by a dropped connection leaves an invalid index, which the next
+        // attempt drops and builds again.
+        retry("building the vector index", RetryPolicy::POLLING, || {
+            embedding_models::build_index(&store, model, dim, &args.index_memory)
+        })
+        .await
+        .with_context(|| format!("building the vector index of {model}"))?;
+        if !args.json {
+            println!(
+                "vector index of {model} built in {:.1} s (maintenance_work_mem {})",
+                building.elapsed().as_secs_f64(),
+                args.index_memory
+            );
+        }
     }
     let results = results?;
     // A document someone deleted while it was followed is an outcome, not a failure.

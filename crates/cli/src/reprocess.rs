@@ -536,13 +536,21 @@ pub async fn execute(
     // The index this run (or an interrupted one before it) left out is built once everything
     // is through; an interrupted run leaves it to the command that continues it.
     if !result.interrupted
-        && embedding_models::index_state(store, model, dim).await? != embedding_models::IndexState::Valid
+        && retry("reading the vector index's state", RetryPolicy::POLLING, || {
+            embedding_models::index_state(store, model, dim)
+        })
+        .await?
+            != embedding_models::IndexState::Valid
     {
         bar.println(format!("building the vector index of {model}"));
         let building = Instant::now();
-        embedding_models::build_index(store, model, dim, &args.index_memory)
-            .await
-            .with_context(|| format!("building the vector index of {model}"))?;
+        // A build cut off by a dropped connection leaves an invalid index, which the next
+        // attempt drops and builds again.
+        retry("building the vector index", RetryPolicy::POLLING, || {
+            embedding_models::build_index(store, model, dim, &args.index_memory)
+        })
+        .await
+        .with_context(|| format!("building the vector index of {model}"))?;
         result.index_build_seconds = Some(building.elapsed().as_secs_f64());
     }
     result.seconds = started.elapsed().as_secs_f64();

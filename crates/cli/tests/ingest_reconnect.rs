@@ -1,5 +1,6 @@
 //! `ragpipe ingest` whose database connections are terminated while it waits for its
-//! documents: it retries, prints its summary, exits 0, and every document is ready.
+//! documents: it retries, prints its summary, exits 0, every document is ready, and the vector
+//! index it left out during the load (the model had no chunks) is built and valid.
 
 use ragpipe_core::{Config, UserId};
 use ragpipe_store::{Store, users};
@@ -47,6 +48,16 @@ async fn migrated_with_a_user(pool: &PgPool) -> (OpenAiServer, UserId) {
 #[sqlx::test(migrations = false)]
 async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
     let (server, user) = migrated_with_a_user(&pool).await;
+    let endpoint = server.embedding_endpoint();
+    let index = ragpipe_store::embedding_models::index_name(&endpoint.model, endpoint.dim);
+    let index_oid = || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT to_regclass($1)::oid::int8")
+            .bind(&index)
+            .fetch_one(&pool)
+            .await
+            .expect("index oid")
+    };
+    let empty_index = index_oid().await.expect("the model's index after migrate");
 
     let dir = std::env::temp_dir().join(format!("ragpipe-ingest-reconnect-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -61,7 +72,6 @@ async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
         DOCUMENTS * 2,
     );
 
-    let endpoint = server.embedding_endpoint();
     let child = Command::new(env!("CARGO_BIN_EXE_ragpipe"))
         .args(["ingest", "--user", &user.0.to_string()])
         .arg(&dir)
@@ -129,6 +139,17 @@ async fn ingest_survives_terminated_connections_while_it_polls(pool: PgPool) {
         .await
         .expect("count");
     assert_eq!(ready, DOCUMENTS as i64, "every document is ready");
+    // The model had no chunks: its index was left out while they were written, and built once
+    // at the end, valid, whatever connections were cut.
+    let built = index_oid().await.expect("the model's index after the ingest");
+    assert_ne!(built, empty_index, "the index was built again after the load");
+    let valid: bool = sqlx::query_scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = $1::int8::oid")
+        .bind(built)
+        .fetch_one(&pool)
+        .await
+        .expect("validity");
+    assert!(valid, "the built index is valid");
+    assert!(stdout.contains("vector index of"), "the build is reported:\n{stdout}");
     eprintln!("{terminated} connections terminated in {rounds} rounds while `ragpipe ingest` waited");
 }
 
