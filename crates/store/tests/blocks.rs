@@ -6,27 +6,11 @@
 //! blocks, and upgrading a database keeps every posting.
 
 use ragpipe_core::{Config, UserId};
-use ragpipe_store::{Store, users};
+use ragpipe_store::Store;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-async fn store_with_user(pool: &PgPool) -> (Store, UserId) {
-    let store = Store::from_pool(pool.clone());
-    store
-        .migrate(&Config::defaults().embedding)
-        .await
-        .expect("migrations apply");
-    let user = users::create(
-        &store,
-        &users::NewUser {
-            email: "blocks@example.com".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("user");
-    (store, UserId(user.id))
-}
+mod support;
 
 async fn document(store: &Store, user: UserId, name: &str) -> Uuid {
     let doc = Uuid::now_v7();
@@ -112,7 +96,7 @@ async fn check(pool: &PgPool, lexeme: &str) -> (i64, i64, Vec<i32>) {
 
 #[sqlx::test(migrations = false)]
 async fn blocks_hold_exactly_the_chunks_postings_through_every_kind_of_write(pool: PgPool) {
-    let (store, user) = store_with_user(&pool).await;
+    let (store, user) = support::store_with_user(&pool, "blocks@example.com").await;
     let doc = document(&store, user, "a.txt").await;
 
     // A chunk set of 300: "lantern" fills two blocks and starts a third.
@@ -184,7 +168,7 @@ async fn blocks_hold_exactly_the_chunks_postings_through_every_kind_of_write(poo
 
 #[sqlx::test(migrations = false)]
 async fn compaction_repacks_blocks_that_deletions_thinned(pool: PgPool) {
-    let (store, user) = store_with_user(&pool).await;
+    let (store, user) = support::store_with_user(&pool, "blocks@example.com").await;
     let doc = document(&store, user, "a.txt").await;
     chunks(&store, user, doc, 0, 300).await;
     // Chunks removed one at a time: each deletion repacks only its own block, which thins.

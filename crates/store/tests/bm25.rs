@@ -5,11 +5,13 @@
 //! of chunks stored before the postings table existed, backfilled by its migration.
 
 use ragpipe_core::{Config, UserId};
-use ragpipe_store::search::{self, Bm25, Fusion, SearchHit, SearchMode, SearchQuery};
-use ragpipe_store::{Store, users};
+use ragpipe_store::Store;
+use ragpipe_store::search::{self, Bm25, SearchHit, SearchMode, SearchQuery};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use uuid::Uuid;
+
+mod support;
 
 /// Ten chunks: "quokka" in 3 (rare), "lantern" in 4 (common, at most half), "river" in 8 (more
 /// than half). Chunk 2 says "lantern" three times; lengths differ.
@@ -27,21 +29,7 @@ const CHUNKS: [(&str, i32); 10] = [
 ];
 
 async fn corpus(pool: &PgPool) -> (Store, UserId) {
-    let store = Store::from_pool(pool.clone());
-    store
-        .migrate(&Config::defaults().embedding)
-        .await
-        .expect("migrations apply");
-    let user = users::create(
-        &store,
-        &users::NewUser {
-            email: "bm25@example.com".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("user");
-    let user = UserId(user.id);
+    let (store, user) = support::store_with_user(pool, "bm25@example.com").await;
     let doc = Uuid::now_v7();
     let mut tx = store.user_tx(user).await.expect("tx");
     sqlx::query(
@@ -103,12 +91,7 @@ async fn text_search(store: &Store, user: UserId, text: &str, bm25: Bm25) -> Vec
         depth: 10,
         document_ids: None,
         metadata: None,
-        fusion: Fusion {
-            vector_weight: 1.0,
-            vector_k: 60.0,
-            text_weight: 1.0,
-            text_k: 60.0,
-        },
+        fusion: support::EVEN_FUSION,
         bm25,
         highlight: false,
         exact_scan_chunks: search::EXACT_SCAN_CHUNKS,

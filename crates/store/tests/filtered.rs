@@ -8,10 +8,12 @@
 use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_store::chunks::{self, ChunkSetInfo, NewChunk};
 use ragpipe_store::documents::{self, NewDocument};
-use ragpipe_store::search::{self, Bm25, Fusion, QueryVector, SearchMode, SearchQuery};
+use ragpipe_store::search::{self, Bm25, QueryVector, SearchMode, SearchQuery};
 use ragpipe_store::{Store, embedding_models, users};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+mod support;
 
 const MODEL: &str = "filter-test-8";
 const DIM: u32 = 8;
@@ -122,12 +124,7 @@ async fn vector_search(
         depth: 5,
         document_ids: filter,
         metadata: None,
-        fusion: Fusion {
-            vector_weight: 1.0,
-            vector_k: 60.0,
-            text_weight: 1.0,
-            text_k: 60.0,
-        },
+        fusion: support::EVEN_FUSION,
         bm25: Bm25::default(),
         highlight: false,
         exact_scan_chunks,

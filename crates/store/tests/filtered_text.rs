@@ -6,12 +6,14 @@
 //! `search_blocks` rows fetched through its key or scanned, read before and after the search
 //! in its transaction.
 
-use ragpipe_core::{Config, UserId};
-use ragpipe_store::search::{self, Bm25, Fusion, SearchHit, SearchMode, SearchQuery};
-use ragpipe_store::{Store, users};
+use ragpipe_core::UserId;
+use ragpipe_store::Store;
+use ragpipe_store::search::{self, Bm25, SearchHit, SearchMode, SearchQuery};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use uuid::Uuid;
+
+mod support;
 
 const DOCUMENTS: usize = 200;
 const CHUNKS_PER_DOCUMENT: usize = 40;
@@ -36,21 +38,7 @@ fn chunk(g: usize) -> (String, i32) {
 }
 
 async fn corpus(pool: &PgPool) -> (Store, UserId, Vec<Uuid>) {
-    let store = Store::from_pool(pool.clone());
-    store
-        .migrate(&Config::defaults().embedding)
-        .await
-        .expect("migrations apply");
-    let user = users::create(
-        &store,
-        &users::NewUser {
-            email: "filtered-text@example.com".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("user");
-    let user = UserId(user.id);
+    let (store, user) = support::store_with_user(pool, "filtered-text@example.com").await;
     let mut documents = Vec::new();
     // As the owner: status and chunk counts are the pipeline's to set, not the app role's.
     let mut tx = pool.begin().await.expect("tx");
@@ -135,12 +123,7 @@ async fn text_search(
         depth: 10,
         document_ids: documents,
         metadata,
-        fusion: Fusion {
-            vector_weight: 1.0,
-            vector_k: 60.0,
-            text_weight: 1.0,
-            text_k: 60.0,
-        },
+        fusion: support::EVEN_FUSION,
         bm25: Bm25::default(),
         highlight: false,
         exact_scan_chunks,

@@ -7,7 +7,7 @@
 
 use ragpipe_core::{Config, DocumentId, UserId};
 use ragpipe_store::migrate::{EDITED, MIGRATOR};
-use ragpipe_store::search::{self, Bm25, Fusion, SearchHit, SearchMode, SearchQuery};
+use ragpipe_store::search::{self, Bm25, SearchHit, SearchMode, SearchQuery};
 use ragpipe_store::{Store, documents};
 use sha2::{Digest, Sha384};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -15,6 +15,8 @@ use sqlx::{PgPool, SqlSafeStr};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
+
+mod support;
 
 const EDITED_VERSION: i64 = 20261202000015;
 
@@ -242,12 +244,7 @@ async fn text_search(store: &Store, user: UserId, text: &str) -> Vec<SearchHit> 
         depth: 10,
         document_ids: None,
         metadata: None,
-        fusion: Fusion {
-            vector_weight: 1.0,
-            vector_k: 60.0,
-            text_weight: 1.0,
-            text_k: 60.0,
-        },
+        fusion: support::EVEN_FUSION,
         bm25: Bm25::default(),
         highlight: false,
         exact_scan_chunks: search::EXACT_SCAN_CHUNKS,
