@@ -321,19 +321,40 @@ async fn rechunking_gives_every_document_chunks_of_the_new_size_and_search_never
     assert_eq!(reprocess_events(&store, user).await.values().sum::<i64>(), 8);
 }
 
-#[sqlx::test(migrations = false)]
-async fn moving_to_a_model_of_another_dimension_keeps_both_searchable_then_only_the_new_one_remains(pool: PgPool) {
+/// A corpus of `n` documents on the default model, and a 48-dimension model served by a test
+/// server, recorded as `ragpipe migrate` with that configuration records it (its index exists,
+/// empty): the server, the old and new configurations, and the corpus.
+async fn corpus_and_a_new_model(
+    pool: &PgPool,
+    n: u64,
+) -> (OpenAiServer, Config, Config, Store, UserId, Vec<DocumentId>) {
     let server = OpenAiServer::start().await;
     server.set_embedding_dim(48);
     let old = Config::defaults();
-    let (store, user, ids) = corpus(&pool, &old, 6, |_| 4).await;
+    let (store, user, ids) = corpus(pool, &old, n, |_| 4).await;
     let mut new = old.clone();
     new.embedding = server.embedding_endpoint();
-    let new_model = new.embedding.model.clone();
-    assert_ne!(new_model, old.embedding.model);
-    ragpipe_store::embedding_models::ensure(&store, &new_model, 48, new.embedding.base_url.as_deref())
+    assert_ne!(new.embedding.model, old.embedding.model);
+    ragpipe_store::embedding_models::ensure(&store, &new.embedding.model, 48, new.embedding.base_url.as_deref())
         .await
         .expect("record the new model");
+    (server, old, new, store, user, ids)
+}
+
+/// The environment of a `ragpipe` process configured with `config`'s embedding model, served
+/// by `server`.
+fn model_env(server: &OpenAiServer, config: &Config) -> [(&'static str, String); 3] {
+    [
+        ("RAGPIPE_EMBEDDING_BASE_URL", server.base_url().to_owned()),
+        ("RAGPIPE_EMBEDDING_MODEL", config.embedding.model.clone()),
+        ("RAGPIPE_EMBEDDING_DIM", config.embedding.dim.to_string()),
+    ]
+}
+
+#[sqlx::test(migrations = false)]
+async fn moving_to_a_model_of_another_dimension_keeps_both_searchable_then_only_the_new_one_remains(pool: PgPool) {
+    let (server, old, new, store, user, ids) = corpus_and_a_new_model(&pool, 6).await;
+    let new_model = new.embedding.model.clone();
 
     // Half the documents move first (as a run's jobs would, one by one)...
     let ctx = IngestContext::new(store.clone(), Arc::new(new.clone())).expect("context");
@@ -387,11 +408,7 @@ async fn moving_to_a_model_of_another_dimension_keeps_both_searchable_then_only_
     }
 
     // The rest through the command, configured with the new model: it leaves no chunk on the old.
-    let env = [
-        ("RAGPIPE_EMBEDDING_BASE_URL", server.base_url().to_owned()),
-        ("RAGPIPE_EMBEDDING_MODEL", new_model.clone()),
-        ("RAGPIPE_EMBEDDING_DIM", "48".to_owned()),
-    ];
+    let env = model_env(&server, &new);
     let (output, result) = run_reprocess(&pool, &["--all"], &env).await;
     assert_success(&output);
     assert_eq!(
@@ -453,17 +470,9 @@ async fn index_oid(pool: &PgPool, model: &str, dim: u32) -> Option<i64> {
 async fn a_corpus_moving_to_a_model_without_chunks_gets_its_index_built_once_and_search_answers_throughout(
     pool: PgPool,
 ) {
-    let server = OpenAiServer::start().await;
-    server.set_embedding_dim(48);
-    let old = Config::defaults();
-    let (store, user, _) = corpus(&pool, &old, 8, |_| 4).await;
-    let mut new = old.clone();
-    new.embedding = server.embedding_endpoint();
+    // The new model is recorded as `ragpipe migrate` records it: its index exists, empty.
+    let (server, old, new, store, user, _) = corpus_and_a_new_model(&pool, 8).await;
     let new_model = new.embedding.model.clone();
-    // Recorded by `ragpipe migrate` with the new configuration: its index exists, empty.
-    ragpipe_store::embedding_models::ensure(&store, &new_model, 48, new.embedding.base_url.as_deref())
-        .await
-        .expect("record the new model");
     let empty_index = index_oid(&pool, &new_model, 48).await.expect("the new model's index");
     let old_index = index_oid(&pool, &old.embedding.model, old.embedding.dim).await;
 
@@ -499,11 +508,7 @@ async fn a_corpus_moving_to_a_model_without_chunks_gets_its_index_built_once_and
             (searches, failures)
         })
     };
-    let env = [
-        ("RAGPIPE_EMBEDDING_BASE_URL", server.base_url().to_owned()),
-        ("RAGPIPE_EMBEDDING_MODEL", new_model.clone()),
-        ("RAGPIPE_EMBEDDING_DIM", "48".to_owned()),
-    ];
+    let env = model_env(&server, &new);
     let (output, result) = run_reprocess(&pool, &["--all", "--index-memory", "128MB"], &env).await;
     stop.store(true, Ordering::SeqCst);
     let (searches, failures) = searching.await.expect("searches");
@@ -705,11 +710,7 @@ async fn the_cache_sends_only_changed_chunk_texts_to_the_model_and_usage_shows_i
         .into_iter()
         .collect();
     let inputs_before = embedded_inputs(&server);
-    let env = [
-        ("RAGPIPE_EMBEDDING_BASE_URL", server.base_url().to_owned()),
-        ("RAGPIPE_EMBEDDING_MODEL", config.embedding.model.clone()),
-        ("RAGPIPE_EMBEDDING_DIM", config.embedding.dim.to_string()),
-    ];
+    let env = model_env(&server, &config);
     // Re-extracting with the same settings: every text is cached; nothing is sent.
     let (output, _) = run_reprocess(&pool, &["--all", "--stage", "extract"], &env).await;
     assert_success(&output);
