@@ -35,6 +35,10 @@ pub struct BenchSearchArgs {
     /// documents.
     #[arg(long, default_value_t = 1)]
     pub users: usize,
+    /// `maintenance_work_mem` for the HNSW build after the load. A graph that no longer fits
+    /// goes on being built on disk, several times slower (pgvector says after how many rows).
+    #[arg(long, value_name = "SIZE", default_value = "1GB")]
+    pub index_memory: String,
     /// Queries timed per mode.
     #[arg(long, default_value_t = 300)]
     pub queries: usize,
@@ -220,7 +224,7 @@ async fn measure(
     let load = if args.reuse {
         "reused the corpus of a previous --keep run".to_owned()
     } else {
-        load(store, db, &model, dim, &embedder, args.chunks, args.users.max(1)).await?
+        load(store, db, &model, dim, &embedder, args).await?
     };
     eprintln!("{load}");
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email LIKE 'bench-search%@example.com'")
@@ -409,9 +413,9 @@ async fn load(
     model: &str,
     dim: u32,
     embedder: &HashedEmbedder,
-    chunks: usize,
-    users: usize,
+    args: &BenchSearchArgs,
 ) -> anyhow::Result<String> {
+    let (chunks, users) = (args.chunks, args.users.max(1));
     let mut owners = Vec::with_capacity(users);
     for u in 0..users {
         let email = if u == 0 {
@@ -492,9 +496,10 @@ async fn load(
     let started = Instant::now();
     let mut conn = pool.acquire().await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET maintenance_work_mem = '1GB'; \
+        "SET maintenance_work_mem = {}; \
          CREATE INDEX {index} ON document_chunks USING hnsw ((embedding::vector({dim})) vector_cosine_ops) \
              WHERE embedding_model = {};",
+        embedding_models::sql_literal(&args.index_memory),
         embedding_models::sql_literal(model)
     )))
     .execute(&mut *conn)
@@ -529,6 +534,7 @@ async fn load(
     let text_secs = started.elapsed().as_secs_f64();
     Ok(format!(
         "{chunks} chunks in {documents} documents of {users} user(s): generated and loaded in {load_secs:.1} s, HNSW built in {hnsw_secs:.1} s \
-         (maintenance_work_mem 1GB), term statistics + postings + VACUUM ANALYZE in {text_secs:.1} s"
+         (maintenance_work_mem {}), term statistics + postings + VACUUM ANALYZE in {text_secs:.1} s",
+        args.index_memory
     ))
 }
