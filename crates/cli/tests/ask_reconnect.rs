@@ -65,8 +65,13 @@ async fn ask_survives_terminated_connections_while_the_answer_streams(pool: PgPo
     let pid = child.id();
     let output = tokio::task::spawn_blocking(move || child.wait_with_output());
 
-    // Once the answer has begun, terminate the follower's connections in rounds until it exits:
-    // each round spins for a moment on its reads, then ends the feed's LISTEN connection.
+    // Once the answer has begun, terminate the follower's connections in rounds until it exits.
+    // Each round holds the messages table's lock for a moment, ends the feed's LISTEN
+    // connection (after which the follower reads the row again) and ends the follower's reads
+    // while they wait for the lock; then lets the answer go on. A reader in the writer's process
+    // takes the text from memory and reads the row only at a few moments, each of which takes
+    // a millisecond: the lock is what makes them wait where they can be caught. The writer's
+    // appends wait for it too, and are not terminated.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let begun: bool = sqlx::query_scalar(
@@ -85,12 +90,18 @@ async fn ask_survives_terminated_connections_while_the_answer_streams(pool: PgPo
     let mut rounds = 0;
     while !output.is_finished() && Instant::now() < deadline {
         rounds += 1;
+        let mut lock = pool.begin().await.expect("begin");
+        sqlx::query("LOCK TABLE copilot_messages IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *lock)
+            .await
+            .expect("lock the messages");
+        terminated += terminate(&pool, false).await;
         let spin = Instant::now() + Duration::from_millis(200);
         while Instant::now() < spin {
             reads += terminate(&pool, true).await;
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        terminated += terminate(&pool, false).await;
+        lock.commit().await.expect("release the messages");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if !output.is_finished() {

@@ -233,28 +233,30 @@ pub async fn build_index(store: &Store, model: &str, dim: u32, memory: &str) -> 
         clear_deferral(store, model).await?;
         return Ok(false);
     }
-    // Outside a transaction, as a concurrent build must be; on a connection of its own, closed
-    // after, so the setting ends with it.
-    let mut conn = store
-        .pool
-        .acquire()
+    // Outside a transaction, as a concurrent build must be: on a connection of its own (never a
+    // pooled one a transaction may have used), closed after so the setting ends with it, and in
+    // the simple query protocol, where each statement is its own transaction.
+    let mut conn = sqlx::PgConnection::connect_with(&store.pool.connect_options())
         .await
-        .map_err(StoreError::db("connecting to build the embedding index"))?
-        .detach();
+        .map_err(StoreError::db("connecting to build the embedding index"))?;
     let built = async {
-        sqlx::query("SELECT set_config('maintenance_work_mem', $1, false)")
-            .bind(memory)
-            .execute(&mut conn)
-            .await
-            .map_err(StoreError::db("setting maintenance_work_mem for the index build"))?;
+        // Audited: a quoted literal.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET maintenance_work_mem = {}",
+            sql_literal(memory)
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(StoreError::db("setting maintenance_work_mem for the index build"))?;
         if state == IndexState::Invalid {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX CONCURRENTLY IF EXISTS {name}")))
+            // Audited: the name is made by index_name.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP INDEX CONCURRENTLY IF EXISTS {name}")))
                 .execute(&mut conn)
                 .await
                 .map_err(StoreError::db("dropping the invalid embedding index"))?;
         }
         // Audited: the dimension is an integer and the model a quoted literal.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON document_chunks \
              USING hnsw ((embedding::vector({dim})) vector_cosine_ops) WHERE embedding_model = {}",
             sql_literal(model)
