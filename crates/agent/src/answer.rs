@@ -145,7 +145,8 @@ pub struct AnswerContext {
     prices: PriceTable,
     feed: MessageFeed,
     flush: FlushPolicy,
-    /// Answers being prepared (read, retrieval, prompt) at once: `worker.concurrency`. The
+    /// Answers being prepared (read, retrieval, prompt) at once: `worker.concurrency` ×
+    /// [`PREPARING_PER_WORKER_SLOT`]. The
     /// process streams many answers at once, which mostly wait on the model; preparing one is
     /// the CPU and database work, and a burst of questions preparing all at once would queue
     /// the streaming answers' writes behind it (BENCHMARKS.md, "Streaming").

@@ -76,25 +76,13 @@ pub async fn run(config: Config, args: IngestArgs) -> anyhow::Result<bool> {
     }
     // Built whatever happened above: a deferral never outlives the command that made it, unless
     // the command itself is killed (then the next ingest or reprocess run builds it).
-    if let Some(dim) = dim
-        && retry("reading the vector index's state", RetryPolicy::POLLING, || {
-            embedding_models::index_state(&store, model, dim)
-        })
-        .await?
-            != embedding_models::IndexState::Valid
-    {
-        let building = std::time::Instant::now();
-        // A build cut off by a dropped connection leaves an invalid index, which the next
-        // attempt drops and builds again.
-        retry("building the vector index", RetryPolicy::POLLING, || {
-            embedding_models::build_index(&store, model, dim, &args.index_memory)
-        })
-        .await
-        .with_context(|| format!("building the vector index of {model}"))?;
-        if !args.json {
+    if let Some(dim) = dim {
+        let built =
+            crate::reprocess::build_index_if_missing(&store, model, dim, &args.index_memory, &ProgressBar::hidden())
+                .await?;
+        if let (Some(seconds), false) = (built, args.json) {
             println!(
-                "vector index of {model} built in {:.1} s (maintenance_work_mem {})",
-                building.elapsed().as_secs_f64(),
+                "vector index of {model} built in {seconds:.1} s (maintenance_work_mem {})",
                 args.index_memory
             );
         }

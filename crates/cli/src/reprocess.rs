@@ -535,26 +535,32 @@ pub async fn execute(
         .count() as u64;
     // The index this run (or an interrupted one before it) left out is built once everything
     // is through; an interrupted run leaves it to the command that continues it.
-    if !result.interrupted
-        && retry("reading the vector index's state", RetryPolicy::POLLING, || {
-            embedding_models::index_state(store, model, dim)
-        })
-        .await?
-            != embedding_models::IndexState::Valid
-    {
-        bar.println(format!("building the vector index of {model}"));
-        let building = Instant::now();
-        // A build cut off by a dropped connection leaves an invalid index, which the next
-        // attempt drops and builds again.
-        retry("building the vector index", RetryPolicy::POLLING, || {
-            embedding_models::build_index(store, model, dim, &args.index_memory)
-        })
-        .await
-        .with_context(|| format!("building the vector index of {model}"))?;
-        result.index_build_seconds = Some(building.elapsed().as_secs_f64());
+    if !result.interrupted {
+        result.index_build_seconds = build_index_if_missing(store, model, dim, &args.index_memory, &bar).await?;
     }
     result.seconds = started.elapsed().as_secs_f64();
     Ok(result)
+}
+
+/// Builds `model`'s vector index if it is missing (deferred by this command or an interrupted
+/// one before it) or invalid, riding out dropped connections: a build cut off leaves an invalid
+/// index, which the next attempt drops and builds again. Returns the seconds it took, or `None`
+/// when the index was there.
+pub async fn build_index_if_missing(
+    store: &Store,
+    model: &str,
+    dim: u32,
+    memory: &str,
+    bar: &ProgressBar,
+) -> anyhow::Result<Option<f64>> {
+    let building = Instant::now();
+    bar.set_message(format!("building the vector index of {model}"));
+    let built = retry("building the vector index", RetryPolicy::POLLING, || {
+        embedding_models::build_index(store, model, dim, memory)
+    })
+    .await
+    .with_context(|| format!("building the vector index of {model}"))?;
+    Ok(built.then(|| building.elapsed().as_secs_f64()))
 }
 
 /// The dimension of the run's target model, as recorded.

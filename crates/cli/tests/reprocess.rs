@@ -415,12 +415,11 @@ async fn moving_to_a_model_of_another_dimension_keeps_both_searchable_then_only_
         result["enqueued"], 3,
         "the three documents already moved are skipped: {result}"
     );
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks WHERE embedding_model <> $1")
-        .bind(&new_model)
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(left, 0, "chunks left on the old model");
+    assert_eq!(
+        chunks_not_on(&pool, &new_model).await,
+        0,
+        "chunks left on the old model"
+    );
     let dims: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT vector_dims(embedding) FROM document_chunks")
         .fetch_all(&pool)
         .await
@@ -455,6 +454,15 @@ async fn moving_to_a_model_of_another_dimension_keeps_both_searchable_then_only_
         })
         .count();
     assert!(embedded_queries >= 1, "the query was embedded by the new model");
+}
+
+/// Chunks whose vectors are not by `model`.
+async fn chunks_not_on(pool: &PgPool, model: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM document_chunks WHERE embedding_model <> $1")
+        .bind(model)
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }
 
 /// The OID of `model`'s vector index, if it has one.
@@ -528,12 +536,11 @@ async fn a_corpus_moving_to_a_model_without_chunks_gets_its_index_built_once_and
             .expect("state"),
         ragpipe_store::embedding_models::IndexState::Valid
     );
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM document_chunks WHERE embedding_model <> $1")
-        .bind(&new_model)
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(left, 0, "chunks left on the old model");
+    assert_eq!(
+        chunks_not_on(&pool, &new_model).await,
+        0,
+        "chunks left on the old model"
+    );
     assert_eq!(
         index_oid(&pool, &old.embedding.model, old.embedding.dim).await,
         old_index,

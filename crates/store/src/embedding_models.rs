@@ -29,6 +29,17 @@ pub fn index_name(model: &str, dim: u32) -> String {
     format!("document_chunks_embedding_{dim}_{}", hex::encode(&digest[..6]))
 }
 
+/// The DDL of `model`'s partial HNSW index (`how`: "" or "CONCURRENTLY"). Audited: the name
+/// is made by [`index_name`], the dimension is an integer and the model a quoted literal.
+fn index_ddl(model: &str, dim: u32, how: &str) -> String {
+    format!(
+        "CREATE INDEX {how} IF NOT EXISTS {} ON document_chunks \
+         USING hnsw ((embedding::vector({dim})) vector_cosine_ops) WHERE embedding_model = {}",
+        index_name(model, dim),
+        sql_literal(model)
+    )
+}
+
 /// SQL string literal for `text` (the index predicate and the matching query need a literal,
 /// not a parameter, for the planner to use a partial index).
 pub fn sql_literal(text: &str) -> String {
@@ -82,13 +93,7 @@ pub async fn ensure(store: &Store, model: &str, dim: u32, base_url: Option<&str>
     .await
     .map_err(StoreError::db("recording the embedding model"))?;
     if !index_exists {
-        let ddl = format!(
-            "CREATE INDEX IF NOT EXISTS {name} ON document_chunks \
-             USING hnsw ((embedding::vector({dim})) vector_cosine_ops) WHERE embedding_model = {}",
-            sql_literal(model)
-        );
-        // Audited: the dimension is an integer and the model a quoted literal.
-        sqlx::query(sqlx::AssertSqlSafe(ddl))
+        sqlx::query(sqlx::AssertSqlSafe(index_ddl(model, dim, "")))
             .execute(tx.conn())
             .await
             .map_err(StoreError::db("creating the embedding index"))?;
@@ -255,15 +260,10 @@ pub async fn build_index(store: &Store, model: &str, dim: u32, memory: &str) -> 
                 .await
                 .map_err(StoreError::db("dropping the invalid embedding index"))?;
         }
-        // Audited: the dimension is an integer and the model a quoted literal.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON document_chunks \
-             USING hnsw ((embedding::vector({dim})) vector_cosine_ops) WHERE embedding_model = {}",
-            sql_literal(model)
-        )))
-        .execute(&mut conn)
-        .await
-        .map_err(StoreError::db("building the embedding index"))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(index_ddl(model, dim, "CONCURRENTLY")))
+            .execute(&mut conn)
+            .await
+            .map_err(StoreError::db("building the embedding index"))?;
         Ok::<_, StoreError>(())
     }
     .await;

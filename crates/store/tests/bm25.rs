@@ -59,26 +59,13 @@ async fn corpus(pool: &PgPool) -> (Store, UserId) {
     (store, user)
 }
 
-/// BM25 (k1 1.2, b 0.75, idf ln(1 + (N - df + 0.5) / (df + 0.5))) over `lexemes`, per chunk
-/// content, from document_chunks alone: df, tf and lengths read from the tsvectors.
+/// BM25 over `lexemes` per chunk content (`support::bm25_reference`).
 async fn reference(pool: &PgPool, lexemes: &[&str]) -> HashMap<String, f64> {
-    let rows: Vec<(String, f64)> = sqlx::query_as(
-        "WITH n AS (SELECT count(*)::float8 AS n, avg(token_count)::float8 AS avg FROM document_chunks),
-              tf AS (SELECT c.content, c.token_count, u.lexeme, cardinality(u.positions)::float8 AS tf
-                     FROM document_chunks AS c, unnest(c.search_vector) AS u
-                     WHERE u.lexeme = ANY ($1)),
-              df AS (SELECT lexeme, count(*)::float8 AS df FROM tf GROUP BY lexeme)
-         SELECT tf.content,
-                sum(ln(1 + (n.n - df.df + 0.5) / (df.df + 0.5)) * tf.tf * 2.2
-                    / (tf.tf + 1.2 * (1 - 0.75 + 0.75 * tf.token_count / n.avg)))
-         FROM tf JOIN df USING (lexeme), n
-         GROUP BY tf.content",
-    )
-    .bind(lexemes)
-    .fetch_all(pool)
-    .await
-    .expect("reference");
-    rows.into_iter().collect()
+    support::bm25_reference(pool, lexemes, None)
+        .await
+        .into_iter()
+        .map(|(_, content, score)| (content, score))
+        .collect()
 }
 
 async fn text_search(store: &Store, user: UserId, text: &str, bm25: Bm25) -> Vec<SearchHit> {

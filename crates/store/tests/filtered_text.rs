@@ -75,28 +75,14 @@ async fn corpus(pool: &PgPool) -> (Store, UserId, Vec<Uuid>) {
     (store, user, documents)
 }
 
-/// BM25 (k1 1.2, b 0.75) over `lexemes` from document_chunks alone, with df, N and the mean
-/// length over the whole corpus, for the chunks of `documents`: content and chunk id by score.
+/// BM25 over `lexemes` (df, N and the mean length over the whole corpus) for the chunks of
+/// `documents`, by chunk id (`support::bm25_reference`).
 async fn reference(pool: &PgPool, lexemes: &[&str], documents: &[Uuid]) -> HashMap<i64, f64> {
-    let rows: Vec<(i64, f64)> = sqlx::query_as(
-        "WITH n AS (SELECT count(*)::float8 AS n, avg(token_count)::float8 AS avg FROM document_chunks),
-              tf AS (SELECT c.id, c.document_id, c.token_count, u.lexeme, cardinality(u.positions)::float8 AS tf
-                     FROM document_chunks AS c, unnest(c.search_vector) AS u
-                     WHERE u.lexeme = ANY ($1)),
-              df AS (SELECT lexeme, count(*)::float8 AS df FROM tf GROUP BY lexeme)
-         SELECT tf.id,
-                sum(ln(1 + (n.n - df.df + 0.5) / (df.df + 0.5)) * tf.tf * 2.2
-                    / (tf.tf + 1.2 * (1 - 0.75 + 0.75 * tf.token_count / n.avg)))
-         FROM tf JOIN df USING (lexeme), n
-         WHERE tf.document_id = ANY ($2)
-         GROUP BY tf.id",
-    )
-    .bind(lexemes)
-    .bind(documents)
-    .fetch_all(pool)
-    .await
-    .expect("reference");
-    rows.into_iter().collect()
+    support::bm25_reference(pool, lexemes, Some(documents))
+        .await
+        .into_iter()
+        .map(|(id, _, score)| (id, score))
+        .collect()
 }
 
 /// A text search within `documents` (or the documents whose metadata contains `metadata`),
